@@ -1,0 +1,102 @@
+//! `mnemo eval`: mean cross-entropy, accuracy and top-5 of a classifier on a dataset.
+
+use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
+use mnemo::data::Dataset;
+use mnemo::metrics::{score, ClassificationTotals};
+use mnemo::model::{Mode, Model};
+use mnemo::rng::Rng;
+use mnemo::MnemoError;
+use serde_json::json;
+use std::path::PathBuf;
+
+pub const HELP: HelpExtra = HelpExtra {
+    examples: &[
+        (
+            "evaluate a checkpoint that carries its arch",
+            "mnemo eval model.safetensors --data test.safetensors",
+        ),
+        (
+            "a torch-made MLP, whose file has no arch",
+            "mnemo eval torch_mlp.safetensors --arch mlp:784-400-400-10 --data test.safetensors",
+        ),
+        (
+            "per-batch losses as JSON Lines, for monitoring",
+            "mnemo eval model.safetensors --data stream.safetensors --stream | tee eval.jsonl",
+        ),
+    ],
+    exit_status: EXIT_PLAIN,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The model checkpoint (a .safetensors file, an HF index.json, or a folder).
+    pub model: PathBuf,
+    /// Dataset: safetensors with `input` [N,...] and `target` [N].
+    #[arg(long, value_name = "D")]
+    pub data: PathBuf,
+    /// Architecture, for checkpoints without `mnemo.arch` metadata.
+    #[arg(long, value_name = "SPEC")]
+    pub arch: Option<String>,
+    #[arg(long, default_value_t = 256, value_name = "B", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Which head of a multi-head model to evaluate.
+    #[arg(long, value_name = "NAME")]
+    pub head: Option<String>,
+    /// Also print one line per batch before the summary: {"batch","n","loss","accuracy"}.
+    #[arg(long)]
+    pub stream: bool,
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    let device = g.device()?;
+    let (mut model, _ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
+    let head = model.choose_head(args.head.as_deref())?;
+    let data = Dataset::open(&args.data)?;
+    let mut out = JsonLines::stdout();
+    let mut totals = ClassificationTotals::default();
+    let mut rng = Rng::new(0); // unused in eval mode: dropout is off
+    let order = data.order(None);
+    let pb = g.progress(data.len() as u64, "eval");
+    for (b, idx) in order.chunks(args.batch_size as usize).enumerate() {
+        let (x, y) = data.batch(idx, &device)?;
+        let logits = model.forward(&x, head.as_deref(), Mode::Eval, &mut rng)?;
+        let compute = |e| MnemoError::Compute {
+            context: format!("{}: reading logits", args.model.display()),
+            source: e,
+        };
+        let dims = logits.dims().to_vec();
+        if dims.len() != 2 {
+            anyhow::bail!(
+                "{}: the model's output has shape {dims:?}; eval needs [batch, classes] logits",
+                args.model.display()
+            );
+        }
+        if b == 0 {
+            data.check_labels(dims[1], head.as_deref())?;
+        }
+        let flat: Vec<f32> = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(compute)?;
+        let s = score(&flat, dims[1], &y, 5);
+        totals.add(&s);
+        if args.stream {
+            let n = s.loss.len() as f64;
+            out.emit(&json!({
+                "batch": b,
+                "n": s.loss.len(),
+                "loss": num(s.loss.iter().sum::<f64>() / n),
+                "accuracy": num(s.correct.iter().filter(|&&c| c).count() as f64 / n),
+            }))?;
+        }
+        pb.inc(idx.len() as u64);
+    }
+    pb.finish_and_clear();
+    out.emit(&json!({
+        "loss": num(totals.loss()),
+        "accuracy": num(totals.accuracy()),
+        "top5": num(totals.top_k_accuracy()),
+        "n": totals.n,
+    }))?;
+    Ok(Status::Success)
+}

@@ -1,0 +1,134 @@
+//! Subcommands, one file each (an `Args` struct and `run`), plus what they
+//! share: global flags, the JSON Lines writer, the progress bar and the
+//! exit-status convention.
+
+pub mod diff;
+pub mod eval;
+pub mod init;
+pub mod inspect;
+pub mod man;
+
+use anyhow::Context;
+use std::io::{IsTerminal, Write};
+
+/// Flags every subcommand accepts.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Global {
+    /// Compute device: cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+    #[arg(long, global = true, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+    /// No progress bars or human messages on stderr (errors are still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    pub fn device(&self) -> anyhow::Result<candle_core::Device> {
+        Ok(mnemo::model::parse_device(&self.device)?)
+    }
+
+    /// A progress bar on stderr, hidden when stderr is not a terminal or with -q.
+    pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let pb = indicatif::ProgressBar::new(len);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        pb
+    }
+
+    /// A human message on stderr unless -q.
+    pub fn say(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+/// How a subcommand ended, when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Exit 0.
+    Success,
+    /// Exit 1: a documented negative decision (differences found, update rejected, ...).
+    Negative,
+}
+
+/// JSON Lines on stdout, one object per line, flushed per line so pipes see records as they come.
+pub struct JsonLines {
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl JsonLines {
+    pub fn stdout() -> Self {
+        JsonLines {
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    pub fn emit(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.out, value).context("writing to stdout")?;
+        self.out.write_all(b"\n").context("writing to stdout")?;
+        self.out.flush().context("writing to stdout")?;
+        Ok(())
+    }
+}
+
+/// Plain text on stdout (tables), with write errors (a closed pipe) reported, not panicking.
+pub fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .context("writing to stdout")?;
+    out.flush().context("writing to stdout")
+}
+
+/// A float for JSON: non-finite values become null rather than invalid JSON.
+pub fn num(x: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(x)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Help text shared by `--help` and the man pages: examples and exit codes.
+pub struct HelpExtra {
+    pub examples: &'static [(&'static str, &'static str)],
+    pub exit_status: &'static [(u8, &'static str)],
+}
+
+impl HelpExtra {
+    pub fn render(&self) -> String {
+        let mut s = String::from("Examples:\n");
+        for (what, cmd) in self.examples {
+            s.push_str(&format!("  # {what}\n  {cmd}\n\n"));
+        }
+        s.push_str("Exit status:\n");
+        for (code, what) in self.exit_status {
+            s.push_str(&format!("  {code}  {what}\n"));
+        }
+        s
+    }
+}
+
+/// Each subcommand's examples and exit codes, shared by `--help` and the man pages.
+pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
+    ("init", &init::HELP),
+    ("inspect", &inspect::HELP),
+    ("diff", &diff::HELP),
+    ("eval", &eval::HELP),
+];
+
+/// The standard exit codes: commands with a negative decision document their own 1.
+pub const EXIT_PLAIN: &[(u8, &str)] = &[
+    (0, "success"),
+    (
+        2,
+        "error: bad arguments or input (the message names the file, tensor or line)",
+    ),
+];

@@ -1,0 +1,106 @@
+//! The library's error type: one variant per failure, each naming the file
+//! (and tensor or line) it is about, so the CLI can print it as is.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in mnemo's engine.
+#[derive(Debug, thiserror::Error)]
+pub enum MnemoError {
+    /// Reading, writing or mapping a file failed at the OS level.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A safetensors file is malformed or hostile (bad header, offsets, sizes).
+    #[error("{path}: invalid safetensors file: {reason}")]
+    InvalidSafetensors { path: PathBuf, reason: String },
+
+    /// A sharded checkpoint's `*.index.json` is malformed or inconsistent with its shards.
+    #[error("{path}: invalid sharded checkpoint index: {reason}")]
+    InvalidIndex { path: PathBuf, reason: String },
+
+    /// A tensor that was asked for does not exist in the file.
+    #[error("{path}: no tensor named '{tensor}'")]
+    MissingTensor { path: PathBuf, tensor: String },
+
+    /// A tensor exists but its dtype cannot be used where it is needed.
+    #[error("{path}: tensor '{tensor}' has dtype {dtype}, expected {expected}")]
+    WrongDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+        expected: String,
+    },
+
+    /// A tensor's shape disagrees with what the model or another file says.
+    #[error("{path}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+
+    /// A checkpoint holds tensors the architecture does not have.
+    #[error(
+        "{path}: unexpected tensor '{tensor}' (not part of the architecture; first of {count})"
+    )]
+    UnexpectedTensor {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+    },
+
+    /// The architecture spec could not be parsed or is inconsistent.
+    #[error("invalid arch spec{}: {reason}", origin.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    InvalidArch {
+        origin: Option<String>,
+        reason: String,
+    },
+
+    /// A checkpoint carries no `mnemo.arch` metadata and none was given.
+    #[error("{path}: no architecture: the file has no 'mnemo.arch' metadata; pass --arch SPEC (e.g. --arch mlp:784-400-10)")]
+    NoArch { path: PathBuf },
+
+    /// A dataset file is unusable (wrong tensors, dtypes, counts or labels).
+    #[error("{path}: invalid dataset: {reason}")]
+    InvalidDataset { path: PathBuf, reason: String },
+
+    /// An input line of a JSON Lines stream could not be used.
+    #[error("{path}:{line}: {reason}")]
+    InvalidLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// The requested compute device is not available in this build or machine.
+    #[error("device '{device}' is not available: {reason}")]
+    Device { device: String, reason: String },
+
+    /// A numeric computation failed inside candle.
+    #[error("{context}: {source}")]
+    Compute {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+pub type Result<T, E = MnemoError> = std::result::Result<T, E>;
+
+impl MnemoError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        MnemoError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn compute(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> Self {
+        let context = context.into();
+        move |source| MnemoError::Compute { context, source }
+    }
+}

@@ -1,0 +1,13 @@
+//! mnemo: continual learning without forgetting, over safetensors checkpoints
+//! and JSON Lines. The library knows nothing of the command line; `src/cmd/`
+//! maps arguments onto it. See ARCHITECTURE.md for the map.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod provenance;
+pub mod rng;
+
+pub use error::{MnemoError, Result};

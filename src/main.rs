@@ -1,0 +1,103 @@
+//! The `mnemo` binary: argv → clap → `cmd::<name>::run` → exit status.
+//! Exit 0 success, 1 a negative decision, 2 any error; a closed stdout pipe ends quietly.
+
+mod cmd;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use cmd::{Global, Status};
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Continual learning without forgetting: Fisher, EWC, replay, merging and drift
+/// detection as Unix-style subcommands over safetensors checkpoints and JSON Lines.
+#[derive(Parser, Debug)]
+#[command(
+    name = "mnemo",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a freshly initialised model (torch's default initialisation).
+    Init(cmd::init::Args),
+    /// Show a checkpoint's tensors and metadata (header only; --stats reads values).
+    Inspect(cmd::inspect::Args),
+    /// Compare two checkpoints tensor by tensor; exit 1 when they differ beyond --tol.
+    Diff(cmd::diff::Args),
+    /// Evaluate a classifier: mean cross-entropy, accuracy, top-5 as JSON.
+    Eval(cmd::eval::Args),
+    /// Write the man pages (used to keep man/ current).
+    #[command(hide = true)]
+    Man(cmd::man::Args),
+}
+
+/// The clap command with each subcommand's examples and exit codes attached.
+pub fn command() -> clap::Command {
+    let mut c = Cli::command().after_help(
+        "Run 'mnemo <COMMAND> --help' for a command's examples and exit codes.\n\
+         Exit status: 0 success, 1 a negative decision (per command), 2 error.",
+    );
+    for (name, extra) in cmd::HELP_EXTRAS {
+        c = c.mut_subcommand(name, |s| s.after_help(extra.render()));
+    }
+    c
+}
+
+fn run(cli: Cli) -> anyhow::Result<Status> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => cmd::init::run(a, g),
+        Command::Inspect(a) => cmd::inspect::run(a, g),
+        Command::Diff(a) => cmd::diff::run(a, g),
+        Command::Eval(a) => cmd::eval::run(a, g),
+        Command::Man(a) => cmd::man::run(a, g),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<mnemo::MnemoError>().is_some_and(|m| {
+                matches!(m, mnemo::MnemoError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
+}
+
+fn main() {
+    let matches = match command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(2);
+        }
+    };
+    let code = match run(cli) {
+        Ok(Status::Success) => 0,
+        Ok(Status::Negative) => 1,
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => {
+            eprintln!("mnemo: error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

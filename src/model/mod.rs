@@ -1,0 +1,628 @@
+//! Models built from arch specs: parameters as candle `Var`s named exactly as
+//! torch names them, a forward pass in train or eval mode made only of ops
+//! that have a backward (candle's fused norms and softmax do not), and
+//! torch's default initialisation drawn from mnemo's own seeded RNG.
+
+mod init;
+pub mod spec;
+
+pub use spec::{ArchSpec, Layer, ParamKind, ParamSpec};
+
+use crate::checkpoint::{Checkpoint, Dtype, OwnedTensor};
+use crate::error::{MnemoError, Result};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Metadata key holding the canonical arch spec JSON.
+pub const ARCH_KEY: &str = "mnemo.arch";
+
+/// Train mode uses batch statistics and dropout; eval mode uses running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// A model's tensors: trainable `Var`s and batchnorm state, keyed by torch name.
+pub struct Model {
+    pub spec: ArchSpec,
+    pub device: Device,
+    /// Trainable parameters, by name (sorted).
+    pub params: BTreeMap<String, Var>,
+    /// Batchnorm running statistics, by name.
+    pub buffers: BTreeMap<String, Tensor>,
+    /// Batchnorm `num_batches_tracked` counters, by name.
+    pub counters: BTreeMap<String, i64>,
+}
+
+fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
+    move |source| MnemoError::Compute {
+        context: ctx.to_string(),
+        source,
+    }
+}
+
+impl Model {
+    /// A freshly initialised model with torch's default initialisation.
+    pub fn init(spec: &ArchSpec, seed: u64, device: &Device) -> Result<Model> {
+        let mut rng = Rng::new(seed);
+        let values = init::default_init(spec, &mut rng);
+        Self::from_values(spec, values, BTreeMap::new(), device)
+    }
+
+    /// Loads a model from a checkpoint: every tensor of the spec must be present with the
+    /// right shape, and no other tensor may be (as torch's `load_state_dict(strict=True)`).
+    pub fn load(ckpt: &Checkpoint, spec: &ArchSpec, device: &Device) -> Result<Model> {
+        let manifest = spec.params();
+        let mut values = BTreeMap::new();
+        let mut counters = BTreeMap::new();
+        for p in &manifest {
+            let e = ckpt.entry(&p.name)?;
+            if e.shape != p.shape {
+                // torch stores 0-dim counters; accept a [1] counter from other writers.
+                let scalar_ok =
+                    p.kind == ParamKind::Counter && e.shape.iter().product::<usize>() == 1;
+                if !scalar_ok {
+                    return Err(MnemoError::ShapeMismatch {
+                        path: ckpt.path.clone(),
+                        tensor: p.name.clone(),
+                        found: e.shape.clone(),
+                        expected: p.shape.clone(),
+                    });
+                }
+            }
+            if p.kind == ParamKind::Counter {
+                counters.insert(p.name.clone(), ckpt.to_i64(&p.name)?[0]);
+            } else {
+                if !e.dtype.is_float() {
+                    return Err(MnemoError::WrongDtype {
+                        path: ckpt.path.clone(),
+                        tensor: p.name.clone(),
+                        dtype: e.dtype.to_string(),
+                        expected: "a floating-point dtype".into(),
+                    });
+                }
+                values.insert(p.name.clone(), ckpt.to_f32(&p.name)?);
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            manifest.iter().map(|p| p.name.as_str()).collect();
+        let extra: Vec<&str> = ckpt.names().filter(|n| !known.contains(n)).collect();
+        if let Some(first) = extra.first() {
+            return Err(MnemoError::UnexpectedTensor {
+                path: ckpt.path.clone(),
+                tensor: first.to_string(),
+                count: extra.len(),
+            });
+        }
+        Self::from_values(spec, values, counters, device)
+    }
+
+    /// Opens a checkpoint and loads it with its stored arch (or `arch` when given).
+    pub fn open(path: &Path, arch: Option<&str>, device: &Device) -> Result<(Model, Checkpoint)> {
+        let ckpt = Checkpoint::open(path)?;
+        let spec = resolve_arch(&ckpt, arch)?;
+        let model = Self::load(&ckpt, &spec, device)?;
+        Ok((model, ckpt))
+    }
+
+    fn from_values(
+        spec: &ArchSpec,
+        mut values: BTreeMap<String, Vec<f32>>,
+        mut counters: BTreeMap<String, i64>,
+        device: &Device,
+    ) -> Result<Model> {
+        let mut params = BTreeMap::new();
+        let mut buffers = BTreeMap::new();
+        for p in spec.params() {
+            match p.kind {
+                ParamKind::Counter => {
+                    counters.entry(p.name.clone()).or_insert(0);
+                }
+                kind => {
+                    let v = values.remove(&p.name).unwrap_or_default();
+                    let t = Tensor::from_vec(v, p.shape.as_slice(), device)
+                        .map_err(ce(&format!("placing tensor '{}' on {device:?}", p.name)))?;
+                    if kind == ParamKind::Trainable {
+                        params.insert(p.name, Var::from_tensor(&t).map_err(ce("creating var"))?);
+                    } else {
+                        buffers.insert(p.name, t);
+                    }
+                }
+            }
+        }
+        Ok(Model {
+            spec: spec.clone(),
+            device: device.clone(),
+            params,
+            buffers,
+            counters,
+        })
+    }
+
+    /// Trainable parameters sorted by name (a stable order for anything flattened).
+    pub fn vars(&self) -> Vec<(&str, &Var)> {
+        self.params.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.spec.num_parameters()
+    }
+
+    /// Checks a `--head` choice against the spec; returns the head to use
+    /// (the only head when there is one and none was named).
+    pub fn choose_head(&self, head: Option<&str>) -> Result<Option<String>> {
+        let heads = self.spec.head_names();
+        let err = |reason: String| MnemoError::InvalidArch {
+            origin: None,
+            reason,
+        };
+        match head {
+            None if heads.is_empty() => Ok(None),
+            None if heads.len() == 1 => Ok(Some(heads[0].clone())),
+            None => Err(err(format!(
+                "the model has several heads; choose one with --head ({})",
+                heads.join(", ")
+            ))),
+            Some(h) if heads.is_empty() => Err(err(format!(
+                "--head {h} given, but the model has a single output (no heads)"
+            ))),
+            Some(h) if heads.iter().any(|x| x == h) => Ok(Some(h.to_string())),
+            Some(h) => Err(err(format!(
+                "no head named '{h}'; the model's heads are: {}",
+                heads.join(", ")
+            ))),
+        }
+    }
+
+    /// Runs the model. In train mode batchnorm uses batch statistics and updates its running
+    /// statistics, and dropout draws its masks from `rng`.
+    pub fn forward(
+        &mut self,
+        x: &Tensor,
+        head: Option<&str>,
+        mode: Mode,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let groups: Vec<(String, Vec<Layer>)> = match (&self.spec, head) {
+            (ArchSpec::Sequential(l), _) => vec![(String::new(), l.clone())],
+            (ArchSpec::MultiHead { trunk, heads }, Some(h)) => {
+                let hl = heads.get(h).ok_or_else(|| MnemoError::InvalidArch {
+                    origin: None,
+                    reason: format!("no head named '{h}'"),
+                })?;
+                vec![
+                    ("trunk.".into(), trunk.clone()),
+                    (format!("heads.{h}."), hl.clone()),
+                ]
+            }
+            (ArchSpec::MultiHead { .. }, None) => {
+                return Err(MnemoError::InvalidArch {
+                    origin: None,
+                    reason: "a multi-head model needs --head".into(),
+                })
+            }
+        };
+        let mut x = x.clone();
+        // An MLP on images: flatten before a leading linear layer, as users expect.
+        if let Some(Layer::Linear { .. }) = groups[0].1.first() {
+            if x.rank() > 2 {
+                x = x.flatten_from(1).map_err(ce("flattening the input"))?;
+            }
+        }
+        for (prefix, layers) in &groups {
+            for (i, layer) in layers.iter().enumerate() {
+                let name = format!("{prefix}{i}");
+                x = self.layer_forward(&name, layer, &x, mode, rng)?;
+            }
+        }
+        Ok(x)
+    }
+
+    fn var(&self, name: &str) -> Result<&Tensor> {
+        self.params
+            .get(name)
+            .map(|v| v.as_tensor())
+            .ok_or_else(|| MnemoError::InvalidArch {
+                origin: None,
+                reason: format!("internal: no parameter '{name}'"),
+            })
+    }
+
+    fn layer_forward(
+        &mut self,
+        name: &str,
+        layer: &Layer,
+        x: &Tensor,
+        mode: Mode,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let ctx = || format!("layer {name} ({})", layer_kind(layer));
+        let c = |e: candle_core::Error| MnemoError::Compute {
+            context: format!("{}: input shape {:?}", ctx(), x.dims()),
+            source: e,
+        };
+        let w = |s: &Self, n: &str| s.var(&format!("{name}.{n}")).cloned();
+        Ok(match *layer {
+            Layer::Linear { bias, .. } => {
+                let wt = w(self, "weight")?;
+                let y = if x.rank() == 2 {
+                    x.matmul(&wt.t().map_err(c)?)
+                } else {
+                    x.broadcast_matmul(&wt.t().map_err(c)?)
+                }
+                .map_err(c)?;
+                if bias {
+                    y.broadcast_add(&w(self, "bias")?).map_err(c)?
+                } else {
+                    y
+                }
+            }
+            Layer::Conv2d {
+                stride,
+                padding,
+                groups,
+                bias,
+                ..
+            } => {
+                let y = x
+                    .conv2d(&w(self, "weight")?, padding, stride, 1, groups)
+                    .map_err(c)?;
+                if bias {
+                    let b = w(self, "bias")?;
+                    let n = b.dim(0).map_err(c)?;
+                    y.broadcast_add(&b.reshape((1, n, 1, 1)).map_err(c)?)
+                        .map_err(c)?
+                } else {
+                    y
+                }
+            }
+            Layer::BatchNorm1d { eps, momentum, .. } | Layer::BatchNorm2d { eps, momentum, .. } => {
+                self.batchnorm(name, x, eps, momentum, mode).map_err(c)?
+            }
+            Layer::LayerNorm {
+                ref normalized_shape,
+                eps,
+            } => {
+                let k = normalized_shape.len();
+                let dims = x.dims().to_vec();
+                if dims.len() < k || dims[dims.len() - k..] != normalized_shape[..] {
+                    return Err(MnemoError::ShapeMismatch {
+                        path: name.into(),
+                        tensor: format!("{name} (layernorm input)"),
+                        found: dims,
+                        expected: normalized_shape.clone(),
+                    });
+                }
+                let lead: usize = dims[..dims.len() - k].iter().product();
+                let xf = x
+                    .reshape((lead, normalized_shape.iter().product::<usize>()))
+                    .map_err(c)?;
+                let mean = xf.mean_keepdim(1).map_err(c)?;
+                let xc = xf.broadcast_sub(&mean).map_err(c)?;
+                let var = xc.sqr().map_err(c)?.mean_keepdim(1).map_err(c)?;
+                let xn = xc
+                    .broadcast_div(&(var + eps).map_err(c)?.sqrt().map_err(c)?)
+                    .map_err(c)?
+                    .reshape(dims.as_slice())
+                    .map_err(c)?;
+                xn.broadcast_mul(&w(self, "weight")?)
+                    .map_err(c)?
+                    .broadcast_add(&w(self, "bias")?)
+                    .map_err(c)?
+            }
+            Layer::Relu => x.relu().map_err(c)?,
+            // Exact GELU from erf: candle's gelu_erf backward uses a rounded constant.
+            Layer::Gelu => {
+                let e = (x / std::f64::consts::SQRT_2)
+                    .map_err(c)?
+                    .erf()
+                    .map_err(c)?;
+                ((x * 0.5).map_err(c)? * (e + 1.0).map_err(c)?).map_err(c)?
+            }
+            Layer::Tanh => x.tanh().map_err(c)?,
+            Layer::Sigmoid => candle_nn::ops::sigmoid(x).map_err(c)?,
+            Layer::MaxPool2d {
+                kernel_size,
+                stride,
+                padding,
+            } => pool2d(
+                x,
+                kernel_size,
+                stride.unwrap_or(kernel_size),
+                padding,
+                Pool::Max,
+            )
+            .map_err(c)?,
+            // torch's default count_include_pad=True: zero padding is averaged in.
+            Layer::AvgPool2d {
+                kernel_size,
+                stride,
+                padding,
+            } => pool2d(
+                x,
+                kernel_size,
+                stride.unwrap_or(kernel_size),
+                padding,
+                Pool::Avg,
+            )
+            .map_err(c)?,
+            Layer::AdaptiveAvgPool => x
+                .mean_keepdim(D::Minus1)
+                .map_err(c)?
+                .mean_keepdim(D::Minus2)
+                .map_err(c)?,
+            Layer::Flatten => x.flatten_from(1).map_err(c)?,
+            Layer::Dropout { p } => {
+                if mode == Mode::Eval || p == 0.0 {
+                    x.clone()
+                } else {
+                    let keep = 1.0 - p;
+                    let mask: Vec<f32> = (0..x.elem_count())
+                        .map(|_| {
+                            if rng.next_f64() < keep {
+                                (1.0 / keep) as f32
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let m = Tensor::from_vec(mask, x.dims(), x.device()).map_err(c)?;
+                    (x * m).map_err(c)?
+                }
+            }
+        })
+    }
+
+    fn batchnorm(
+        &mut self,
+        name: &str,
+        x: &Tensor,
+        eps: f64,
+        momentum: f64,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let weight = self.params[&format!("{name}.weight")].as_tensor().clone();
+        let bias = self.params[&format!("{name}.bias")].as_tensor().clone();
+        let rm_key = format!("{name}.running_mean");
+        let rv_key = format!("{name}.running_var");
+        let c = weight.dim(0)?;
+        // Statistics over every dim but the channel dim (1): [B,C] or [B,C,H,W].
+        let shape: Vec<usize> = (0..x.rank()).map(|d| if d == 1 { c } else { 1 }).collect();
+        let (mean, var) = match mode {
+            Mode::Eval => (
+                self.buffers[&rm_key].reshape(shape.as_slice())?,
+                self.buffers[&rv_key].reshape(shape.as_slice())?,
+            ),
+            Mode::Train => {
+                let mut mean = x.clone();
+                let mut n = 1usize;
+                for d in (0..x.rank()).rev().filter(|&d| d != 1) {
+                    n *= x.dim(d)?;
+                    mean = mean.mean_keepdim(d)?;
+                }
+                let xc = x.broadcast_sub(&mean)?;
+                let mut var = xc.sqr()?;
+                for d in (0..x.rank()).rev().filter(|&d| d != 1) {
+                    var = var.mean_keepdim(d)?;
+                }
+                // Running stats use the unbiased variance, as torch does; no gradient flows there.
+                let unbiased = if n > 1 {
+                    n as f64 / (n as f64 - 1.0)
+                } else {
+                    1.0
+                };
+                let m1 = mean.detach().flatten_all()?;
+                let v1 = (var.detach().flatten_all()? * unbiased)?;
+                let rm = ((&self.buffers[&rm_key] * (1.0 - momentum))? + (m1 * momentum)?)?;
+                let rv = ((&self.buffers[&rv_key] * (1.0 - momentum))? + (v1 * momentum)?)?;
+                self.buffers.insert(rm_key, rm);
+                self.buffers.insert(rv_key, rv);
+                *self
+                    .counters
+                    .entry(format!("{name}.num_batches_tracked"))
+                    .or_insert(0) += 1;
+                (mean, var)
+            }
+        };
+        let xn = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + eps)?.sqrt()?)?;
+        xn.broadcast_mul(&weight.reshape(shape.as_slice())?)?
+            .broadcast_add(&bias.reshape(shape.as_slice())?)
+    }
+
+    /// The model's tensors in F32 (counters I64), ready for `write_checkpoint`.
+    pub fn tensors(&self) -> Result<Vec<OwnedTensor<'static>>> {
+        let mut out = Vec::new();
+        for p in self.spec.params() {
+            let t = match p.kind {
+                ParamKind::Trainable => self.params[&p.name].as_tensor().clone(),
+                ParamKind::RunningStat => self.buffers[&p.name].clone(),
+                ParamKind::Counter => {
+                    out.push(OwnedTensor {
+                        name: p.name.clone(),
+                        dtype: Dtype::I64,
+                        shape: vec![],
+                        data: Cow::Owned(self.counters[&p.name].to_le_bytes().to_vec()),
+                    });
+                    continue;
+                }
+            };
+            let v: Vec<f32> = t
+                .flatten_all()
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.to_vec1())
+                .map_err(ce(&format!("reading tensor '{}'", p.name)))?;
+            out.push(OwnedTensor::f32(p.name, p.shape, &v));
+        }
+        Ok(out)
+    }
+}
+
+/// The arch for a checkpoint: `--arch` when given, else its `mnemo.arch` metadata.
+pub fn resolve_arch(ckpt: &Checkpoint, arch: Option<&str>) -> Result<ArchSpec> {
+    match arch {
+        Some(a) => ArchSpec::parse(a),
+        None => match ckpt.metadata().get(ARCH_KEY) {
+            Some(json) => ArchSpec::from_json(
+                json,
+                Some(&format!("{} metadata '{ARCH_KEY}'", ckpt.path.display())),
+            ),
+            None => Err(MnemoError::NoArch {
+                path: ckpt.path.clone(),
+            }),
+        },
+    }
+}
+
+fn layer_kind(l: &Layer) -> &'static str {
+    match l {
+        Layer::Linear { .. } => "linear",
+        Layer::Conv2d { .. } => "conv2d",
+        Layer::BatchNorm1d { .. } => "batchnorm1d",
+        Layer::BatchNorm2d { .. } => "batchnorm2d",
+        Layer::LayerNorm { .. } => "layernorm",
+        Layer::Relu => "relu",
+        Layer::Gelu => "gelu",
+        Layer::Tanh => "tanh",
+        Layer::Sigmoid => "sigmoid",
+        Layer::MaxPool2d { .. } => "maxpool2d",
+        Layer::AvgPool2d { .. } => "avgpool2d",
+        Layer::AdaptiveAvgPool => "adaptive-avg-pool",
+        Layer::Flatten => "flatten",
+        Layer::Dropout { .. } => "dropout",
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pool {
+    Max,
+    Avg,
+}
+
+/// Pads the last two dims with `value`: `lo` before and `hi` after.
+fn pad2d(x: &Tensor, lo: usize, hi: usize, value: f32) -> candle_core::Result<Tensor> {
+    if lo == 0 && hi == 0 {
+        return Ok(x.clone());
+    }
+    if value == 0.0 {
+        return x
+            .pad_with_zeros(D::Minus1, lo, hi)?
+            .pad_with_zeros(D::Minus2, lo, hi);
+    }
+    let mut x = x.clone();
+    for dim in [x.rank() - 1, x.rank() - 2] {
+        let mut parts = Vec::new();
+        for n in [lo, usize::MAX, hi] {
+            if n == usize::MAX {
+                parts.push(x.clone());
+            } else if n > 0 {
+                let mut s = x.dims().to_vec();
+                s[dim] = n;
+                parts.push(Tensor::full(value, s.as_slice(), x.device())?.to_dtype(x.dtype())?);
+            }
+        }
+        x = Tensor::cat(&parts, dim)?;
+    }
+    Ok(x)
+}
+
+/// 2-D pooling with torch's output size, floor((H + 2p − k)/s) + 1. candle's own pooling
+/// is used when kernel = stride without padding; otherwise the window is assembled from
+/// k² shifted, strided views, which (unlike candle's pooling there) has a backward pass.
+fn pool2d(x: &Tensor, k: usize, s: usize, p: usize, kind: Pool) -> candle_core::Result<Tensor> {
+    if k == s && p == 0 {
+        return match kind {
+            Pool::Max => x.max_pool2d(k),
+            Pool::Avg => x.avg_pool2d(k),
+        };
+    }
+    let (b, c, h, w) = x.dims4()?;
+    if h + 2 * p < k || w + 2 * p < k {
+        candle_core::bail!("pool kernel {k} is larger than the padded input {h}x{w}");
+    }
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let fill = if kind == Pool::Max {
+        f32::NEG_INFINITY
+    } else {
+        0.0
+    };
+    // Extra fill on the far side so every shifted view spans whole strides.
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let extra_h = (k - 1 + oh * s).saturating_sub(hp);
+    let extra_w = (k - 1 + ow * s).saturating_sub(wp);
+    let xp = pad2d(x, p, p, fill)?;
+    let xp = if extra_h > 0 || extra_w > 0 {
+        let xp = if extra_h > 0 {
+            pad_dim(&xp, 2, extra_h, fill)?
+        } else {
+            xp
+        };
+        if extra_w > 0 {
+            pad_dim(&xp, 3, extra_w, fill)?
+        } else {
+            xp
+        }
+    } else {
+        xp
+    };
+    let mut acc: Option<Tensor> = None;
+    for di in 0..k {
+        for dj in 0..k {
+            let v = xp
+                .narrow(2, di, oh * s)?
+                .narrow(3, dj, ow * s)?
+                .reshape((b, c, oh, s, ow, s))?
+                .narrow(3, 0, 1)?
+                .narrow(5, 0, 1)?
+                .reshape((b, c, oh, ow))?;
+            acc = Some(match (acc, kind) {
+                (None, _) => v,
+                (Some(a), Pool::Max) => a.maximum(&v)?,
+                (Some(a), Pool::Avg) => (a + v)?,
+            });
+        }
+    }
+    let acc = acc.expect("k >= 1");
+    match kind {
+        Pool::Max => Ok(acc),
+        Pool::Avg => acc / (k * k) as f64,
+    }
+}
+
+/// Appends `n` entries of `value` at the end of `dim`.
+fn pad_dim(x: &Tensor, dim: usize, n: usize, value: f32) -> candle_core::Result<Tensor> {
+    let mut s = x.dims().to_vec();
+    s[dim] = n;
+    let fill = Tensor::full(value, s.as_slice(), x.device())?.to_dtype(x.dtype())?;
+    Tensor::cat(&[x, &fill], dim)
+}
+
+/// Parses `--device cpu|cuda[:N]`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let err = |reason: String| MnemoError::Device {
+        device: s.to_string(),
+        reason,
+    };
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| err(format!("'{n}' is not a GPU index")))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(err("this mnemo was built without the 'cuda' feature (cargo build --release --features cuda)".into()));
+            }
+            Device::new_cuda(ordinal).map_err(|e| err(e.to_string()))
+        }
+        _ => Err(err("expected cpu, cuda or cuda:N".into())),
+    }
+}

@@ -1,0 +1,74 @@
+//! Shared helpers: run the real binary in a unique temp dir per test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn fixture(name: &str) -> String {
+    fixtures().join(name).to_string_lossy().into_owned()
+}
+
+/// A unique working folder for one test (removed when dropped).
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mnemo-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub raw_stdout: Vec<u8>,
+}
+
+impl Run {
+    /// stdout parsed as JSON Lines.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect()
+    }
+    pub fn last_json(&self) -> serde_json::Value {
+        self.json_lines().pop().expect("some output")
+    }
+}
+
+pub fn mnemo_in(dir: &Path, args: &[&str]) -> Run {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mnemo");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        raw_stdout: out.stdout,
+    }
+}
+
+pub fn mnemo(args: &[&str]) -> Run {
+    mnemo_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
+}
+
+/// Asserts success and returns the run.
+pub fn ok(r: Run) -> Run {
+    assert_eq!(r.code, 0, "stderr: {}\nstdout: {}", r.stderr, r.stdout);
+    r
+}
+
+/// Writes a raw safetensors file from a header JSON and a data section.
+pub fn raw_safetensors(path: &Path, header: &str, data: &[u8]) {
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend(header.as_bytes());
+    v.extend(data);
+    std::fs::write(path, v).unwrap();
+}
