@@ -320,3 +320,44 @@ fn find_in_dir(dir: &Path) -> Result<PathBuf> {
         }),
     }
 }
+
+/// Orders tensor names as a person reads them: numeric parts by value, so
+/// `2.weight` comes before `10.weight`.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let split = |s: &str| -> Vec<(u64, String)> {
+        s.split('.')
+            .map(|p| match p.parse::<u64>() {
+                Ok(n) => (n, String::new()),
+                Err(_) => (u64::MAX, p.to_string()),
+            })
+            .collect()
+    };
+    split(a).cmp(&split(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec![
+            "10.weight",
+            "2.weight",
+            "2.bias",
+            "heads.a.0.weight",
+            "trunk.0.bias",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "2.bias",
+                "2.weight",
+                "10.weight",
+                "heads.a.0.weight",
+                "trunk.0.bias"
+            ]
+        );
+    }
+}

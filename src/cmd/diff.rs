@@ -4,7 +4,7 @@
 
 use super::{num, print_text, Global, HelpExtra, JsonLines, Status};
 use mnemo::checkpoint::stats::tensor_diff;
-use mnemo::checkpoint::Checkpoint;
+use mnemo::checkpoint::{natural_cmp, Checkpoint};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -55,7 +55,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let a = Checkpoint::open(&args.a)?;
     let b = Checkpoint::open(&args.b)?;
     let names: BTreeSet<&str> = a.names().chain(b.names()).collect();
-    let names: Vec<&str> = names.into_iter().collect();
+    let mut names: Vec<&str> = names.into_iter().collect();
+    names.sort_by(|a, b| natural_cmp(a, b));
     let pb = g.progress(names.len() as u64, "diff");
     let rows: Vec<(&str, Row)> = names
         .par_iter()

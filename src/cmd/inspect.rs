@@ -3,7 +3,7 @@
 
 use super::{num, print_text, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use mnemo::checkpoint::stats::{tensor_stats, TensorStats};
-use mnemo::checkpoint::Checkpoint;
+use mnemo::checkpoint::{natural_cmp, Checkpoint};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -71,7 +71,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut out = JsonLines::stdout();
     for path in &args.files {
         let ckpt = Checkpoint::open(path)?;
-        let names: Vec<&str> = ckpt.names().collect();
+        let mut names: Vec<&str> = ckpt.names().collect();
+        names.sort_by(|a, b| natural_cmp(a, b));
         let stats: Option<Vec<TensorStats>> = if args.stats {
             let pb = g.progress(names.len() as u64, "stats");
             let s = names
@@ -206,6 +207,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 writeln!(s, "  {k}: {v}")?;
             }
         }
+        let s: String = s.lines().map(|l| format!("{}\n", l.trim_end())).collect();
         print_text(&s)?;
     }
     Ok(Status::Success)
