@@ -38,6 +38,7 @@ lint:
 # Regenerate the PyTorch reference fixtures (needs the ~5 GB torch venv; not part of `make test`).
 fixtures:
 	$$(scripts/venv.sh) fixtures/gen.py
+	$$(scripts/venv.sh) fixtures/gen_train.py
 
 # Prove in real torch that our checkpoints load with load_state_dict(strict=True) and evaluate the same.
 interop: build

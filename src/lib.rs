@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod model;
 pub mod provenance;
 pub mod rng;
+pub mod train;
 
 pub use error::{MnemoError, Result};

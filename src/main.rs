@@ -36,6 +36,10 @@ enum Command {
     Diff(cmd::diff::Args),
     /// Evaluate a classifier: mean cross-entropy, accuracy, top-5 as JSON.
     Eval(cmd::eval::Args),
+    /// Diagonal Fisher information of a model on a dataset (empirical, true or batch).
+    Fisher(cmd::fisher::Args),
+    /// Train on new data with EWC penalties holding earlier tasks' weights in place.
+    TrainEwc(cmd::train_ewc::Args),
     /// Write the man pages (used to keep man/ current).
     #[command(hide = true)]
     Man(cmd::man::Args),
@@ -60,6 +64,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Inspect(a) => cmd::inspect::run(a, g),
         Command::Diff(a) => cmd::diff::run(a, g),
         Command::Eval(a) => cmd::eval::run(a, g),
+        Command::Fisher(a) => cmd::fisher::run(a, g),
+        Command::TrainEwc(a) => cmd::train_ewc::run(a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
 }

@@ -437,7 +437,7 @@ fn closed_pipe_exits_quietly() {
 
 #[test]
 fn every_subcommand_has_help_with_examples_and_exit_status() {
-    for sub in ["init", "inspect", "diff", "eval"] {
+    for sub in ["init", "inspect", "diff", "eval", "fisher", "train-ewc"] {
         let r = ok(mnemo(&[sub, "--help"]));
         assert!(
             r.stdout.contains("Examples:") && r.stdout.contains("mnemo "),

@@ -3,10 +3,13 @@
 //! exit-status convention.
 
 pub mod diff;
+pub mod engine;
 pub mod eval;
+pub mod fisher;
 pub mod init;
 pub mod inspect;
 pub mod man;
+pub mod train_ewc;
 
 use anyhow::Context;
 use std::io::{IsTerminal, Write};
@@ -122,6 +125,8 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("inspect", &inspect::HELP),
     ("diff", &diff::HELP),
     ("eval", &eval::HELP),
+    ("fisher", &fisher::HELP),
+    ("train-ewc", &train_ewc::HELP),
 ];
 
 /// The standard exit codes: commands with a negative decision document their own 1.

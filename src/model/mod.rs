@@ -16,6 +16,13 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// What `forward_tapped` records per linear layer (by layer name, e.g. `trunk.0`):
+/// its input `[B, in]` and the zero probe added to its output `[B, out]`.
+#[derive(Default)]
+pub struct Taps {
+    pub linear: BTreeMap<String, (Tensor, Var)>,
+}
+
 /// Metadata key holding the canonical arch spec JSON.
 pub const ARCH_KEY: &str = "mnemo.arch";
 
@@ -188,6 +195,20 @@ impl Model {
         mode: Mode,
         rng: &mut Rng,
     ) -> Result<Tensor> {
+        self.forward_tapped(x, head, mode, rng, None)
+    }
+
+    /// `forward`, optionally recording each linear layer's input and adding a zero probe
+    /// `Var` to its output: the probe's gradient is dL/dz per example, which candle's
+    /// GradStore would otherwise drop (it keeps only `Var` gradients).
+    pub fn forward_tapped(
+        &mut self,
+        x: &Tensor,
+        head: Option<&str>,
+        mode: Mode,
+        rng: &mut Rng,
+        mut taps: Option<&mut Taps>,
+    ) -> Result<Tensor> {
         let groups: Vec<(String, Vec<Layer>)> = match (&self.spec, head) {
             (ArchSpec::Sequential(l), _) => vec![(String::new(), l.clone())],
             (ArchSpec::MultiHead { trunk, heads }, Some(h)) => {
@@ -217,7 +238,14 @@ impl Model {
         for (prefix, layers) in &groups {
             for (i, layer) in layers.iter().enumerate() {
                 let name = format!("{prefix}{i}");
+                let input = x.clone();
                 x = self.layer_forward(&name, layer, &x, mode, rng)?;
+                if let (Some(t), Layer::Linear { .. }) = (taps.as_deref_mut(), layer) {
+                    let probe = Var::zeros(x.dims(), x.dtype(), x.device())
+                        .map_err(ce("creating a probe"))?;
+                    x = (x + probe.as_tensor()).map_err(ce("adding a probe"))?;
+                    t.linear.insert(name, (input, probe));
+                }
             }
         }
         Ok(x)
@@ -532,17 +560,25 @@ fn pad2d(x: &Tensor, lo: usize, hi: usize, value: f32) -> candle_core::Result<Te
     Ok(x)
 }
 
-/// 2-D pooling with torch's output size, floor((H + 2p − k)/s) + 1. candle's own pooling
-/// is used when kernel = stride without padding; otherwise the window is assembled from
-/// k² shifted, strided views, which (unlike candle's pooling there) has a backward pass.
+/// 2-D pooling with torch's output size, floor((H + 2p − k)/s) + 1, built from ops whose
+/// backward is right: a reshape when kernel = stride without padding, otherwise k² shifted,
+/// strided views (candle's pooling has no backward there).
 fn pool2d(x: &Tensor, k: usize, s: usize, p: usize, kind: Pool) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
     if k == s && p == 0 {
+        // Non-overlapping windows as a reshape and two reductions. candle's own max_pool2d
+        // backward scales the gradient by 1/k² (it multiplies by the window's mean mask), and
+        // its avg_pool2d backward is wrong when the size is not a multiple of k.
+        let (oh, ow) = (h / k, w / k);
+        let v = x
+            .narrow(2, 0, oh * k)?
+            .narrow(3, 0, ow * k)?
+            .reshape((b, c, oh, k, ow, k))?;
         return match kind {
-            Pool::Max => x.max_pool2d(k),
-            Pool::Avg => x.avg_pool2d(k),
+            Pool::Max => v.max(5)?.max(3),
+            Pool::Avg => v.mean(5)?.mean(3),
         };
     }
-    let (b, c, h, w) = x.dims4()?;
     if h + 2 * p < k || w + 2 * p < k {
         candle_core::bail!("pool kernel {k} is larger than the padded input {h}x{w}");
     }
@@ -624,5 +660,50 @@ pub fn parse_device(s: &str) -> Result<Device> {
             Device::new_cuda(ordinal).map_err(|e| err(e.to_string()))
         }
         _ => Err(err("expected cpu, cuda or cuda:N".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_gradient_is_one_at_the_maximum() {
+        // candle 0.11's max_pool2d backward gives 1/k² here; torch gives 1.
+        let x = Var::new(
+            &[[[[1f32, 2.0, 0.5], [3.0, 4.0, 0.1], [9.0, 9.0, 9.0]]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (k, s, p) in [(2, 2, 0), (2, 1, 0), (3, 2, 1)] {
+            let y = pool2d(x.as_tensor(), k, s, p, Pool::Max).unwrap();
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let gx: Vec<f32> = g
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            if (k, s, p) == (2, 2, 0) {
+                assert_eq!(
+                    y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    vec![4.0]
+                );
+                assert_eq!(gx, vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+            }
+            let total: f32 = gx.iter().sum();
+            assert!(total >= y.elem_count() as f32, "{k} {s} {p}: {gx:?}");
+        }
+        let y = pool2d(x.as_tensor(), 2, 2, 0, Pool::Avg).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx: Vec<f32> = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(gx, vec![0.25, 0.25, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]);
     }
 }

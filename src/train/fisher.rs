@@ -1,0 +1,196 @@
+//! Diagonal Fisher information, exactly, in three modes. For models whose
+//! trainable layers are all linear, per-example gradients are never formed:
+//! the per-example weight gradient is δ_i ⊗ a_i, so Σ_i g_i² = (δ²)ᵀ·(a²), one
+//! matmul per layer per batch, with δ read from zero probes on the
+//! pre-activations. Other layer types fall back to a per-example loop.
+
+use super::{host_logits, softmax_rows};
+use crate::data::Dataset;
+use crate::error::{MnemoError, Result};
+use crate::model::{ArchSpec, Layer, Mode, Model, Taps};
+use crate::rng::Rng;
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+
+/// How the expectation over labels is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FisherMode {
+    /// Mean over examples of the squared per-example gradient at the true label.
+    Empirical,
+    /// Exact expectation over the model's predictive distribution: Σ_y p(y|x)·g_y².
+    True,
+    /// The common reference code's estimator: Σ_batches (mean-batch gradient)² / N (biased).
+    Batch,
+}
+
+impl FisherMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FisherMode::Empirical => "empirical",
+            FisherMode::True => "true",
+            FisherMode::Batch => "batch",
+        }
+    }
+}
+
+/// A diagonal Fisher: one tensor per trainable parameter, and the example count.
+pub struct FisherDiag {
+    pub values: BTreeMap<String, Tensor>,
+    pub samples: usize,
+}
+
+fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
+    move |source| MnemoError::Compute {
+        context: ctx.to_string(),
+        source,
+    }
+}
+
+/// True when every layer holding parameters is linear (the fast path applies).
+fn linear_only(spec: &ArchSpec) -> bool {
+    spec.groups()
+        .iter()
+        .flat_map(|(_, l)| l.iter())
+        .all(|l| matches!(l, Layer::Linear { .. }) || l.params().is_empty())
+}
+
+/// Output-gradient weightings G [n, c] (rows: dℓ/dlogits per example) for one Fisher pass each.
+fn weightings(mode: FisherMode, p: &[f64], targets: &[i64], c: usize) -> Vec<Vec<f32>> {
+    let n = targets.len();
+    let row = |i: usize, y: usize, scale: f64, out: &mut Vec<f32>| {
+        for k in 0..c {
+            let e = if k == y { 1.0 } else { 0.0 };
+            out[i * c + k] = (scale * (p[i * c + k] - e)) as f32;
+        }
+    };
+    match mode {
+        FisherMode::Empirical => {
+            let mut g = vec![0f32; n * c];
+            for (i, &t) in targets.iter().enumerate() {
+                row(i, t as usize, 1.0, &mut g);
+            }
+            vec![g]
+        }
+        // Σ_y p_y g_y² = Σ_y (√p_y · g_y)²: one pass per class with rows scaled by √p.
+        FisherMode::True => (0..c)
+            .map(|y| {
+                let mut g = vec![0f32; n * c];
+                for i in 0..n {
+                    row(i, y, p[i * c + y].sqrt(), &mut g);
+                }
+                g
+            })
+            .collect(),
+        FisherMode::Batch => unreachable!("batch mode squares batch gradients"),
+    }
+}
+
+fn add(acc: &mut BTreeMap<String, Tensor>, name: &str, t: Tensor) -> Result<()> {
+    let v = match acc.remove(name) {
+        Some(a) => (a + t).map_err(ce("accumulating the Fisher"))?,
+        None => t,
+    };
+    acc.insert(name.to_string(), v);
+    Ok(())
+}
+
+/// Computes the diagonal Fisher of `model` on the first `samples` examples of `data` (all when None).
+pub fn fisher(
+    model: &mut Model,
+    data: &Dataset,
+    mode: FisherMode,
+    samples: Option<usize>,
+    batch_size: usize,
+    head: Option<&str>,
+    mut progress: impl FnMut(usize),
+) -> Result<FisherDiag> {
+    let n = samples.unwrap_or(data.len()).min(data.len());
+    if n == 0 {
+        return Err(MnemoError::InvalidDataset {
+            path: data.path.clone(),
+            reason: "no examples to compute a Fisher on".into(),
+        });
+    }
+    let order: Vec<usize> = (0..n).collect();
+    let device = model.device.clone();
+    let fast = linear_only(&model.spec) && mode != FisherMode::Batch;
+    let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut rng = Rng::new(0); // eval mode: no dropout draws
+    let bs = if fast || mode == FisherMode::Batch {
+        batch_size.max(1)
+    } else {
+        1
+    };
+    for (bi, idx) in order.chunks(bs).enumerate() {
+        let (x, y) = data.batch(idx, &device)?;
+        let mut taps = Taps::default();
+        let logits =
+            model.forward_tapped(&x, head, Mode::Eval, &mut rng, fast.then_some(&mut taps))?;
+        let (l, c) = host_logits(&logits, data, head, bi == 0)?;
+        let (p, _) = softmax_rows(&l, c);
+        let passes = if mode == FisherMode::Batch {
+            let b = idx.len() as f64;
+            let mut g = vec![0f32; l.len()];
+            for (i, &t) in y.iter().enumerate() {
+                for k in 0..c {
+                    let e = if k == t as usize { 1.0 } else { 0.0 };
+                    g[i * c + k] = ((p[i * c + k] - e) / b) as f32;
+                }
+            }
+            vec![g]
+        } else {
+            weightings(mode, &p, &y, c)
+        };
+        for g in passes {
+            let gt = Tensor::from_vec(g, (idx.len(), c), &device).map_err(ce("Fisher pass"))?;
+            let grads = (&logits * gt)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .map_err(ce("Fisher backward pass"))?;
+            if fast {
+                for (layer, (input, probe)) in &taps.linear {
+                    let delta =
+                        grads
+                            .get(probe.as_tensor())
+                            .ok_or_else(|| MnemoError::Compute {
+                                context: format!("no gradient reached layer {layer}"),
+                                source: candle_core::Error::Msg("probe gradient missing".into()),
+                            })?;
+                    let d2 = delta.sqr().map_err(ce("Fisher"))?;
+                    let a2 = input.sqr().map_err(ce("Fisher"))?;
+                    let fw = d2
+                        .t()
+                        .and_then(|t| t.matmul(&a2))
+                        .map_err(ce("Fisher matmul"))?;
+                    add(&mut acc, &format!("{layer}.weight"), fw)?;
+                    if model.params.contains_key(&format!("{layer}.bias")) {
+                        add(
+                            &mut acc,
+                            &format!("{layer}.bias"),
+                            d2.sum(0).map_err(ce("Fisher"))?,
+                        )?;
+                    }
+                }
+            } else {
+                for (name, var) in &model.params {
+                    let g = match grads.get(var.as_tensor()) {
+                        Some(g) => g.sqr().map_err(ce("Fisher"))?,
+                        None => var.as_tensor().zeros_like().map_err(ce("Fisher"))?,
+                    };
+                    add(&mut acc, name, g)?;
+                }
+            }
+        }
+        progress(idx.len());
+    }
+    let scale = 1.0 / n as f64;
+    let mut values = BTreeMap::new();
+    for (name, var) in &model.params {
+        let t = match acc.remove(name) {
+            Some(t) => (t * scale).map_err(ce("Fisher"))?,
+            None => var.as_tensor().zeros_like().map_err(ce("Fisher"))?,
+        };
+        values.insert(name.clone(), t);
+    }
+    Ok(FisherDiag { values, samples: n })
+}
