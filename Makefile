@@ -12,7 +12,7 @@ build:
 
 $(MNEMO): build
 
-# The main job on shipped data: a fresh model, its evaluation, a torch-made model's evaluation.
+# The main job on shipped data: init, eval (torch-made CNN), inspect, then fisher → train-ewc → eval.
 demo: build
 	@mkdir -p $(OUT)
 	@echo "== mnemo init: a fresh 20-16-16-5 MLP with torch's default initialisation"
@@ -23,8 +23,14 @@ demo: build
 	$(MNEMO) eval fixtures/cnn.safetensors --arch fixtures/cnn.arch.json --data fixtures/img_data.safetensors
 	@echo "== mnemo inspect"
 	$(MNEMO) inspect $(OUT)/fresh.safetensors --stats
-	@echo "== mnemo diff: fresh model vs the torch-made one (exit 1: they differ)"
-	-$(MNEMO) diff $(OUT)/fresh.safetensors fixtures/mlp.safetensors
+	@echo "== mnemo fisher → train-ewc → eval: learn a second task while holding the first"
+	$(MNEMO) fisher fixtures/mlp.safetensors --arch mlp:20-16-16-5 --data fixtures/mlp_data.safetensors -o $(OUT)/fisher1.safetensors
+	$(MNEMO) train-ewc fixtures/mlp.safetensors --arch mlp:20-16-16-5 --data fixtures/mh_b_data.safetensors \
+	  --penalty $(OUT)/fisher1.safetensors:fixtures/mlp.safetensors --lambda 100 --epochs 3 --batch-size 16 --lr 0.01 \
+	  -o $(OUT)/model2.safetensors
+	$(MNEMO) eval $(OUT)/model2.safetensors --data fixtures/mlp_data.safetensors
+	@echo "== mnemo diff: how far did training move the weights? (exit 1 means they differ)"
+	$(MNEMO) diff fixtures/mlp.safetensors $(OUT)/model2.safetensors || test $$? -eq 1
 
 # What CI runs: formatting, lints, unit and integration tests (the real binary on fixtures).
 test: lint
