@@ -22,6 +22,10 @@ pub enum MnemoError {
     #[error("{path}: invalid sharded checkpoint index: {reason}")]
     InvalidIndex { path: PathBuf, reason: String },
 
+    /// A `--state` file is corrupt or was written by a different run (other inputs or settings).
+    #[error("{path}: {reason}")]
+    InvalidState { path: PathBuf, reason: String },
+
     /// A tensor that was asked for does not exist in the file.
     #[error("{path}: no tensor named '{tensor}'")]
     MissingTensor { path: PathBuf, tensor: String },

@@ -39,7 +39,7 @@ enum Command {
     /// Diagonal Fisher information of a model on a dataset (empirical, true or batch).
     Fisher(cmd::fisher::Args),
     /// Train on new data with EWC penalties holding earlier tasks' weights in place.
-    TrainEwc(cmd::train_ewc::Args),
+    TrainEwc(Box<cmd::train_ewc::Args>),
     /// Write the man pages (used to keep man/ current).
     #[command(hide = true)]
     Man(cmd::man::Args),
@@ -65,7 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Diff(a) => cmd::diff::run(a, g),
         Command::Eval(a) => cmd::eval::run(a, g),
         Command::Fisher(a) => cmd::fisher::run(a, g),
-        Command::TrainEwc(a) => cmd::train_ewc::run(a, g),
+        Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
 }

@@ -86,6 +86,48 @@ fn fisher_matches_torch_in_every_mode() {
     }
 }
 
+/// The engine flags of a fixture case (schedules, clipping, smoothing, accumulation, L2).
+fn engine_flags(case: &Value) -> Vec<String> {
+    let mut a: Vec<String> = vec!["--log-every".into(), "1".into()];
+    if let Some(ls) = case["label_smoothing"].as_f64().filter(|&v| v > 0.0) {
+        a.extend(["--label-smoothing".into(), ls.to_string()]);
+    }
+    if let Some(k) = case["accumulate"].as_u64().filter(|&k| k > 1) {
+        a.extend(["--accumulate-grad-batches".into(), k.to_string()]);
+    }
+    if let Some(c) = case["clip"].as_f64() {
+        a.extend(["--clip-grad-norm".into(), c.to_string()]);
+    }
+    if let Some(l2) = case["l2"].as_array() {
+        a.extend([
+            "--l2-anchor".into(),
+            fixture(l2[0].as_str().unwrap()),
+            "--l2-lambda".into(),
+            l2[1].to_string(),
+        ]);
+    }
+    let s = &case["schedule"];
+    if let Some(kind) = s["kind"].as_str() {
+        a.extend(["--schedule".into(), kind.into()]);
+        a.extend(["--schedule-unit".into(), s["unit"].as_str().unwrap().into()]);
+        let flags = [
+            ("warmup", "--warmup"),
+            ("step_size", "--lr-step-size"),
+            ("gamma", "--lr-gamma"),
+            ("eta_min", "--eta-min"),
+            ("t0", "--t0"),
+            ("t_mult", "--t-mult"),
+            ("t_max", "--t-max"),
+        ];
+        for (key, flag) in flags {
+            if !s[key].is_null() {
+                a.extend([flag.into(), s[key].to_string()]);
+            }
+        }
+    }
+    a
+}
+
 #[test]
 fn train_ewc_matches_torch_weights_and_losses() {
     let exp = expected();
@@ -129,6 +171,7 @@ fn train_ewc_matches_torch_weights_and_losses() {
         if let Some(m) = case["max_batches_per_epoch"].as_u64() {
             args.extend(["--max-batches-per-epoch".into(), m.to_string()]);
         }
+        args.extend(engine_flags(case));
         for p in case["penalties"].as_array().unwrap() {
             args.extend([
                 "--penalty".into(),
@@ -143,7 +186,29 @@ fn train_ewc_matches_torch_weights_and_losses() {
         let r = ok(mnemo(&argv));
         let lines = r.json_lines();
         let epochs: Vec<&Value> = lines.iter().filter(|l| l["event"] == "epoch").collect();
-        let lambda = case["lambda"].as_f64().unwrap();
+        // Every update's rate and (when clipping) gradient norm, from the step events.
+        let steps: Vec<&Value> = lines.iter().filter(|l| l["event"] == "step").collect();
+        let want_steps: Vec<&Value> = case["epoch_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| e["per_step"].as_array().unwrap())
+            .collect();
+        assert_eq!(steps.len(), want_steps.len(), "{name}: updates");
+        for (i, (got, want)) in steps.iter().zip(&want_steps).enumerate() {
+            let (gl, wl) = (got["lr"].as_f64().unwrap(), want["lr"].as_f64().unwrap());
+            assert!(
+                (gl - wl).abs() <= 1e-12 * wl.abs().max(1e-12),
+                "{name}: update {i} lr {gl} vs torch {wl}"
+            );
+            if let Some(wn) = want["grad_norm"].as_f64() {
+                let gn = got["grad_norm"].as_f64().unwrap();
+                assert!(
+                    (gn - wn).abs() < 1e-5 * wn,
+                    "{name}: update {i} grad norm {gn} vs torch {wn}"
+                );
+            }
+        }
         for (got, want) in epochs.iter().zip(case["epoch_log"].as_array().unwrap()) {
             let (gl, wl) = (
                 got["task_loss"].as_f64().unwrap(),
@@ -153,9 +218,10 @@ fn train_ewc_matches_torch_weights_and_losses() {
                 (gl - wl).abs() < 1e-5 * wl.abs().max(1.0),
                 "{name}: task loss {gl} vs torch {wl}"
             );
+            // Both sides report the weighted penalty (λ·EWC + μ·L2).
             let (gp, wp) = (
                 got["penalty"].as_f64().unwrap(),
-                lambda * want["penalty"].as_f64().unwrap(),
+                want["penalty"].as_f64().unwrap(),
             );
             assert!(
                 (gp - wp).abs() < 1e-4 * wp.abs().max(1e-3),
@@ -256,4 +322,179 @@ fn seeded_training_is_byte_reproducible() {
     let a = run("x.safetensors");
     let b = run("x.safetensors");
     assert_eq!(a, b);
+}
+
+/// Writes examples [from, to) of a dataset fixture as a new dataset file.
+fn shard(src: &str, from: usize, to: usize, out: &std::path::Path) {
+    use mnemo::checkpoint::{write_checkpoint, OwnedTensor};
+    let d = Checkpoint::open(fixture(src)).unwrap();
+    let mut tensors = Vec::new();
+    for name in ["input", "target"] {
+        let e = d.entry(name).unwrap();
+        let n = e.shape[0];
+        let row = d.bytes(name).unwrap().len() / n;
+        let mut shape = e.shape.clone();
+        shape[0] = to - from;
+        tensors.push(OwnedTensor {
+            name: name.into(),
+            dtype: e.dtype,
+            shape,
+            data: d.bytes(name).unwrap()[from * row..to * row].to_vec().into(),
+        });
+    }
+    write_checkpoint(out, tensors, &Default::default()).unwrap();
+}
+
+#[test]
+fn fisher_of_shards_reduces_to_the_fisher_of_their_union() {
+    let d = workdir();
+    for (model, arch, data, n) in [
+        (
+            "mlp.safetensors",
+            "mlp:20-16-16-5".to_string(),
+            "mlp_data.safetensors",
+            64,
+        ),
+        (
+            "cnn.safetensors",
+            fixture("cnn.arch.json"),
+            "img_data.safetensors",
+            48,
+        ),
+    ] {
+        for mode in ["empirical", "true"] {
+            let tag = format!("{}_{mode}", &model[..3]);
+            let fisher = |data: &str, out: &str| {
+                let out = d.path().join(out).to_string_lossy().into_owned();
+                ok(mnemo(&[
+                    "fisher",
+                    &fixture(model),
+                    "--arch",
+                    &arch,
+                    "--data",
+                    data,
+                    "--mode",
+                    mode,
+                    "--batch-size",
+                    "7",
+                    "-o",
+                    &out,
+                ]));
+                out
+            };
+            let whole = fisher(&fixture(data), &format!("{tag}_whole.st"));
+            let cut = n * 5 / 8;
+            let mut parts = Vec::new();
+            for (i, (a, b)) in [(0, cut), (cut, n)].into_iter().enumerate() {
+                let p = d.path().join(format!("{tag}_shard{i}.st"));
+                shard(data, a, b, &p);
+                parts.push(fisher(&p.to_string_lossy(), &format!("{tag}_f{i}.st")));
+            }
+            let reduced = d.path().join(format!("{tag}_reduced.st"));
+            let r = ok(mnemo(&[
+                "fisher",
+                "--reduce",
+                &parts[0],
+                &parts[1],
+                "-o",
+                &reduced.to_string_lossy(),
+            ]));
+            assert_eq!(r.last_json()["samples"], n, "{tag}");
+            let (got, want) = (
+                Checkpoint::open(&reduced).unwrap(),
+                Checkpoint::open(&whole).unwrap(),
+            );
+            assert_eq!(got.metadata()["mnemo.fisher.samples"], n.to_string());
+            assert_eq!(got.metadata()["mnemo.fisher.mode"], mode);
+            assert_close(&got, &want, 1e-5, &Value::Null, &tag);
+        }
+    }
+    // Shards of different modes do not combine.
+    let r = mnemo(&[
+        "fisher",
+        "--reduce",
+        &d.path().join("mlp_empirical_f0.st").to_string_lossy(),
+        &d.path().join("mlp_true_f1.st").to_string_lossy(),
+        "-o",
+        &d.path().join("bad.st").to_string_lossy(),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("mlp_true_f1.st") && r.stderr.contains("mode"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.path().join("bad.st").exists());
+}
+
+#[test]
+fn online_fisher_accumulates_gamma_times_the_previous() {
+    let d = workdir();
+    let p = |s: &str| d.path().join(s).to_string_lossy().into_owned();
+    let base = [
+        "fisher",
+        &fixture("mlp.safetensors"),
+        "--arch",
+        "mlp:20-16-16-5",
+    ];
+    let prev = fixture("train/fisher_mlp_true.safetensors");
+    ok(mnemo(
+        &[
+            &base[..],
+            &[
+                "--data",
+                &fixture("mlp_data.safetensors"),
+                "-o",
+                &p("new.st"),
+            ],
+        ]
+        .concat(),
+    ));
+    ok(mnemo(
+        &[
+            &base[..],
+            &[
+                "--data",
+                &fixture("mlp_data.safetensors"),
+                "-o",
+                &p("online.st"),
+                "--accumulate",
+                &prev,
+                "--gamma",
+                "0.25",
+            ],
+        ]
+        .concat(),
+    ));
+    let (new, old, online) = (
+        Checkpoint::open(p("new.st")).unwrap(),
+        Checkpoint::open(&prev).unwrap(),
+        Checkpoint::open(p("online.st")).unwrap(),
+    );
+    for name in new.names() {
+        let (n, o, got) = (
+            new.to_f32(name).unwrap(),
+            old.to_f32(name).unwrap(),
+            online.to_f32(name).unwrap(),
+        );
+        for i in 0..n.len() {
+            let want = 0.25 * o[i] + n[i];
+            assert!(
+                (got[i] - want).abs() <= 1e-6 * want.abs().max(1e-6),
+                "{name}[{i}]: {} vs {want}",
+                got[i]
+            );
+        }
+    }
+    // An online Fisher is not a mean over samples: reducing it is refused.
+    let r = mnemo(&[
+        "fisher",
+        "--reduce",
+        &p("online.st"),
+        &p("new.st"),
+        "-o",
+        &p("x.st"),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("online.st"), "{}", r.stderr);
 }

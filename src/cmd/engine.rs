@@ -1,12 +1,46 @@
-//! Training-engine flags shared by every training subcommand (flattened into their Args).
+//! Training-engine flags shared by every training subcommand (flattened into their Args),
+//! and `fit`: the one place that runs the engine, streams its JSON Lines, writes the
+//! output checkpoint and prints the summary.
 
-use mnemo::train::{OptimizerConfig, OptimizerKind, TrainConfig};
+use super::{num, Global, JsonLines};
+use anyhow::Context;
+use mnemo::checkpoint::{write_checkpoint, Checkpoint};
+use mnemo::data::Dataset;
+use mnemo::model::{Model, ARCH_KEY};
+use mnemo::provenance::Provenance;
+use mnemo::train::{
+    self, AnchorPull, Event, Job, Optimizer, OptimizerConfig, OptimizerKind, Outcome, Penalty,
+    Schedule, ScheduleKind, ScheduleUnit, StateFile, TrainConfig,
+};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerName {
     Sgd,
     Adam,
     Adamw,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleName {
+    /// The base rate throughout.
+    Constant,
+    /// lr·γ^⌊t/step-size⌋ (torch StepLR).
+    Step,
+    /// η_min + (lr − η_min)(1 + cos(π·t/T_max))/2 (torch CosineAnnealingLR).
+    Cosine,
+    /// Cosine restarting after T₀, T₀·T_mult, … (torch CosineAnnealingWarmRestarts).
+    CosineRestarts,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitName {
+    /// The schedule's clock counts optimizer updates.
+    Step,
+    /// The schedule's clock counts epochs.
+    Epoch,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,9 +82,71 @@ pub struct EngineArgs {
     /// Stop each epoch after this many batches.
     #[arg(long, value_name = "N")]
     pub max_batches_per_epoch: Option<usize>,
-    /// Also emit a {"event":"step"} line every N steps.
+    /// Average the gradients of N batches into one update (torch: loss/N, N backwards, one step).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub accumulate_grad_batches: u64,
+    /// Scale the gradient (penalties included) to this global L2 norm when it is larger
+    /// (torch's clip_grad_norm_).
+    #[arg(long, value_name = "MAX")]
+    pub clip_grad_norm: Option<f64>,
+    /// Cross-entropy against (1−ε)·onehot + ε/C, as torch's label_smoothing.
+    #[arg(long, value_name = "EPS", default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Learning-rate schedule (after --warmup).
+    #[arg(long, value_enum, default_value = "constant")]
+    pub schedule: ScheduleName,
+    /// What the schedule's clock (and --warmup, --lr-step-size, --t-max, --t0) counts.
+    #[arg(long, value_enum, default_value = "step")]
+    pub schedule_unit: UnitName,
+    /// Linear warm-up over the first N units: lr·(t+1)/N, then the schedule starts.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup: usize,
+    /// --schedule step: decay every N units.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub lr_step_size: usize,
+    /// --schedule step: decay factor γ.
+    #[arg(long, value_name = "G", default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    /// --schedule cosine: period T_max (default: the run's length after warm-up).
+    #[arg(long, value_name = "N")]
+    pub t_max: Option<usize>,
+    /// --schedule cosine-restarts: first period T₀.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub t0: usize,
+    /// --schedule cosine-restarts: period growth factor.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub t_mult: usize,
+    /// Floor of the cosine schedules.
+    #[arg(long, value_name = "LR", default_value_t = 0.0)]
+    pub eta_min: f64,
+    /// Pull towards this checkpoint: adds μ·Σ(θ − θ_anchor)² (μ from --l2-lambda).
+    #[arg(long, value_name = "CKPT")]
+    pub l2_anchor: Option<PathBuf>,
+    /// Strength μ of the --l2-anchor pull.
+    #[arg(long, value_name = "MU", default_value_t = 0.0)]
+    pub l2_lambda: f64,
+    /// Validation data, scored after every epoch; the output gets the best epoch's weights.
+    #[arg(long, value_name = "D")]
+    pub val: Option<PathBuf>,
+    /// Stop after N epochs without a lower validation loss (needs --val).
+    #[arg(long, value_name = "N", requires = "val")]
+    pub patience: Option<usize>,
+    /// With --val, write the last epoch's weights instead of the best.
+    #[arg(long, requires = "val")]
+    pub keep_last: bool,
+    /// Save the run's state (weights, optimizer moments, position, RNGs) here after every
+    /// epoch, and resume from it when it exists: a killed run continues to the same bytes.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// With --state, also save every N updates.
+    #[arg(long, value_name = "N", requires = "state")]
+    pub save_every: Option<u64>,
+    /// Also emit a {"event":"step"} line every N updates.
     #[arg(long, value_name = "N")]
     pub log_every: Option<usize>,
+    /// Test hook: exit with an error right after N updates, as if killed.
+    #[arg(long, value_name = "N", hide = true)]
+    pub halt_after: Option<u64>,
 }
 
 impl EngineArgs {
@@ -79,8 +175,33 @@ impl EngineArgs {
         }
     }
 
-    pub fn train_config(&self, head: Option<String>) -> TrainConfig {
-        TrainConfig {
+    pub fn train_config(&self, head: Option<String>) -> anyhow::Result<TrainConfig> {
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            anyhow::bail!(
+                "--label-smoothing {}: must be in [0, 1)",
+                self.label_smoothing
+            );
+        }
+        if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            anyhow::bail!("--clip-grad-norm must be positive");
+        }
+        let kind = match self.schedule {
+            ScheduleName::Constant => ScheduleKind::Constant,
+            ScheduleName::Step => ScheduleKind::Step {
+                step_size: self.lr_step_size.max(1),
+                gamma: self.lr_gamma,
+            },
+            ScheduleName::Cosine => ScheduleKind::Cosine {
+                t_max: self.t_max,
+                eta_min: self.eta_min,
+            },
+            ScheduleName::CosineRestarts => ScheduleKind::CosineRestarts {
+                t0: self.t0.max(1),
+                t_mult: self.t_mult.max(1),
+                eta_min: self.eta_min,
+            },
+        };
+        Ok(TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size as usize,
             shuffle: !self.no_shuffle,
@@ -88,6 +209,160 @@ impl EngineArgs {
             max_batches_per_epoch: self.max_batches_per_epoch,
             head,
             log_every: self.log_every,
-        }
+            schedule: Schedule {
+                kind,
+                unit: match self.schedule_unit {
+                    UnitName::Step => ScheduleUnit::Step,
+                    UnitName::Epoch => ScheduleUnit::Epoch,
+                },
+                warmup: self.warmup,
+            },
+            clip_grad_norm: self.clip_grad_norm,
+            label_smoothing: self.label_smoothing,
+            accumulate: self.accumulate_grad_batches as usize,
+            patience: self.patience,
+            keep_last: self.keep_last,
+            halt_after: self.halt_after,
+        })
     }
+}
+
+/// What a training subcommand hands to `fit` besides the engine flags.
+pub struct Fit<'a> {
+    pub command: &'a str,
+    pub model: Model,
+    pub data: &'a Dataset,
+    pub head: Option<String>,
+    /// The command's penalties (the --l2-anchor pull is added here).
+    pub penalty: Penalty,
+    /// Provenance with the command's inputs already recorded.
+    pub prov: Provenance,
+    /// Settings outside the engine flags that change the result (part of the state's
+    /// fingerprint), e.g. "lambda=100".
+    pub settings: String,
+    /// Extra metadata for the output checkpoint.
+    pub metadata: BTreeMap<String, String>,
+    pub output: &'a Path,
+}
+
+/// Runs the engine: JSON Lines per epoch (and step) on stdout, the output written
+/// atomically, a summary line last.
+pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
+    let cfg = e.train_config(f.head.clone())?;
+    let opt_cfg = e.optimizer();
+    f.prov.seed = Some(e.seed);
+    if let Some(a) = &e.l2_anchor {
+        let ckpt = Checkpoint::open(a)?;
+        f.penalty.pull = Some(
+            AnchorPull::load(&ckpt, &f.model, e.l2_lambda)
+                .with_context(|| format!("--l2-anchor {}", a.display()))?,
+        );
+        f.prov.input(a.display().to_string(), ckpt.content_hash()?);
+    }
+    let val = match &e.val {
+        Some(v) => {
+            let d = Dataset::open(v)?;
+            f.prov
+                .input(v.display().to_string(), mnemo::checkpoint::file_hash(v)?);
+            Some(d)
+        }
+        None => None,
+    };
+    let state = e.state.as_ref().map(|path| {
+        // Inputs by content and every setting: not paths, not the hidden test hook.
+        let mut h = blake3::Hasher::new();
+        for (_, hash) in &f.prov.inputs {
+            h.update(hash.as_bytes());
+        }
+        let settings = format!(
+            "{}|{:?}|{:?}|{}",
+            f.command,
+            TrainConfig {
+                halt_after: None,
+                log_every: None,
+                ..cfg.clone()
+            },
+            opt_cfg,
+            f.settings
+        );
+        h.update(settings.as_bytes());
+        StateFile {
+            path: path.clone(),
+            fingerprint: h.finalize().to_hex().to_string(),
+            save_every: e.save_every,
+        }
+    });
+    let mut opt = Optimizer::new(opt_cfg);
+    let mut out = JsonLines::stdout();
+    let pb = g.progress(e.epochs as u64, f.command);
+    let start = std::time::Instant::now();
+    let job = Job {
+        data: f.data,
+        val: val.as_ref(),
+        penalty: &f.penalty,
+        state: state.as_ref(),
+    };
+    let mut model = f.model;
+    let outcome = train::train(&mut model, &mut opt, &cfg, &job, &mut |ev| {
+        let v = match ev {
+            Event::Step {
+                epoch,
+                step,
+                task_loss,
+                penalty,
+                lr,
+                grad_norm,
+            } => json!({
+                "event": "step", "epoch": epoch + 1, "step": step, "task_loss": num(*task_loss),
+                "penalty": num(*penalty), "lr": num(*lr), "grad_norm": num(*grad_norm),
+            }),
+            Event::Resumed { step, epoch, batch } => {
+                json!({"event": "resumed", "step": step, "epoch": epoch + 1, "batch": batch})
+            }
+            Event::Epoch(r) => {
+                pb.inc(1);
+                let mut v = json!({
+                    "event": "epoch", "epoch": r.epoch + 1, "steps": r.steps, "examples": r.examples,
+                    "task_loss": num(r.task_loss), "penalty": num(r.penalty), "lr": num(r.lr),
+                });
+                if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
+                    v["val_loss"] = num(l);
+                    v["val_accuracy"] = num(a);
+                    v["best"] = json!(r.best);
+                }
+                v["seconds"] = num(r.seconds);
+                v
+            }
+        };
+        out.emit(&v)
+            .map_err(|e| mnemo::MnemoError::io("<stdout>", std::io::Error::other(e.to_string())))
+    })?;
+    pb.finish_and_clear();
+    if outcome.halted {
+        anyhow::bail!(
+            "halted after {} updates (--halt-after); the state file holds the last save",
+            outcome.steps
+        );
+    }
+    let mut meta = f.prov.metadata();
+    meta.insert(ARCH_KEY.into(), model.spec.to_json());
+    meta.extend(f.metadata);
+    write_checkpoint(f.output, model.tensors()?, &meta)
+        .with_context(|| format!("writing {}", f.output.display()))?;
+    let last = outcome.reports.last();
+    let mut summary = json!({
+        "event": "summary", "output": f.output.display().to_string(),
+        "epochs": outcome.epochs_done, "steps": outcome.steps,
+        "task_loss": last.map(|r| num(r.task_loss)), "penalty": last.map(|r| num(r.penalty)),
+    });
+    if let Some(b) = &outcome.best {
+        summary["best_epoch"] = json!(b.epoch + 1);
+        summary["val_loss"] = num(b.val_loss);
+        summary["val_accuracy"] = num(b.val_accuracy);
+        summary["kept"] = json!(if e.keep_last { "last" } else { "best" });
+        summary["stopped_early"] = json!(outcome.stopped_early);
+    }
+    summary["seconds"] = num(start.elapsed().as_secs_f64());
+    out.emit(&summary)?;
+    Ok(outcome)
 }

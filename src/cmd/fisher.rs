@@ -2,11 +2,13 @@
 
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::checkpoint::{write_checkpoint, OwnedTensor};
+use mnemo::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use mnemo::data::Dataset;
 use mnemo::model::Model;
 use mnemo::provenance::Provenance;
-use mnemo::train::fisher::{fisher, FisherMode};
+use mnemo::train::fisher::{
+    accumulate, fisher, reduce, FisherMode, MODEL_KEY, MODE_KEY, ONLINE_KEY, SAMPLES_KEY,
+};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -14,6 +16,8 @@ pub const HELP: HelpExtra = HelpExtra {
     examples: &[
         ("the Fisher of a model on the task it knows", "mnemo fisher model.safetensors --data task1.safetensors -o fisher1.safetensors"),
         ("the exact expectation over the model's own predictions, on 1000 examples", "mnemo fisher model.safetensors --data task1.safetensors --mode true --samples 1000 -o fisher1.safetensors"),
+        ("shards computed anywhere, combined into exactly the Fisher of their union", "mnemo fisher --reduce f-shard0.safetensors f-shard1.safetensors f-shard2.safetensors -o fisher.safetensors"),
+        ("online EWC: decay the previous tasks' Fisher and add this task's", "mnemo fisher model2.safetensors --data task2.safetensors --accumulate fisher1.safetensors --gamma 0.9 -o fisher12.safetensors"),
     ],
     exit_status: EXIT_PLAIN,
 };
@@ -30,12 +34,15 @@ pub enum Mode {
 }
 
 /// One F32 tensor per trainable parameter (same name and shape): the mean over examples, in
-/// eval mode (batchnorm running statistics are not parameters and get no Fisher).
+/// eval mode (batchnorm running statistics are not parameters and get no Fisher). With
+/// --reduce, no model: Fisher files of disjoint shards combine into the Fisher of their
+/// union, Σ nᵢFᵢ / Σ nᵢ (nᵢ from each file's mnemo.fisher.samples).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    pub model: PathBuf,
-    #[arg(long, value_name = "D")]
-    pub data: PathBuf,
+    #[arg(required_unless_present = "reduce")]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_name = "D", required_unless_present = "reduce")]
+    pub data: Option<PathBuf>,
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value = "empirical")]
@@ -50,13 +57,62 @@ pub struct Args {
     pub arch: Option<String>,
     #[arg(long, value_name = "NAME")]
     pub head: Option<String>,
+    /// Combine these Fisher files (of the same model and mode, on disjoint data) instead of
+    /// computing one.
+    #[arg(long, num_args = 1.., value_name = "FISHER", conflicts_with_all = ["model", "data", "accumulate", "samples"])]
+    pub reduce: Vec<PathBuf>,
+    /// Online EWC: write γ·PREV + the Fisher computed here.
+    #[arg(long, value_name = "PREV", requires = "gamma")]
+    pub accumulate: Option<PathBuf>,
+    /// Decay γ of --accumulate (1 sums the tasks' Fisher, as separate EWC penalties would).
+    #[arg(long, value_name = "G", requires = "accumulate")]
+    pub gamma: Option<f64>,
+}
+
+fn run_reduce(args: &Args) -> anyhow::Result<Status> {
+    let start = std::time::Instant::now();
+    let files: Vec<Checkpoint> = args
+        .reduce
+        .iter()
+        .map(Checkpoint::open)
+        .collect::<Result<_, _>>()?;
+    let (tensors, samples) = reduce(&files)?;
+    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    for f in &files {
+        prov.input(f.path.display().to_string(), f.content_hash()?);
+    }
+    let mut meta = prov.metadata();
+    let first = files[0].metadata();
+    for (k, v) in first.iter() {
+        // The shards' shared description (mode, model, head, batch size); not their provenance.
+        if k.starts_with("mnemo.fisher.") {
+            meta.insert(k.clone(), v.clone());
+        }
+    }
+    meta.insert(SAMPLES_KEY.into(), samples.to_string());
+    meta.insert("mnemo.fisher.shards".into(), files.len().to_string());
+    let count = tensors.len();
+    write_checkpoint(&args.output, tensors, &meta)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    JsonLines::stdout().emit(&json!({
+        "output": args.output.display().to_string(), "mode": first.get(MODE_KEY),
+        "samples": samples, "shards": files.len(), "tensors": count,
+        "seconds": num(start.elapsed().as_secs_f64()),
+    }))?;
+    Ok(Status::Success)
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    if !args.reduce.is_empty() {
+        return run_reduce(&args);
+    }
+    let (Some(model_path), Some(data_path)) = (&args.model, &args.data) else {
+        anyhow::bail!("MODEL and --data are required (or --reduce FISHER...)");
+    };
     let device = g.device()?;
-    let (mut model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
+    let (mut model, ckpt) = Model::open(model_path, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
-    let data = Dataset::open(&args.data)?;
+    let data = Dataset::open(data_path)?;
     let mode = match args.mode {
         Mode::Empirical => FisherMode::Empirical,
         Mode::True => FisherMode::True,
@@ -67,7 +123,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         args.samples.unwrap_or(data.len()).min(data.len()) as u64,
         "fisher",
     );
-    let f = fisher(
+    let mut f = fisher(
         &mut model,
         &data,
         mode,
@@ -77,6 +133,18 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         |n| pb.inc(n as u64),
     )?;
     pb.finish_and_clear();
+    let prev = match (&args.accumulate, args.gamma) {
+        (Some(p), Some(gamma)) => {
+            if !(gamma >= 0.0 && gamma.is_finite()) {
+                anyhow::bail!("--gamma {gamma}: must be finite and non-negative");
+            }
+            let prev = Checkpoint::open(p)?;
+            accumulate(&mut f, &prev, gamma)
+                .with_context(|| format!("--accumulate {}", p.display()))?;
+            Some((prev, gamma))
+        }
+        _ => None,
+    };
     let mut tensors = Vec::new();
     for (name, t) in &f.values {
         let v: Vec<f32> = t
@@ -87,15 +155,22 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     }
     let model_hash = ckpt.content_hash()?;
     let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
-    prov.input(args.model.display().to_string(), model_hash.clone());
+    prov.input(model_path.display().to_string(), model_hash.clone());
     prov.input(
-        args.data.display().to_string(),
-        mnemo::checkpoint::file_hash(&args.data)?,
+        data_path.display().to_string(),
+        mnemo::checkpoint::file_hash(data_path)?,
     );
+    if let Some((p, _)) = &prev {
+        prov.input(p.path.display().to_string(), p.content_hash()?);
+    }
     let mut meta = prov.metadata();
-    meta.insert("mnemo.fisher.mode".into(), mode.as_str().into());
-    meta.insert("mnemo.fisher.samples".into(), f.samples.to_string());
-    meta.insert("mnemo.fisher.model".into(), model_hash);
+    meta.insert(MODE_KEY.into(), mode.as_str().into());
+    meta.insert(SAMPLES_KEY.into(), f.samples.to_string());
+    meta.insert(MODEL_KEY.into(), model_hash);
+    if let Some((_, gamma)) = &prev {
+        // An accumulated Fisher is no longer a mean over its samples: --reduce refuses it.
+        meta.insert(ONLINE_KEY.into(), gamma.to_string());
+    }
     if mode == FisherMode::Batch {
         meta.insert(
             "mnemo.fisher.batch_size".into(),

@@ -1,15 +1,14 @@
 //! `mnemo train-ewc`: train on a new task while EWC penalties hold the weights
 //! that mattered for earlier tasks in place.
 
-use super::engine::EngineArgs;
-use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
+use super::engine::{fit, EngineArgs, Fit};
+use super::{Global, HelpExtra, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::checkpoint::{write_checkpoint, Checkpoint};
+use mnemo::checkpoint::Checkpoint;
 use mnemo::data::Dataset;
-use mnemo::model::{Model, ARCH_KEY};
+use mnemo::model::Model;
 use mnemo::provenance::Provenance;
-use mnemo::train::{self, Event, EwcPenalty, Optimizer, PenaltyTerm};
-use serde_json::json;
+use mnemo::train::{EwcPenalty, Penalty, PenaltyTerm};
 use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
@@ -50,11 +49,10 @@ pub struct Args {
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let device = g.device()?;
-    let (mut model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
+    let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
     let data = Dataset::open(&args.data)?;
     let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
-    prov.seed = Some(args.engine.seed);
     prov.input(args.model.display().to_string(), ckpt.content_hash()?);
     prov.input(
         args.data.display().to_string(),
@@ -74,56 +72,27 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         prov.input(f, fisher.content_hash()?);
         prov.input(a, anchor.content_hash()?);
     }
-    let penalty = (!terms.is_empty()).then_some(EwcPenalty {
-        terms,
-        lambda: args.lambda,
-    });
-    let cfg = args.engine.train_config(head);
-    let mut opt = Optimizer::new(args.engine.optimizer());
-    let mut out = JsonLines::stdout();
-    let pb = g.progress(args.engine.epochs as u64, "train-ewc");
-    let start = std::time::Instant::now();
-    let reports = train::train(
-        &mut model,
-        &data,
-        &cfg,
-        &mut opt,
-        penalty.as_ref(),
-        &mut |e| {
-            let v = match e {
-                Event::Step {
-                    epoch,
-                    step,
-                    task_loss,
-                    penalty,
-                    lr,
-                } => json!({
-                    "event": "step", "epoch": epoch + 1, "step": step, "task_loss": num(*task_loss),
-                    "penalty": num(*penalty), "lr": num(*lr),
-                }),
-                Event::Epoch(r) => {
-                    pb.inc(1);
-                    json!({
-                        "event": "epoch", "epoch": r.epoch + 1, "steps": r.steps, "examples": r.examples,
-                        "task_loss": num(r.task_loss), "penalty": num(r.penalty), "lr": num(r.lr), "seconds": num(r.seconds),
-                    })
-                }
-            };
-            out.emit(&v).map_err(|e| {
-                mnemo::MnemoError::io("<stdout>", std::io::Error::other(e.to_string()))
-            })
+    let penalty = Penalty {
+        ewc: (!terms.is_empty()).then_some(EwcPenalty {
+            terms,
+            lambda: args.lambda,
+        }),
+        pull: None,
+    };
+    fit(
+        Fit {
+            command: "train-ewc",
+            model,
+            data: &data,
+            head,
+            penalty,
+            prov,
+            settings: format!("lambda={}", args.lambda),
+            metadata: Default::default(),
+            output: &args.output,
         },
+        &args.engine,
+        g,
     )?;
-    pb.finish_and_clear();
-    let mut meta = prov.metadata();
-    meta.insert(ARCH_KEY.into(), model.spec.to_json());
-    write_checkpoint(&args.output, model.tensors()?, &meta)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    let last = reports.last();
-    out.emit(&json!({
-        "event": "summary", "output": args.output.display().to_string(), "epochs": reports.len(), "steps": opt.step,
-        "task_loss": last.map(|r| num(r.task_loss)), "penalty": last.map(|r| num(r.penalty)),
-        "seconds": num(start.elapsed().as_secs_f64()),
-    }))?;
     Ok(Status::Success)
 }

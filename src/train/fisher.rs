@@ -5,6 +5,7 @@
 //! pre-activations. Other layer types fall back to a per-example loop.
 
 use super::{host_logits, softmax_rows};
+use crate::checkpoint::{Checkpoint, OwnedTensor};
 use crate::data::Dataset;
 use crate::error::{MnemoError, Result};
 use crate::model::{ArchSpec, Layer, Mode, Model, Taps};
@@ -193,4 +194,133 @@ pub fn fisher(
         values.insert(name.clone(), t);
     }
     Ok(FisherDiag { values, samples: n })
+}
+
+/// Metadata keys of a Fisher file.
+pub const MODE_KEY: &str = "mnemo.fisher.mode";
+pub const SAMPLES_KEY: &str = "mnemo.fisher.samples";
+pub const MODEL_KEY: &str = "mnemo.fisher.model";
+/// Set on a Fisher written with --accumulate: the decay γ used.
+pub const ONLINE_KEY: &str = "mnemo.fisher.online_gamma";
+
+fn fisher_error(f: &Checkpoint, reason: impl Into<String>) -> MnemoError {
+    MnemoError::InvalidSafetensors {
+        path: f.path.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// The example count a Fisher file records.
+pub fn samples_of(f: &Checkpoint) -> Result<usize> {
+    f.metadata()
+        .get(SAMPLES_KEY)
+        .and_then(|s| s.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .ok_or_else(|| {
+            fisher_error(
+                f,
+                format!("no positive '{SAMPLES_KEY}' metadata: not a Fisher file written by mnemo fisher"),
+            )
+        })
+}
+
+/// Checks that `other` holds exactly `first`'s tensor names with the same shapes.
+fn same_layout(first: &Checkpoint, other: &Checkpoint) -> Result<()> {
+    for name in first.names() {
+        let (a, b) = (first.entry(name)?, other.entry(name)?);
+        if a.shape != b.shape {
+            return Err(MnemoError::ShapeMismatch {
+                path: other.path.clone(),
+                tensor: name.to_string(),
+                found: b.shape.clone(),
+                expected: a.shape.clone(),
+            });
+        }
+    }
+    if let Some(extra) = other.names().find(|n| !first.contains(n)) {
+        return Err(MnemoError::UnexpectedTensor {
+            path: other.path.clone(),
+            tensor: extra.to_string(),
+            count: other.names().filter(|n| !first.contains(n)).count(),
+        });
+    }
+    Ok(())
+}
+
+/// The Fisher of the union of disjoint shards from the shards' Fisher files:
+/// Σ nᵢFᵢ / Σ nᵢ, nᵢ from each file's sample count. The files must agree on mode and
+/// model; tensors are combined one at a time (memory: two tensors). Returns the tensors
+/// and the total sample count.
+pub fn reduce(files: &[Checkpoint]) -> Result<(Vec<OwnedTensor<'static>>, usize)> {
+    let Some(first) = files.first() else {
+        return Ok((Vec::new(), 0));
+    };
+    let counts: Vec<usize> = files.iter().map(samples_of).collect::<Result<_>>()?;
+    if let Some(f) = files.iter().find(|f| f.metadata().contains_key(ONLINE_KEY)) {
+        return Err(fisher_error(
+            f,
+            "is an online (--accumulate) Fisher, not a mean over its samples: reduce the \
+             shards first, then accumulate",
+        ));
+    }
+    for f in &files[1..] {
+        for key in [MODE_KEY, MODEL_KEY] {
+            let (a, b) = (first.metadata().get(key), f.metadata().get(key));
+            if a != b {
+                return Err(fisher_error(
+                    f,
+                    format!(
+                        "'{key}' is {} but {} has {}: only Fisher files of the same model and mode combine",
+                        b.map_or("missing", |s| s.as_str()),
+                        first.path.display(),
+                        a.map_or("missing", |s| s.as_str())
+                    ),
+                ));
+            }
+        }
+        same_layout(first, f)?;
+    }
+    let total: usize = counts.iter().sum();
+    let mut out = Vec::new();
+    for name in first.names() {
+        let mut acc = vec![0f64; first.entry(name)?.shape.iter().product()];
+        for (f, &n) in files.iter().zip(&counts) {
+            let w = n as f64 / total as f64;
+            for (a, v) in acc.iter_mut().zip(f.to_f32(name)?) {
+                *a += w * v as f64;
+            }
+        }
+        let v: Vec<f32> = acc.into_iter().map(|x| x as f32).collect();
+        out.push(OwnedTensor::f32(name, first.entry(name)?.shape.clone(), &v));
+    }
+    Ok((out, total))
+}
+
+/// Online EWC: F = γ·F_prev + F_new, in place on `new` (same names and shapes required).
+pub fn accumulate(new: &mut FisherDiag, prev: &Checkpoint, gamma: f64) -> Result<()> {
+    for (name, t) in new.values.iter_mut() {
+        let e = prev.entry(name)?;
+        if e.shape != t.dims() {
+            return Err(MnemoError::ShapeMismatch {
+                path: prev.path.clone(),
+                tensor: name.clone(),
+                found: e.shape.clone(),
+                expected: t.dims().to_vec(),
+            });
+        }
+        let p = Tensor::from_vec(prev.to_f32(name)?, t.dims(), t.device())
+            .map_err(ce("reading the previous Fisher"))?;
+        *t = ((p * gamma).and_then(|p| p + &*t)).map_err(ce("accumulating the Fisher"))?;
+    }
+    if let Some(extra) = prev.names().find(|n| !new.values.contains_key(*n)) {
+        return Err(MnemoError::UnexpectedTensor {
+            path: prev.path.clone(),
+            tensor: extra.to_string(),
+            count: prev
+                .names()
+                .filter(|n| !new.values.contains_key(*n))
+                .count(),
+        });
+    }
+    Ok(())
 }

@@ -1,18 +1,26 @@
 //! The one training engine, shared by train-ewc (and later replay-train and
-//! lora-gate): batches, forward in train mode, a fused cross-entropy
-//! gradient, backward, the EWC penalty and the optimizer update.
+//! lora-gate): batches (accumulated into updates), forward in train mode, a
+//! fused cross-entropy gradient, backward, penalties, clipping, the schedule
+//! and the optimizer update; validation with early stopping; a state file
+//! that lets a killed run resume to the same bytes.
 
 pub mod fisher;
 pub mod optim;
 pub mod penalty;
+pub mod schedule;
+pub mod state;
 
 use crate::data::Dataset;
 use crate::error::{MnemoError, Result};
-use crate::model::{Mode, Model};
+use crate::metrics::{score, ClassificationTotals};
+use crate::model::{Mode, Model, Snapshot};
 use crate::rng::Rng;
 use candle_core::Tensor;
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use penalty::{EwcPenalty, PenaltyTerm};
+pub use penalty::{AnchorPull, EwcPenalty, Penalty, PenaltyTerm};
+pub use schedule::{Schedule, ScheduleKind, ScheduleUnit};
+pub use state::{Best, Progress, StateFile};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Loop settings.
@@ -25,8 +33,42 @@ pub struct TrainConfig {
     pub seed: u64,
     pub max_batches_per_epoch: Option<usize>,
     pub head: Option<String>,
-    /// Emit a step event every N steps.
+    /// Emit a step event every N updates.
     pub log_every: Option<usize>,
+    pub schedule: Schedule,
+    /// Scale the gradient (penalties included) so its global L2 norm is at most this.
+    pub clip_grad_norm: Option<f64>,
+    /// Cross-entropy against (1−ε)·onehot + ε/C, as torch's `label_smoothing`.
+    pub label_smoothing: f64,
+    /// Batches whose gradients are averaged into one update (1: no accumulation).
+    pub accumulate: usize,
+    /// Stop after this many epochs without a lower validation loss (needs validation data).
+    pub patience: Option<usize>,
+    /// With validation data, end with the last epoch's weights instead of the best.
+    pub keep_last: bool,
+    /// Test hook: stop (as if killed) right after this many updates.
+    pub halt_after: Option<u64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 128,
+            shuffle: true,
+            seed: 0,
+            max_batches_per_epoch: None,
+            head: None,
+            log_every: None,
+            schedule: Schedule::default(),
+            clip_grad_norm: None,
+            label_smoothing: 0.0,
+            accumulate: 1,
+            patience: None,
+            keep_last: false,
+            halt_after: None,
+        }
+    }
 }
 
 /// What the loop reports as it goes.
@@ -38,6 +80,14 @@ pub enum Event {
         task_loss: f64,
         penalty: f64,
         lr: f64,
+        /// Global gradient norm before clipping (penalties included).
+        grad_norm: f64,
+    },
+    /// The run continues from a state file.
+    Resumed {
+        step: u64,
+        epoch: usize,
+        batch: usize,
     },
     Epoch(EpochReport),
 }
@@ -45,14 +95,36 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochReport {
     pub epoch: usize,
+    /// Optimizer updates in the epoch.
     pub steps: usize,
     pub examples: usize,
-    /// Mean over the epoch's steps of the batch's mean cross-entropy, before each update.
+    /// Mean over the epoch's batches of the batch's mean cross-entropy (label smoothing
+    /// included), before each update.
     pub task_loss: f64,
-    /// Mean over the epoch's steps of the penalty value, before each update.
+    /// Mean over the epoch's updates of the penalties' weighted value, before each update.
     pub penalty: f64,
+    /// The rate of the epoch's last update.
     pub lr: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    /// This epoch has the lowest validation loss so far.
+    pub best: bool,
     pub seconds: f64,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// Reports of the epochs this process ran.
+    pub reports: Vec<EpochReport>,
+    /// The best epoch by validation loss (the weights the model now holds unless keep_last).
+    pub best: Option<Best>,
+    pub stopped_early: bool,
+    /// Stopped by the `halt_after` test hook: the model is not finished.
+    pub halted: bool,
+    pub steps: u64,
+    /// Epochs completed in all (across resumptions).
+    pub epochs_done: usize,
 }
 
 fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
@@ -99,41 +171,42 @@ pub(crate) fn host_logits(
     Ok((v, dims[1]))
 }
 
-/// What one step needs besides the model, data and optimizer.
-pub struct StepInputs<'a> {
-    pub head: Option<&'a str>,
-    pub lr: f64,
-    pub penalty: Option<&'a EwcPenalty>,
-    /// Check the batch's labels against the head's output size (done on the first step).
-    pub check_labels: bool,
-}
-
-/// One optimisation step on the examples `idx`; returns (task loss, penalty) before the update.
-pub fn step(
+/// Loss and gradient of a batch: the fused cross-entropy on the host, its gradient
+/// (softmax − target)/B·scale fed back through a surrogate `(logits·G).sum()`, so candle
+/// never builds a log-softmax graph. Returns the batch's mean loss and the gradients.
+fn backward(
     model: &mut Model,
     data: &Dataset,
     idx: &[usize],
-    opt: &mut Optimizer,
     rng: &mut Rng,
-    s: &StepInputs,
-) -> Result<(f64, f64)> {
-    let (head, lr, penalty) = (s.head, s.lr, s.penalty);
+    cfg: &TrainConfig,
+    scale: f64,
+    check_labels: bool,
+) -> Result<(f64, candle_core::backprop::GradStore)> {
+    let head = cfg.head.as_deref();
     let device = model.device.clone();
     let (x, y) = data.batch(idx, &device)?;
     let logits = model.forward(&x, head, Mode::Train, rng)?;
-    let (l, c) = host_logits(&logits, data, head, s.check_labels)?;
-    // Fused cross-entropy: the mean loss on the host, its gradient (softmax − onehot)/B
-    // fed back through a surrogate, so candle never builds a log-softmax graph.
+    let (l, c) = host_logits(&logits, data, head, check_labels)?;
     let (p, lse) = softmax_rows(&l, c);
     let b = idx.len() as f64;
+    let eps = cfg.label_smoothing;
+    let (on, off) = (1.0 - eps + eps / c as f64, eps / c as f64);
     let mut loss = 0.0;
     let mut grad = vec![0f32; l.len()];
     for (i, &t) in y.iter().enumerate() {
         let t = t as usize;
-        loss += lse[i] - l[i * c + t] as f64;
+        let row = &l[i * c..(i + 1) * c];
+        // −Σ_k q_k log p_k = lse − Σ_k q_k l_k
+        let dot: f64 = row
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| if k == t { on } else { off } * v as f64)
+            .sum();
+        loss += lse[i] - dot;
         for k in 0..c {
-            let onehot = if k == t { 1.0 } else { 0.0 };
-            grad[i * c + k] = ((p[i * c + k] - onehot) / b) as f32;
+            let q = if k == t { on } else { off };
+            grad[i * c + k] = ((p[i * c + k] - q) / b * scale) as f32;
         }
     }
     let g = Tensor::from_vec(grad, (idx.len(), c), &device).map_err(ce("loss gradient"))?;
@@ -141,90 +214,309 @@ pub fn step(
         .and_then(|t| t.sum_all())
         .and_then(|t| t.backward())
         .map_err(ce("backward pass"))?;
-    opt.begin_step();
-    let mut pen = 0.0;
-    for (name, var) in &model.params {
-        let t = var.as_tensor();
-        let shape = t.dims().to_vec();
-        let mut w: Vec<f32> = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(ce("reading weights"))?;
-        let mut gv: Vec<f32> = match grads.get(t) {
-            Some(g) => g
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .map_err(ce("reading gradients"))?,
-            None => vec![0.0; w.len()],
-        };
-        if let Some(pn) = penalty {
-            pen += pn.apply(name, &w, &mut gv);
-        }
-        opt.update(name, &shape, &mut w, &gv, lr);
-        let nt = Tensor::from_vec(w, shape.as_slice(), &device).map_err(ce("writing weights"))?;
-        var.set(&nt).map_err(ce("writing weights"))?;
-    }
-    Ok((loss / b, pen))
+    Ok((loss / b, grads))
 }
 
-/// Trains `model` on `data`, calling `on_event` with step and epoch reports.
-pub fn train(
+/// One optimizer update from the batches `group` (gradients averaged); the host copy
+/// `host` of the parameters is updated and written back. Returns (summed batch losses,
+/// penalty, gradient norm before clipping).
+#[allow(clippy::too_many_arguments)]
+fn update(
     model: &mut Model,
+    host: &mut BTreeMap<String, Vec<f32>>,
     data: &Dataset,
-    cfg: &TrainConfig,
+    group: &[&[usize]],
     opt: &mut Optimizer,
-    penalty: Option<&EwcPenalty>,
-    on_event: &mut dyn FnMut(&Event) -> Result<()>,
-) -> Result<Vec<EpochReport>> {
-    let mut order_rng = Rng::new(cfg.seed);
-    // A separate stream for dropout, so shuffling does not change the masks.
-    let mut dropout_rng = Rng::new(cfg.seed ^ 0xD50F_0A7C_5EED_0001);
-    let lr = opt.config.as_ref().map(|c| c.lr).unwrap_or(0.0);
-    let head = cfg.head.as_deref();
-    let mut reports = Vec::new();
-    for epoch in 0..cfg.epochs {
-        let start = Instant::now();
-        let order = data.order(cfg.shuffle.then_some(&mut order_rng));
-        let mut batches: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
-        if let Some(m) = cfg.max_batches_per_epoch {
-            batches.truncate(m);
-        }
-        let (mut loss_sum, mut pen_sum, mut examples) = (0.0, 0.0, 0);
-        for (i, idx) in batches.iter().enumerate() {
-            let inputs = StepInputs {
-                head,
-                lr,
-                penalty,
-                check_labels: epoch == 0 && i == 0,
+    rng: &mut Rng,
+    cfg: &TrainConfig,
+    penalty: &Penalty,
+    lr: f64,
+    check_labels: bool,
+) -> Result<(f64, f64, f64)> {
+    let scale = 1.0 / group.len() as f64;
+    let mut acc: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut loss_sum = 0.0;
+    for (i, idx) in group.iter().enumerate() {
+        let (loss, grads) = backward(model, data, idx, rng, cfg, scale, check_labels && i == 0)?;
+        loss_sum += loss;
+        for (name, var) in &model.params {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
             };
-            let (loss, pen) = step(model, data, idx, opt, &mut dropout_rng, &inputs)?;
-            loss_sum += loss;
-            pen_sum += pen;
-            examples += idx.len();
-            if let Some(every) = cfg.log_every {
-                if every > 0 && opt.step.is_multiple_of(every as u64) {
-                    on_event(&Event::Step {
-                        epoch,
-                        step: opt.step,
-                        task_loss: loss,
-                        penalty: pen,
-                        lr,
-                    })?;
+            let g: Vec<f32> = g
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(ce("reading gradients"))?;
+            match acc.get_mut(name) {
+                Some(a) => a.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
+                None => {
+                    acc.insert(name.clone(), g);
                 }
             }
         }
-        let n = batches.len().max(1) as f64;
+    }
+    let mut pen = 0.0;
+    for (name, w) in host.iter() {
+        let g = acc
+            .entry(name.clone())
+            .or_insert_with(|| vec![0.0; w.len()]);
+        pen += penalty.apply(name, w, g);
+    }
+    let norm = acc
+        .values()
+        .flat_map(|g| g.iter())
+        .map(|&v| (v as f64) * (v as f64))
+        .sum::<f64>()
+        .sqrt();
+    if let Some(max) = cfg.clip_grad_norm {
+        // torch's clip_grad_norm_: coefficient max/(norm + 1e-6), applied when below 1.
+        let coef = max / (norm + 1e-6);
+        if coef < 1.0 {
+            let coef = coef as f32;
+            acc.values_mut()
+                .for_each(|g| g.iter_mut().for_each(|v| *v *= coef));
+        }
+    }
+    opt.begin_step();
+    for (name, var) in &model.params {
+        let w = host.get_mut(name).expect("host copy of every parameter");
+        let shape = var.as_tensor().dims().to_vec();
+        opt.update(name, &shape, w, &acc[name], lr);
+        let t = Tensor::from_slice(w, shape.as_slice(), &model.device)
+            .map_err(ce("writing weights"))?;
+        var.set(&t).map_err(ce("writing weights"))?;
+    }
+    Ok((loss_sum, pen, norm))
+}
+
+/// Loss and accuracy of `model` on `data` in eval mode.
+pub fn evaluate(
+    model: &mut Model,
+    data: &Dataset,
+    head: Option<&str>,
+    batch_size: usize,
+) -> Result<ClassificationTotals> {
+    let mut rng = Rng::new(0); // unused in eval mode: dropout is off
+    let mut totals = ClassificationTotals::default();
+    let order = data.order(None);
+    let device = model.device.clone();
+    for (i, idx) in order.chunks(batch_size.max(1)).enumerate() {
+        let (x, y) = data.batch(idx, &device)?;
+        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
+        let (l, c) = host_logits(&logits, data, head, i == 0)?;
+        totals.add(&score(&l, c, &y, 1));
+    }
+    Ok(totals)
+}
+
+/// The data a run trains on and everything added to its loss.
+pub struct Job<'a> {
+    pub data: &'a Dataset,
+    /// Validation data: scored after every epoch; the best epoch's weights are kept.
+    pub val: Option<&'a Dataset>,
+    pub penalty: &'a Penalty,
+    /// Save the run's state here, and resume from it when it exists.
+    pub state: Option<&'a StateFile>,
+}
+
+/// Seed of the dropout stream, apart from shuffling so `--no-shuffle` keeps the same masks.
+const DROPOUT_SEED: u64 = 0xD50F_0A7C_5EED_0001;
+
+/// Trains `model`, calling `on_event` with step, epoch and resume reports.
+pub fn train(
+    model: &mut Model,
+    opt: &mut Optimizer,
+    cfg: &TrainConfig,
+    job: &Job,
+    on_event: &mut dyn FnMut(&Event) -> Result<()>,
+) -> Result<Outcome> {
+    let data = job.data;
+    let base_lr = opt.config.as_ref().map(|c| c.lr).unwrap_or(0.0);
+    let accumulate = cfg.accumulate.max(1);
+    let mut batches_per_epoch = data.len().div_ceil(cfg.batch_size.max(1));
+    if let Some(m) = cfg.max_batches_per_epoch {
+        batches_per_epoch = batches_per_epoch.min(m);
+    }
+    let updates_per_epoch = batches_per_epoch.div_ceil(accumulate);
+    let clock_total = match cfg.schedule.unit {
+        ScheduleUnit::Step => cfg.epochs * updates_per_epoch,
+        ScheduleUnit::Epoch => cfg.epochs,
+    };
+    let mut p = Progress {
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        epoch_rng: Rng::new(cfg.seed).state(),
+        dropout_rng: Rng::new(cfg.seed ^ DROPOUT_SEED).state(),
+        loss_sum: 0.0,
+        penalty_sum: 0.0,
+        batches_done: 0,
+        updates_done: 0,
+        examples: 0,
+        last_lr: base_lr,
+        best: None,
+        bad_epochs: 0,
+        stopped: false,
+    };
+    let mut best_weights: Option<Snapshot> = None;
+    if let Some(sf) = job.state {
+        if let Some(r) = sf.load(model, opt)? {
+            p = r.progress;
+            best_weights = r.best_weights;
+            on_event(&Event::Resumed {
+                step: p.step,
+                epoch: p.epoch,
+                batch: p.batch,
+            })?;
+        }
+    }
+    let mut dropout_rng = Rng::from_state(p.dropout_rng);
+    let mut host: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for (name, var) in &model.params {
+        let v = var
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(ce("reading weights"))?;
+        host.insert(name.clone(), v);
+    }
+    let mut reports = Vec::new();
+    let mut first = true;
+    let mut start = Instant::now();
+    let save = |p: &Progress, model: &Model, opt: &Optimizer, best: Option<&Snapshot>| {
+        job.state.map_or(Ok(()), |sf| sf.save(p, model, opt, best))
+    };
+    while p.epoch < cfg.epochs && !p.stopped {
+        let mut order_rng = Rng::from_state(p.epoch_rng);
+        let order = data.order(cfg.shuffle.then_some(&mut order_rng));
+        let mut batches: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
+        batches.truncate(batches_per_epoch);
+        for group in batches[p.batch..].chunks(accumulate) {
+            let t = match cfg.schedule.unit {
+                ScheduleUnit::Step => p.step as usize,
+                ScheduleUnit::Epoch => p.epoch,
+            };
+            let lr = cfg.schedule.lr(base_lr, t, clock_total);
+            let (loss_sum, pen, grad_norm) = update(
+                model,
+                &mut host,
+                data,
+                group,
+                opt,
+                &mut dropout_rng,
+                cfg,
+                job.penalty,
+                lr,
+                first,
+            )?;
+            first = false;
+            p.step = opt.step;
+            p.batch += group.len();
+            p.loss_sum += loss_sum;
+            p.penalty_sum += pen;
+            p.batches_done += group.len();
+            p.updates_done += 1;
+            p.examples += group.iter().map(|b| b.len()).sum::<usize>();
+            p.last_lr = lr;
+            if let Some(every) = cfg.log_every {
+                if every > 0 && opt.step.is_multiple_of(every as u64) {
+                    on_event(&Event::Step {
+                        epoch: p.epoch,
+                        step: opt.step,
+                        task_loss: loss_sum / group.len() as f64,
+                        penalty: pen,
+                        lr,
+                        grad_norm,
+                    })?;
+                }
+            }
+            let epoch_done = p.batch == batches.len();
+            if let (Some(every), false) = (job.state.and_then(|s| s.save_every), epoch_done) {
+                if every > 0 && opt.step.is_multiple_of(every) {
+                    p.dropout_rng = dropout_rng.state();
+                    save(&p, model, opt, best_weights.as_ref())?;
+                }
+            }
+            if cfg.halt_after == Some(opt.step) && !epoch_done {
+                return Ok(Outcome {
+                    reports,
+                    best: p.best,
+                    stopped_early: false,
+                    halted: true,
+                    steps: opt.step,
+                    epochs_done: p.epoch,
+                });
+            }
+        }
+        let (mut val_loss, mut val_accuracy, mut is_best) = (None, None, false);
+        if let Some(val) = job.val {
+            let t = evaluate(model, val, cfg.head.as_deref(), cfg.batch_size.max(256))?;
+            let (l, a) = (t.loss(), t.accuracy());
+            val_loss = Some(l);
+            val_accuracy = Some(a);
+            if p.best.as_ref().is_none_or(|b| l < b.val_loss) {
+                is_best = true;
+                p.best = Some(Best {
+                    epoch: p.epoch,
+                    val_loss: l,
+                    val_accuracy: a,
+                });
+                p.bad_epochs = 0;
+                if !cfg.keep_last {
+                    best_weights = Some(model.snapshot()?);
+                }
+            } else {
+                p.bad_epochs += 1;
+                if cfg.patience.is_some_and(|pat| p.bad_epochs >= pat) {
+                    p.stopped = true;
+                }
+            }
+        }
         let report = EpochReport {
-            epoch,
-            steps: batches.len(),
-            examples,
-            task_loss: loss_sum / n,
-            penalty: pen_sum / n,
-            lr,
+            epoch: p.epoch,
+            steps: p.updates_done,
+            examples: p.examples,
+            task_loss: p.loss_sum / p.batches_done.max(1) as f64,
+            penalty: p.penalty_sum / p.updates_done.max(1) as f64,
+            lr: p.last_lr,
+            val_loss,
+            val_accuracy,
+            best: is_best,
             seconds: start.elapsed().as_secs_f64(),
         };
         on_event(&Event::Epoch(report.clone()))?;
         reports.push(report);
+        p.epoch += 1;
+        p.batch = 0;
+        p.epoch_rng = order_rng.state();
+        p.loss_sum = 0.0;
+        p.penalty_sum = 0.0;
+        p.batches_done = 0;
+        p.updates_done = 0;
+        p.examples = 0;
+        p.dropout_rng = dropout_rng.state();
+        save(&p, model, opt, best_weights.as_ref())?;
+        if cfg.halt_after.is_some_and(|h| opt.step >= h) && p.epoch < cfg.epochs {
+            return Ok(Outcome {
+                reports,
+                best: p.best,
+                stopped_early: false,
+                halted: true,
+                steps: opt.step,
+                epochs_done: p.epoch,
+            });
+        }
+        start = Instant::now();
     }
-    Ok(reports)
+    if let Some(b) = &best_weights {
+        model.restore(b)?;
+    }
+    Ok(Outcome {
+        reports,
+        best: p.best,
+        stopped_early: p.stopped,
+        halted: false,
+        steps: opt.step,
+        epochs_done: p.epoch,
+    })
 }

@@ -1,7 +1,8 @@
 //! The EWC penalty λ·Σ_k Σ_i F_k,i (θ_i − θ*_k,i)², without a ½ factor (the
 //! reference formulation). Its value and gradient 2λ·Σ_k F_k (θ − θ*_k) are
 //! computed in one fused pass over host buffers, added to the task gradient
-//! just before the optimizer update.
+//! just before the optimizer update. An L2 pull towards an anchor,
+//! μ·Σ_i (θ_i − θ*_i)², is the same term with F ≡ 1.
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{MnemoError, Result};
@@ -101,5 +102,77 @@ impl EwcPenalty {
                 .sum::<f64>();
         }
         self.lambda * value
+    }
+}
+
+/// μ·Σ_i (θ_i − θ*_i)² over every trainable parameter: plain L2 towards an anchor checkpoint.
+pub struct AnchorPull {
+    pub anchor: BTreeMap<String, Vec<f32>>,
+    pub strength: f64,
+}
+
+impl AnchorPull {
+    /// Loads the anchor's value of every trainable parameter of `model` (same shapes).
+    pub fn load(anchor: &Checkpoint, model: &Model, strength: f64) -> Result<Self> {
+        let mut a = BTreeMap::new();
+        for (name, var) in &model.params {
+            let shape = var.as_tensor().dims();
+            let e = anchor.entry(name)?;
+            if e.shape != shape {
+                return Err(MnemoError::ShapeMismatch {
+                    path: anchor.path.clone(),
+                    tensor: name.clone(),
+                    found: e.shape.clone(),
+                    expected: shape.to_vec(),
+                });
+            }
+            a.insert(name.clone(), anchor.to_f32(name)?);
+        }
+        Ok(AnchorPull {
+            anchor: a,
+            strength,
+        })
+    }
+
+    fn apply(&self, name: &str, w: &[f32], g: &mut [f32]) -> f64 {
+        let Some(a) = self.anchor.get(name) else {
+            return 0.0;
+        };
+        let two_mu = (2.0 * self.strength) as f32;
+        let value = g
+            .par_chunks_mut(1 << 14)
+            .zip(w.par_chunks(1 << 14).zip(a.par_chunks(1 << 14)))
+            .map(|(g, (w, a))| {
+                let mut s = 0.0f64;
+                for (g, (&w, &a)) in g.iter_mut().zip(w.iter().zip(a)) {
+                    let d = w - a;
+                    *g += two_mu * d;
+                    s += (d * d) as f64;
+                }
+                s
+            })
+            .sum::<f64>();
+        self.strength * value
+    }
+}
+
+/// Every regulariser added to the task loss: EWC terms and an L2 pull, either optional.
+#[derive(Default)]
+pub struct Penalty {
+    pub ewc: Option<EwcPenalty>,
+    pub pull: Option<AnchorPull>,
+}
+
+impl Penalty {
+    /// Adds the gradient of every term for parameter `name` to `g`; returns their weighted value.
+    pub fn apply(&self, name: &str, w: &[f32], g: &mut [f32]) -> f64 {
+        let mut v = 0.0;
+        if let Some(e) = &self.ewc {
+            v += e.apply(name, w, g);
+        }
+        if let Some(p) = &self.pull {
+            v += p.apply(name, w, g);
+        }
+        v
     }
 }
