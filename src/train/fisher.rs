@@ -1,9 +1,12 @@
 //! Diagonal Fisher information, exactly, in three modes. For models whose
 //! trainable layers are all linear, per-example gradients are never formed:
 //! the per-example weight gradient is δ_i ⊗ a_i, so Σ_i g_i² = (δ²)ᵀ·(a²), one
-//! matmul per layer per batch, with δ read from zero probes on the
-//! pre-activations. Other layer types fall back to a per-example loop.
+//! matmul per layer per batch. Dense chains on the CPU run this on host
+//! buffers (`DenseNet::backward_squared`); other linear-only models read δ
+//! from zero probes on candle's pre-activations. Other layer types fall back
+//! to a per-example loop.
 
+use super::dense::DenseNet;
 use super::{host_logits, softmax_rows};
 use crate::checkpoint::{Checkpoint, OwnedTensor};
 use crate::data::Dataset;
@@ -113,6 +116,15 @@ pub fn fisher(
         });
     }
     let order: Vec<usize> = (0..n).collect();
+    if model.device.is_cpu() {
+        if let Some(mut net) = DenseNet::plan(&model.spec, head)
+            .filter(|net| net.in_features() == data.example_shape.iter().product::<usize>())
+        {
+            return dense_fisher(
+                &mut net, model, data, mode, &order, batch_size, head, progress,
+            );
+        }
+    }
     let device = model.device.clone();
     let fast = linear_only(&model.spec) && mode != FisherMode::Batch;
     let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -194,6 +206,75 @@ pub fn fisher(
         values.insert(name.clone(), t);
     }
     Ok(FisherDiag { values, samples: n })
+}
+
+/// `fisher` for dense networks, on host buffers (see `DenseNet::backward_squared`).
+#[allow(clippy::too_many_arguments)]
+fn dense_fisher(
+    net: &mut DenseNet,
+    model: &Model,
+    data: &Dataset,
+    mode: FisherMode,
+    order: &[usize],
+    batch_size: usize,
+    head: Option<&str>,
+    mut progress: impl FnMut(usize),
+) -> Result<FisherDiag> {
+    let mut weights = BTreeMap::new();
+    for (name, var) in &model.params {
+        let v: Vec<f32> = var
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(ce("reading weights"))?;
+        weights.insert(name.clone(), v);
+    }
+    let c = net.classes();
+    data.check_labels(c, head)?;
+    let mut sums: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut batch_grad: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for idx in order.chunks(batch_size.max(1)) {
+        let logits = net.forward(&weights, &data.inputs, idx).to_vec();
+        let y: Vec<i64> = idx.iter().map(|&i| data.targets[i]).collect();
+        let (p, _) = softmax_rows(&logits, c);
+        if mode == FisherMode::Batch {
+            // (mean batch gradient)², summed over batches.
+            let b = idx.len() as f64;
+            let mut g = weightings(FisherMode::Empirical, &p, &y, c).remove(0);
+            g.iter_mut().for_each(|v| *v = (*v as f64 / b) as f32);
+            batch_grad.values_mut().for_each(|v| v.fill(0.0));
+            net.backward(&weights, &g, &mut batch_grad);
+            for (name, g) in &batch_grad {
+                let s = sums
+                    .entry(name.clone())
+                    .or_insert_with(|| vec![0.0; g.len()]);
+                s.iter_mut().zip(g).for_each(|(s, g)| *s += g * g);
+            }
+        } else {
+            for g in weightings(mode, &p, &y, c) {
+                net.backward_squared(&weights, &g, &mut sums);
+            }
+        }
+        progress(idx.len());
+    }
+    let scale = 1.0 / order.len() as f32;
+    let mut values = BTreeMap::new();
+    for (name, var) in &model.params {
+        let shape = var.as_tensor().dims().to_vec();
+        let v = match sums.remove(name) {
+            Some(mut v) => {
+                v.iter_mut().for_each(|x| *x *= scale);
+                v
+            }
+            None => vec![0.0; shape.iter().product()],
+        };
+        let t = Tensor::from_vec(v, shape.as_slice(), &model.device).map_err(ce("Fisher"))?;
+        values.insert(name.clone(), t);
+    }
+    Ok(FisherDiag {
+        values,
+        samples: order.len(),
+    })
 }
 
 /// Metadata keys of a Fisher file.

@@ -4,6 +4,7 @@
 //! and the optimizer update; validation with early stopping; a state file
 //! that lets a killed run resume to the same bytes.
 
+pub mod dense;
 pub mod fisher;
 pub mod optim;
 pub mod penalty;
@@ -171,27 +172,19 @@ pub(crate) fn host_logits(
     Ok((v, dims[1]))
 }
 
-/// Loss and gradient of a batch: the fused cross-entropy on the host, its gradient
-/// (softmax − target)/B·scale fed back through a surrogate `(logits·G).sum()`, so candle
-/// never builds a log-softmax graph. Returns the batch's mean loss and the gradients.
-fn backward(
-    model: &mut Model,
-    data: &Dataset,
-    idx: &[usize],
-    rng: &mut Rng,
-    cfg: &TrainConfig,
+/// The fused cross-entropy of logits `l` [n, c] against (label-smoothed) targets `y`:
+/// the summed loss, and its gradient (softmax − target)·scale/n, computed on the host so
+/// that no log-softmax graph is ever built.
+fn cross_entropy_grad(
+    l: &[f32],
+    c: usize,
+    y: &[i64],
+    smoothing: f64,
     scale: f64,
-    check_labels: bool,
-) -> Result<(f64, candle_core::backprop::GradStore)> {
-    let head = cfg.head.as_deref();
-    let device = model.device.clone();
-    let (x, y) = data.batch(idx, &device)?;
-    let logits = model.forward(&x, head, Mode::Train, rng)?;
-    let (l, c) = host_logits(&logits, data, head, check_labels)?;
-    let (p, lse) = softmax_rows(&l, c);
-    let b = idx.len() as f64;
-    let eps = cfg.label_smoothing;
-    let (on, off) = (1.0 - eps + eps / c as f64, eps / c as f64);
+) -> (f64, Vec<f32>) {
+    let (p, lse) = softmax_rows(l, c);
+    let b = y.len() as f64;
+    let (on, off) = (1.0 - smoothing + smoothing / c as f64, smoothing / c as f64);
     let mut loss = 0.0;
     let mut grad = vec![0f32; l.len()];
     for (i, &t) in y.iter().enumerate() {
@@ -209,21 +202,86 @@ fn backward(
             grad[i * c + k] = ((p[i * c + k] - q) / b * scale) as f32;
         }
     }
+    (loss, grad)
+}
+
+/// Mean loss of a batch; its gradients (scaled by `scale`) are added into `acc`. Dense
+/// networks use the fused path (`dense`), everything else candle's autograd, where the
+/// loss gradient enters through a surrogate `(logits·G).sum()`.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    model: &mut Model,
+    dense: Option<&mut dense::DenseNet>,
+    host: &BTreeMap<String, Vec<f32>>,
+    data: &Dataset,
+    idx: &[usize],
+    rng: &mut Rng,
+    cfg: &TrainConfig,
+    scale: f64,
+    check_labels: bool,
+    acc: &mut BTreeMap<String, Vec<f32>>,
+) -> Result<f64> {
+    let head = cfg.head.as_deref();
+    let b = idx.len() as f64;
+    if let Some(net) = dense {
+        let y: Vec<i64> = idx.iter().map(|&i| data.targets[i]).collect();
+        let c = net.classes();
+        if check_labels {
+            data.check_labels(c, head)?;
+        }
+        let logits = net.forward(host, &data.inputs, idx);
+        let (loss, g) = cross_entropy_grad(logits, c, &y, cfg.label_smoothing, scale);
+        net.backward(host, &g, acc);
+        return Ok(loss / b);
+    }
+    let device = model.device.clone();
+    let (x, y) = data.batch(idx, &device)?;
+    let logits = model.forward(&x, head, Mode::Train, rng)?;
+    let (l, c) = host_logits(&logits, data, head, check_labels)?;
+    let (loss, grad) = cross_entropy_grad(&l, c, &y, cfg.label_smoothing, scale);
     let g = Tensor::from_vec(grad, (idx.len(), c), &device).map_err(ce("loss gradient"))?;
     let grads = (logits * g)
         .and_then(|t| t.sum_all())
         .and_then(|t| t.backward())
         .map_err(ce("backward pass"))?;
-    Ok((loss / b, grads))
+    for (name, var) in &model.params {
+        let Some(g) = grads.get(var.as_tensor()) else {
+            continue;
+        };
+        let g: Vec<f32> = g
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(ce("reading gradients"))?;
+        match acc.get_mut(name) {
+            Some(a) => a.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
+            None => {
+                acc.insert(name.clone(), g);
+            }
+        }
+    }
+    Ok(loss / b)
+}
+
+/// Writes the host copy of the parameters into the model's variables.
+fn sync(model: &Model, host: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+    for (name, var) in &model.params {
+        let t = Tensor::from_slice(&host[name], var.as_tensor().dims(), &model.device)
+            .map_err(ce("writing weights"))?;
+        var.set(&t).map_err(ce("writing weights"))?;
+    }
+    Ok(())
 }
 
 /// One optimizer update from the batches `group` (gradients averaged); the host copy
-/// `host` of the parameters is updated and written back. Returns (summed batch losses,
+/// `host` of the parameters is updated (and written to the model unless `dense` runs the
+/// network on the host). `acc` is reused across updates. Returns (summed batch losses,
 /// penalty, gradient norm before clipping).
 #[allow(clippy::too_many_arguments)]
 fn update(
     model: &mut Model,
+    mut dense: Option<&mut dense::DenseNet>,
     host: &mut BTreeMap<String, Vec<f32>>,
+    acc: &mut BTreeMap<String, Vec<f32>>,
     data: &Dataset,
     group: &[&[usize]],
     opt: &mut Optimizer,
@@ -234,26 +292,21 @@ fn update(
     check_labels: bool,
 ) -> Result<(f64, f64, f64)> {
     let scale = 1.0 / group.len() as f64;
-    let mut acc: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    acc.values_mut().for_each(|g| g.fill(0.0));
     let mut loss_sum = 0.0;
     for (i, idx) in group.iter().enumerate() {
-        let (loss, grads) = backward(model, data, idx, rng, cfg, scale, check_labels && i == 0)?;
-        loss_sum += loss;
-        for (name, var) in &model.params {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let g: Vec<f32> = g
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .map_err(ce("reading gradients"))?;
-            match acc.get_mut(name) {
-                Some(a) => a.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
-                None => {
-                    acc.insert(name.clone(), g);
-                }
-            }
-        }
+        loss_sum += backward(
+            model,
+            dense.as_deref_mut(),
+            host,
+            data,
+            idx,
+            rng,
+            cfg,
+            scale,
+            check_labels && i == 0,
+            acc,
+        )?;
     }
     let mut pen = 0.0;
     for (name, w) in host.iter() {
@@ -280,11 +333,11 @@ fn update(
     opt.begin_step();
     for (name, var) in &model.params {
         let w = host.get_mut(name).expect("host copy of every parameter");
-        let shape = var.as_tensor().dims().to_vec();
-        opt.update(name, &shape, w, &acc[name], lr);
-        let t = Tensor::from_slice(w, shape.as_slice(), &model.device)
-            .map_err(ce("writing weights"))?;
-        var.set(&t).map_err(ce("writing weights"))?;
+        let shape = var.as_tensor().dims();
+        opt.update(name, shape, w, &acc[name], lr);
+    }
+    if dense.is_none() {
+        sync(model, host)?;
     }
     Ok((loss_sum, pen, norm))
 }
@@ -380,6 +433,22 @@ pub fn train(
             .map_err(ce("reading weights"))?;
         host.insert(name.clone(), v);
     }
+    let mut dense = match model.device.is_cpu() {
+        true => dense::DenseNet::plan(&model.spec, cfg.head.as_deref())
+            .filter(|n| n.in_features() == data.example_shape.iter().product::<usize>()),
+        false => None,
+    };
+    let is_dense = dense.is_some();
+    // With the dense path the host copy is the truth during an epoch: the model's
+    // variables are brought up to date before anything reads them.
+    let sync_if_dense = |model: &Model, host: &BTreeMap<String, Vec<f32>>| {
+        if is_dense {
+            sync(model, host)
+        } else {
+            Ok(())
+        }
+    };
+    let mut acc: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut reports = Vec::new();
     let mut first = true;
     let mut start = Instant::now();
@@ -399,7 +468,9 @@ pub fn train(
             let lr = cfg.schedule.lr(base_lr, t, clock_total);
             let (loss_sum, pen, grad_norm) = update(
                 model,
+                dense.as_mut(),
                 &mut host,
+                &mut acc,
                 data,
                 group,
                 opt,
@@ -434,6 +505,7 @@ pub fn train(
             if let (Some(every), false) = (job.state.and_then(|s| s.save_every), epoch_done) {
                 if every > 0 && opt.step.is_multiple_of(every) {
                     p.dropout_rng = dropout_rng.state();
+                    sync_if_dense(model, &host)?;
                     save(&p, model, opt, best_weights.as_ref())?;
                 }
             }
@@ -448,6 +520,7 @@ pub fn train(
                 });
             }
         }
+        sync_if_dense(model, &host)?;
         let (mut val_loss, mut val_accuracy, mut is_best) = (None, None, false);
         if let Some(val) = job.val {
             let t = evaluate(model, val, cfg.head.as_deref(), cfg.batch_size.max(256))?;

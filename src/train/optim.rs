@@ -113,25 +113,19 @@ impl Optimizer {
                     .v
                     .entry(name.to_string())
                     .or_insert_with(|| vec![0.0; n]);
+                let k = AdamStep {
+                    beta1,
+                    beta2,
+                    eps,
+                    bc2_sqrt,
+                    step_size,
+                    decay: if decoupled { lr32 * wd } else { wd },
+                    decoupled,
+                };
                 w.par_chunks_mut(CHUNK)
                     .zip(g.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-                    .for_each(|((w, g), (m, v))| {
-                        for (((w, &g), m), v) in
-                            w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                        {
-                            let g = if decoupled {
-                                *w *= 1.0 - lr32 * wd;
-                                g
-                            } else {
-                                g + wd * *w
-                            };
-                            *m = beta1 * *m + (1.0 - beta1) * g;
-                            *v = beta2 * *v + (1.0 - beta2) * g * g;
-                            let denom = v.sqrt() / bc2_sqrt + eps;
-                            *w -= step_size * *m / denom;
-                        }
-                    });
+                    .for_each(|((w, g), (m, v))| k.run(w, g, m, v));
             }
         }
     }
@@ -203,5 +197,72 @@ mod tests {
         });
         assert!(o.decays(&[4, 3]));
         assert!(!o.decays(&[4]));
+    }
+}
+
+/// One Adam/AdamW update over equal-length slices, in torch's operation order. Written as
+/// an index loop over pre-sliced buffers so that it vectorises; run with AVX when the CPU
+/// has it (no FMA: contraction would change the rounding relative to torch).
+#[derive(Clone, Copy)]
+struct AdamStep {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bc2_sqrt: f32,
+    step_size: f32,
+    /// lr·wd for AdamW (decoupled), wd for Adam (L2 in the gradient).
+    decay: f32,
+    decoupled: bool,
+}
+
+impl AdamStep {
+    #[inline(always)]
+    fn kernel(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let n = w.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        let (b1, b2, eps, bc2, ss) = (
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.bc2_sqrt,
+            self.step_size,
+        );
+        if self.decoupled {
+            let keep = 1.0 - self.decay;
+            for i in 0..n {
+                let wi = w[i] * keep;
+                let gi = g[i];
+                let mi = b1 * m[i] + (1.0 - b1) * gi;
+                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                w[i] = wi - ss * mi / (vi.sqrt() / bc2 + eps);
+            }
+        } else {
+            let wd = self.decay;
+            for i in 0..n {
+                let gi = g[i] + wd * w[i];
+                let mi = b1 * m[i] + (1.0 - b1) * gi;
+                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                w[i] -= ss * mi / (vi.sqrt() / bc2 + eps);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    fn kernel_avx(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.kernel(w, g, m, v)
+    }
+
+    fn run(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX (checked just above).
+            return unsafe { self.kernel_avx(w, g, m, v) };
+        }
+        self.kernel(w, g, m, v)
     }
 }
