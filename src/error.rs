@@ -92,6 +92,37 @@ pub enum MnemoError {
         #[source]
         source: candle_core::Error,
     },
+
+    /// A drift detector (`drift::build`) was given a parameter it does not have,
+    /// a value that does not parse, or a value outside the parameter's domain.
+    #[error("drift detector '{detector}': parameter '{parameter}': {reason}")]
+    InvalidParameter {
+        detector: String,
+        parameter: String,
+        reason: String,
+    },
+
+    /// `drift::build` was asked for a detector name it does not know.
+    #[error("unknown drift detector '{name}' (known: {known})")]
+    UnknownDetector { name: String, known: String },
+
+    /// A merge (`merge::Method`) was given parameters or inputs that do not fit
+    /// the method: wrong number of weights, a density outside [0, 1], a missing
+    /// or superfluous base model, too few models, a zero Fisher norm.
+    #[error("merge method '{method}': {reason}")]
+    InvalidMerge { method: String, reason: String },
+
+    /// A tensor holds NaN or ±infinity where a finite value is required: a merge
+    /// input, or a merged value that overflows its output dtype (`path` is then
+    /// the output file).
+    #[error("{path}: tensor '{tensor}' element {index} is {value}: {reason}")]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f32,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = MnemoError> = std::result::Result<T, E>;

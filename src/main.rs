@@ -40,6 +40,9 @@ enum Command {
     Fisher(cmd::fisher::Args),
     /// Train on new data with EWC penalties holding earlier tasks' weights in place.
     TrainEwc(Box<cmd::train_ewc::Args>),
+    /// Streaming drift detection over JSON Lines (river's detectors, index for index);
+    /// exit 1 when drift is found.
+    Drift(cmd::drift::Args),
     /// Write the man pages (used to keep man/ current).
     #[command(hide = true)]
     Man(cmd::man::Args),
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Eval(a) => cmd::eval::run(a, g),
         Command::Fisher(a) => cmd::fisher::run(a, g),
         Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
+        Command::Drift(a) => cmd::drift::run(a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
 }
@@ -92,7 +96,24 @@ fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
 }
 
+/// Thread pools, fixed before any starts. candle 0.11 asks for its thread count on every
+/// matmul, parsing /proc/cpuinfo each time unless RAYON_NUM_THREADS is set; and its
+/// spinning barrier pool for elementwise ops competes with rayon's workers for the same
+/// cores (on 2 cores it made a small CNN's training step 2x slower). So: rayon gets one
+/// thread per available CPU, candle's barrier pool none (CANDLE_NUM_THREADS=1), unless the
+/// user set either variable.
+fn configure_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() {
+    configure_threads();
     #[cfg(feature = "mimalloc")]
     tune_allocator();
     let matches = match command().try_get_matches() {

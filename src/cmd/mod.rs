@@ -3,6 +3,7 @@
 //! exit-status convention.
 
 pub mod diff;
+pub mod drift;
 pub mod engine;
 pub mod eval;
 pub mod fisher;
@@ -127,6 +128,7 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("eval", &eval::HELP),
     ("fisher", &fisher::HELP),
     ("train-ewc", &train_ewc::HELP),
+    ("drift", &drift::HELP),
 ];
 
 /// The standard exit codes: commands with a negative decision document their own 1.

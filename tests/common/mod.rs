@@ -55,6 +55,33 @@ pub fn mnemo_in(dir: &Path, args: &[&str]) -> Run {
     }
 }
 
+/// Runs mnemo with `input` on stdin.
+pub fn mnemo_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Run {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mnemo");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = input.to_vec();
+    // Feed stdin from a thread so a full stdout pipe cannot deadlock the test.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait for mnemo");
+    feeder.join().expect("stdin feeder");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        raw_stdout: out.stdout,
+    }
+}
+
 pub fn mnemo(args: &[&str]) -> Run {
     mnemo_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
 }
