@@ -46,6 +46,7 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/gen.py
 	$$(scripts/venv.sh) fixtures/gen_train.py
 	$$(scripts/venv.sh) fixtures/drift/gen.py
+	$$(scripts/venv.sh) fixtures/merge/gen.py
 
 # Prove in real torch that our checkpoints load with load_state_dict(strict=True) and evaluate the same.
 interop: build

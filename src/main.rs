@@ -43,6 +43,9 @@ enum Command {
     /// Streaming drift detection over JSON Lines (river's detectors, index for index);
     /// exit 1 when drift is found.
     Drift(cmd::drift::Args),
+    /// Merge checkpoints: linear, EMA, Fisher-weighted, task arithmetic, TIES, DARE, SLERP,
+    /// breadcrumbs, model stock, sum; streaming in bounded memory.
+    Merge(cmd::merge::Args),
     /// Write the man pages (used to keep man/ current).
     #[command(hide = true)]
     Man(cmd::man::Args),
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Fisher(a) => cmd::fisher::run(a, g),
         Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
         Command::Drift(a) => cmd::drift::run(a, g),
+        Command::Merge(a) => cmd::merge::run(a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
 }

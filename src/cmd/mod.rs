@@ -10,6 +10,7 @@ pub mod fisher;
 pub mod init;
 pub mod inspect;
 pub mod man;
+pub mod merge;
 pub mod train_ewc;
 
 use anyhow::Context;
@@ -129,6 +130,7 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("fisher", &fisher::HELP),
     ("train-ewc", &train_ewc::HELP),
     ("drift", &drift::HELP),
+    ("merge", &merge::HELP),
 ];
 
 /// The standard exit codes: commands with a negative decision document their own 1.

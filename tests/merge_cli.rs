@@ -1,0 +1,177 @@
+//! `mnemo merge` end to end: every fixture case of `fixtures/merge/cases.json` (mergekit
+//! and torch references) through the command line, sharded inputs, and clear errors.
+
+mod common;
+use common::*;
+use mnemo::checkpoint::Checkpoint;
+use serde_json::Value;
+
+/// The command-line flags equivalent to a case's method JSON.
+fn flags(method: &Value) -> (String, Vec<String>) {
+    let name = method["method"].as_str().unwrap().replace('_', "-");
+    let mut a = Vec::new();
+    for (k, v) in method.as_object().unwrap() {
+        match (k.as_str(), v) {
+            ("method", _) => {}
+            ("weights", Value::Array(w)) => {
+                let w: Vec<String> = w.iter().map(|x| x.to_string()).collect();
+                a.extend(["--weights".into(), w.join(",")]);
+            }
+            ("normalize", Value::Bool(true)) => a.push("--normalize".into()),
+            ("normalize", Value::Bool(false)) => a.push("--no-normalize".into()),
+            ("ties", Value::Bool(true)) => a.push("--ties".into()),
+            (k, v) => a.extend([format!("--{}", k.replace('_', "-")), v.to_string()]),
+        }
+    }
+    (name, a)
+}
+
+/// Max |got − want| ≤ 1e-5·max(1, |want|) over every tensor, same names, dtypes and shapes.
+fn close(got: &Checkpoint, want: &Checkpoint, case: &str) {
+    assert_eq!(
+        got.names().collect::<Vec<_>>(),
+        want.names().collect::<Vec<_>>(),
+        "{case}"
+    );
+    for n in want.names() {
+        let (g, w) = (got.entry(n).unwrap(), want.entry(n).unwrap());
+        assert_eq!((g.dtype, &g.shape), (w.dtype, &w.shape), "{case}: {n}");
+        if !w.dtype.is_float() {
+            assert_eq!(got.bytes(n).unwrap(), want.bytes(n).unwrap(), "{case}: {n}");
+            continue;
+        }
+        // 16-bit outputs may differ by one rounding step (f64 vs f32 accumulation).
+        let tol = if w.dtype.size() == 2 { 8e-3 } else { 1e-5 };
+        for (i, (a, b)) in got
+            .to_f32(n)
+            .unwrap()
+            .iter()
+            .zip(want.to_f32(n).unwrap())
+            .enumerate()
+        {
+            assert!(
+                (a - b).abs() <= tol * b.abs().max(1.0),
+                "{case}: {n}[{i}] {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_reference_case_through_the_command_line() {
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("merge/cases.json")).unwrap())
+            .unwrap();
+    let d = workdir();
+    for case in cases["cases"].as_array().unwrap() {
+        let id = case["id"].as_str().unwrap();
+        let (method, extra) = flags(&case["method"]);
+        let out = d.path().join(format!("{id}.safetensors"));
+        let mut args: Vec<String> = vec!["merge".into(), method];
+        for i in case["inputs"].as_array().unwrap() {
+            args.push(fixture(&format!("merge/{}", i.as_str().unwrap())));
+        }
+        if let Some(b) = case["base"].as_str() {
+            args.extend(["--base".into(), fixture(&format!("merge/{b}"))]);
+        }
+        let fishers = case["fishers"].as_array().unwrap();
+        if !fishers.is_empty() {
+            args.push("--fisher".into());
+            for f in fishers {
+                args.push(fixture(&format!("merge/{}", f.as_str().unwrap())));
+            }
+        }
+        args.extend(extra);
+        args.extend(["-o".into(), out.to_string_lossy().into_owned()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = ok(mnemo(&argv));
+        assert_eq!(r.last_json()["output"], out.to_string_lossy().as_ref());
+        let want = Checkpoint::open(fixture(&format!(
+            "merge/{}",
+            case["expected"].as_str().unwrap()
+        )))
+        .unwrap();
+        close(&Checkpoint::open(&out).unwrap(), &want, id);
+    }
+}
+
+#[test]
+fn sharded_inputs_merge_and_provenance_is_recorded() {
+    let d = workdir();
+    let out = d.path().join("m.safetensors");
+    // A sharded checkpoint (index.json) and the same model as one file: their mean is itself.
+    ok(mnemo(&[
+        "merge",
+        "linear",
+        &fixture("mlp_sharded/model.safetensors.index.json"),
+        &fixture("mlp.safetensors"),
+        "--alpha",
+        "0.5",
+        "-o",
+        &out.to_string_lossy(),
+    ]));
+    let (got, want) = (
+        Checkpoint::open(&out).unwrap(),
+        Checkpoint::open(fixture("mlp.safetensors")).unwrap(),
+    );
+    close(&got, &want, "sharded");
+    let meta = got.metadata();
+    assert!(meta["mnemo.command"].contains("merge linear"));
+    assert!(meta["mnemo.inputs"].contains("blake3:"));
+}
+
+#[test]
+fn dare_is_seeded_and_mismatches_are_refused() {
+    let d = workdir();
+    let p = |s: &str| d.path().join(s).to_string_lossy().into_owned();
+    let dare = |seed: &str, out: &str| {
+        ok(mnemo(&[
+            "merge",
+            "dare",
+            "--base",
+            &fixture("merge/base.safetensors"),
+            &fixture("merge/a.safetensors"),
+            &fixture("merge/b.safetensors"),
+            "--density",
+            "0.5",
+            "--seed",
+            seed,
+            "-o",
+            &p(out),
+        ]));
+        // Tensor bytes (the metadata holds the command line, which names the output).
+        let c = Checkpoint::open(p(out)).unwrap();
+        let names: Vec<String> = c.names().map(String::from).collect();
+        names
+            .iter()
+            .flat_map(|n| c.bytes(n).unwrap().to_vec())
+            .collect::<Vec<u8>>()
+    };
+    let (a, b, c) = (dare("7", "a.st"), dare("7", "b.st"), dare("8", "c.st"));
+    assert!(a == b, "same seed, same tensors");
+    assert!(a != c, "another seed, other masks");
+    // Models of different architectures: exit 2, the tensor named, no output.
+    let r = mnemo(&[
+        "merge",
+        "linear",
+        &fixture("mlp.safetensors"),
+        &fixture("cnn.safetensors"),
+        "-o",
+        &p("bad.st"),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("cnn.safetensors"), "{}", r.stderr);
+    assert!(!d.path().join("bad.st").exists());
+    // A method's missing parameter.
+    let r = mnemo(&[
+        "merge",
+        "ties",
+        "--base",
+        &fixture("merge/base.safetensors"),
+        &fixture("merge/a.safetensors"),
+        "-o",
+        &p("x.st"),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--density"), "{}", r.stderr);
+}
