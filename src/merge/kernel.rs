@@ -408,9 +408,20 @@ fn compute_chunk(plan: &Plan, prep: &Prep, job: &Job, c: usize, out: &mut [f32])
             } else {
                 1.0
             };
-            for (j, o) in out.iter_mut().enumerate() {
-                let acc: f64 = (0..n).map(|i| weights[i] * x(i, j)).sum();
-                *o = (acc / div) as f32;
+            // Input-major, contiguous loops (they vectorise); the same summation order as
+            // Σ_i wᵢxᵢ per element, so the bytes are those of the element-major form.
+            let mut acc = vec![0f64; m];
+            for (i, &w) in weights.iter().enumerate().take(n) {
+                for (a, &v) in acc.iter_mut().zip(&xs[i * m..(i + 1) * m]) {
+                    *a += w * v as f64;
+                }
+            }
+            if *normalize {
+                out.iter_mut()
+                    .zip(&acc)
+                    .for_each(|(o, a)| *o = (a / div) as f32);
+            } else {
+                out.iter_mut().zip(&acc).for_each(|(o, a)| *o = *a as f32);
             }
         }
         Plan::Fisher {
