@@ -38,7 +38,11 @@ fn annotated_stream_marks_the_same_indices_as_the_library() {
         &["drift", "--detector", "page-hinkley", "--threshold", "20"],
         step_stream().as_bytes(),
     );
-    assert_eq!(r.code, 1, "drift found → exit 1; stderr: {}", r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "drift found → exit 0 (as grep); stderr: {}",
+        r.stderr
+    );
     let lines = r.json_lines();
     assert_eq!(lines.len(), 200);
     let hits: Vec<usize> = lines
@@ -78,7 +82,7 @@ fn events_only_with_aggregation_and_files() {
             "a.jsonl",
         ],
     );
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let events = r.json_lines();
     let means: Vec<f64> = (0..50).map(|g| if g < 25 { 0.0 } else { 5.0 }).collect();
     let want = library_hits(
@@ -99,27 +103,39 @@ fn events_only_with_aggregation_and_files() {
 }
 
 #[test]
-fn no_drift_exits_zero_and_quiet_prints_nothing() {
+fn no_drift_exits_one_and_quiet_prints_nothing() {
     let d = workdir();
     let flat: String = (0..100).map(|_| "{\"loss\":1.0}\n").collect();
     let r = mnemo_stdin(d.path(), &["drift", "-d", "adwin"], flat.as_bytes());
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(r.json_lines().len(), 100);
     let r = mnemo_stdin(
         d.path(),
         &["drift", "-d", "page-hinkley", "--threshold", "20", "-q"],
         step_stream().as_bytes(),
     );
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 0);
     assert!(r.stdout.is_empty() && r.stderr.is_empty());
 }
 
 #[test]
-fn records_without_the_field_pass_through_uncounted() {
+fn skip_invalid_passes_records_without_the_field_through_uncounted() {
     let d = workdir();
     let input = "{\"event\":\"start\"}\n{\"loss\":null}\n0.5\n{\"loss\":0.25}\n";
     let r = mnemo_stdin(d.path(), &["drift", "-d", "adwin"], input.as_bytes());
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 2, "a record without the field is an error");
+    assert!(
+        r.stderr.contains("<stdin>:1") || r.stderr.contains("-:1"),
+        "{}",
+        r.stderr
+    );
+    let r = mnemo_stdin(
+        d.path(),
+        &["drift", "-d", "adwin", "--skip-invalid"],
+        input.as_bytes(),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("skipped 2"), "{}", r.stderr);
     let l = r.json_lines();
     assert_eq!(l[0], serde_json::json!({"event": "start"}));
     assert_eq!(l[1], serde_json::json!({"loss": null}));
@@ -160,4 +176,69 @@ fn bad_values_name_the_file_and_line() {
     );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("threshold"), "{}", r.stderr);
+}
+
+#[test]
+fn calibration_meets_the_false_alarm_rate_on_the_stable_stream() {
+    let d = workdir();
+    // A stable stream: a fixed pseudo-random sequence around 0.5.
+    let mut x = 12345u64;
+    let stable: String = (0..2000)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            format!("{{\"loss\":{}}}\n", 0.5 + 0.1 * (u - 0.5))
+        })
+        .collect();
+    std::fs::write(d.path().join("stable.jsonl"), &stable).unwrap();
+    let cal = |rate: &str| {
+        let r = ok(mnemo_in(
+            d.path(),
+            &[
+                "drift",
+                "-d",
+                "page-hinkley",
+                "--calibrate",
+                "--false-alarm-rate",
+                rate,
+                "--min-instances",
+                "10",
+                "--delta",
+                "0",
+                "stable.jsonl",
+            ],
+        ));
+        r.last_json()
+    };
+    let strict = cal("0.0005");
+    let loose = cal("0.01");
+    assert_eq!(strict["parameter"], "threshold");
+    let (ts, tl) = (
+        strict["value"].as_f64().unwrap(),
+        loose["value"].as_f64().unwrap(),
+    );
+    assert!(strict["false_alarm_rate"].as_f64().unwrap() <= 0.0005);
+    assert!(loose["false_alarm_rate"].as_f64().unwrap() <= 0.01);
+    assert!(
+        ts > tl,
+        "a stricter rate needs a higher threshold: {ts} vs {tl}"
+    );
+    // Setting the tuned parameter yourself is refused.
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "drift",
+            "-d",
+            "page-hinkley",
+            "--calibrate",
+            "--false-alarm-rate",
+            "0.01",
+            "--threshold",
+            "3",
+            "stable.jsonl",
+        ],
+    );
+    assert_eq!(r.code, 2);
 }
