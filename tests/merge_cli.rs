@@ -175,3 +175,62 @@ fn dare_is_seeded_and_mismatches_are_refused() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--density"), "{}", r.stderr);
 }
+
+#[test]
+fn sharded_output_and_output_dtype() {
+    let d = workdir();
+    let p = |s: &str| d.path().join(s).to_string_lossy().into_owned();
+    let ins = [
+        fixture("merge/a.safetensors"),
+        fixture("merge/b.safetensors"),
+        fixture("merge/c.safetensors"),
+    ];
+    let base = [
+        "merge",
+        "ties",
+        "--base",
+        &fixture("merge/base.safetensors"),
+        &ins[0],
+        &ins[1],
+        &ins[2],
+        "--density",
+        "0.3",
+    ];
+    ok(mnemo(&[&base[..], &["-o", &p("one.st")]].concat()));
+    // 600-byte shards: several files and an index, read back as one checkpoint.
+    let r = ok(mnemo(
+        &[&base[..], &["-o", &p("sharded"), "--shard-size", "600B"]].concat(),
+    ));
+    let files = r.last_json()["files"].as_array().unwrap().len();
+    assert!(files > 2, "{}", r.stdout);
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("sharded/model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(index["metadata"]["total_size"].as_u64().unwrap() > 0);
+    assert!(index["weight_map"].as_object().unwrap().len() > 3);
+    let (one, sharded) = (
+        Checkpoint::open(p("one.st")).unwrap(),
+        Checkpoint::open(p("sharded")).unwrap(),
+    );
+    for n in one.names() {
+        assert_eq!(one.bytes(n).unwrap(), sharded.bytes(n).unwrap(), "{n}");
+    }
+    // --dtype f16: float tensors in F16, close to the F32 merge; counters unchanged.
+    ok(mnemo(
+        &[&base[..], &["-o", &p("half.st"), "--dtype", "f16"]].concat(),
+    ));
+    let half = Checkpoint::open(p("half.st")).unwrap();
+    for n in one.names() {
+        let (e1, e2) = (one.entry(n).unwrap(), half.entry(n).unwrap());
+        if e1.dtype.is_float() {
+            assert_eq!(e2.dtype.to_string(), "F16", "{n}");
+            for (a, b) in one.to_f32(n).unwrap().iter().zip(half.to_f32(n).unwrap()) {
+                assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{n}: {a} vs {b}");
+            }
+        } else {
+            assert_eq!(e1.dtype, e2.dtype);
+            assert_eq!(one.bytes(n).unwrap(), half.bytes(n).unwrap());
+        }
+    }
+}

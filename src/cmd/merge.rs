@@ -2,11 +2,12 @@
 
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::checkpoint::Checkpoint;
+use mnemo::checkpoint::{AtomicFile, Checkpoint, Dtype};
 use mnemo::merge::{merge_checkpoints, DareRescale, MergeOptions, Method, METHODS};
 use mnemo::provenance::Provenance;
 use serde_json::json;
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 pub const HELP: HelpExtra = HelpExtra {
     examples: &[
@@ -124,6 +125,48 @@ pub struct Args {
     /// Let NaN/Inf through with IEEE semantics instead of refusing them.
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Output dtype of the merged float tensors (default: the first input's).
+    #[arg(long, value_enum)]
+    pub dtype: Option<OutDtype>,
+    /// Write HF-style shards of at most this size (e.g. 5GB, 500MB, bytes) into the folder
+    /// OUT: model-0000i-of-0000N.safetensors plus model.safetensors.index.json (one shard:
+    /// OUT/model.safetensors alone, as transformers does). The index is written last.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub shard_size: Option<u64>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// "5GB", "500MB", "2GiB", "1000": bytes (decimal units as transformers' max_shard_size).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}': expected a size such as 5GB"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1048576.0,
+        "GIB" => 1073741824.0,
+        u => return Err(format!("'{s}': unknown unit '{u}'")),
+    };
+    let v = (x * mult) as u64;
+    if v == 0 {
+        return Err(format!("'{s}': must be positive"));
+    }
+    Ok(v)
 }
 
 fn formulas() -> String {
@@ -136,6 +179,32 @@ fn formulas() -> String {
 
 fn need<T: Copy>(v: Option<T>, flag: &str, method: &str) -> anyhow::Result<T> {
     v.with_context(|| format!("merge {method} needs {flag}"))
+}
+
+/// Tensors of the output, in the first input's order, filled greedily into shards of at
+/// most `max` bytes (a tensor larger than `max` gets a shard of its own), as transformers
+/// does; with each shard's byte size.
+fn plan_shards(
+    first: &Checkpoint,
+    dtype: Option<Dtype>,
+    max: u64,
+) -> anyhow::Result<Vec<(HashSet<String>, u64)>> {
+    let mut shards: Vec<(HashSet<String>, u64)> = vec![(HashSet::new(), 0)];
+    for name in first.names() {
+        let e = first.entry(name)?;
+        let size = match dtype {
+            Some(d) if e.dtype.is_float() => (e.numel() * d.size()) as u64,
+            _ => (e.numel() * e.dtype.size()) as u64,
+        };
+        let last = shards.last_mut().expect("one shard");
+        if !last.0.is_empty() && last.1 + size > max {
+            shards.push((HashSet::new(), 0));
+        }
+        let last = shards.last_mut().expect("one shard");
+        last.0.insert(name.to_string());
+        last.1 += size;
+    }
+    Ok(shards)
 }
 
 fn method(a: &Args) -> anyhow::Result<Method> {
@@ -231,26 +300,77 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     };
-    let opts = MergeOptions {
-        allow_nonfinite: args.allow_nonfinite,
-        progress: Some(&progress),
+    let dtype = args.dtype.map(|d| match d {
+        OutDtype::F32 => Dtype::F32,
+        OutDtype::F16 => Dtype::F16,
+        OutDtype::Bf16 => Dtype::BF16,
+    });
+    let shards = match args.shard_size {
+        Some(max) => plan_shards(&inputs[0], dtype, max)?,
+        None => vec![],
     };
-    let report = merge_checkpoints(
-        &m,
-        &inputs,
-        base.as_ref(),
-        &fishers,
-        &args.output,
-        &meta,
-        &opts,
-    )
-    .with_context(|| format!("merging into {}", args.output.display()))?;
+    let run_one = |out: &Path, only: Option<&HashSet<String>>| {
+        let opts = MergeOptions {
+            allow_nonfinite: args.allow_nonfinite,
+            progress: Some(&progress),
+            only,
+            dtype,
+        };
+        merge_checkpoints(&m, &inputs, base.as_ref(), &fishers, out, &meta, &opts)
+            .with_context(|| format!("merging into {}", out.display()))
+    };
+    let (mut merged, mut copied, mut elements, mut bytes) = (0, 0, 0u64, 0u64);
+    let mut files = Vec::new();
+    if shards.is_empty() {
+        let r = run_one(&args.output, None)?;
+        (merged, copied, elements, bytes) = (r.merged, r.copied, r.elements, r.bytes);
+        files.push(args.output.clone());
+    } else {
+        std::fs::create_dir_all(&args.output)
+            .with_context(|| format!("creating {}", args.output.display()))?;
+        let n = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        let mut total_size = 0u64;
+        for (i, (names, size)) in shards.iter().enumerate() {
+            let file = if n == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+            };
+            let path = args.output.join(&file);
+            let r = run_one(&path, Some(names))?;
+            merged += r.merged;
+            copied += r.copied;
+            elements += r.elements;
+            bytes += r.bytes;
+            total_size += size;
+            for name in names {
+                weight_map.insert(name.clone(), json!(file));
+            }
+            files.push(path);
+        }
+        if n > 1 {
+            let mut sorted: Vec<_> = weight_map.into_iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            let index = json!({
+                "metadata": {"total_size": total_size},
+                "weight_map": serde_json::Map::from_iter(sorted),
+            });
+            let path = args.output.join("model.safetensors.index.json");
+            let mut f = AtomicFile::create(&path)?;
+            f.write_all(serde_json::to_string_pretty(&index)?.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.commit()?;
+            files.push(path);
+        }
+    }
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     JsonLines::stdout().emit(&json!({
-        "output": args.output.display().to_string(), "method": report.method, "inputs": report.inputs,
-        "merged": report.merged, "copied": report.copied, "elements": report.elements,
-        "bytes": report.bytes, "seconds": num(secs),
+        "output": args.output.display().to_string(), "method": m.name(), "inputs": inputs.len(),
+        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "merged": merged, "copied": copied, "elements": elements, "bytes": bytes,
+        "seconds": num(secs),
     }))?;
     Ok(Status::Success)
 }

@@ -15,7 +15,7 @@ use super::kernel::{self, Job, Sink, Src, TensorStats, Which};
 use super::select::MAX_LEN;
 use super::stream::{plan_layout, write_header, LayoutEntry};
 use super::{Method, Plan};
-use crate::checkpoint::{AtomicFile, Checkpoint};
+use crate::checkpoint::{AtomicFile, Checkpoint, Dtype};
 use crate::error::{MnemoError, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -35,6 +35,11 @@ pub struct MergeOptions<'a> {
     pub allow_nonfinite: bool,
     /// Called after each batch of tensors is written: (tensors done, total).
     pub progress: Option<&'a (dyn Fn(usize, usize) + Sync)>,
+    /// Write only these tensors (one shard of a sharded output); all when `None`.
+    pub only: Option<&'a std::collections::HashSet<String>>,
+    /// Write merged float tensors in this dtype (F32, F16, BF16 or F64) instead of the first
+    /// input's; integer tensors are copied unchanged.
+    pub dtype: Option<Dtype>,
 }
 
 /// One output tensor, in file order.
@@ -210,9 +215,21 @@ pub fn merge_checkpoints(
     let plan = method.plan(inputs.len());
     let selects = matches!(method, Method::Ties { .. } | Method::Breadcrumbs { .. });
     let mut entries = Vec::with_capacity(first.len());
+    if let Some(d) = opts.dtype {
+        if !d.is_float() || !kernel::writable(d) {
+            return Err(method.invalid(format!("output dtype {d}: F32, F16, BF16 or F64 only")));
+        }
+    }
     for name in first.names() {
+        if opts.only.is_some_and(|only| !only.contains(name)) {
+            continue;
+        }
         let e = first.entry(name)?;
-        if e.dtype.is_float() && !kernel::writable(e.dtype) {
+        let out_dtype = match opts.dtype {
+            Some(d) if e.dtype.is_float() => d,
+            _ => e.dtype,
+        };
+        if e.dtype.is_float() && !kernel::writable(out_dtype) {
             return Err(MnemoError::WrongDtype {
                 path: first.path.clone(),
                 tensor: name.to_string(),
@@ -229,7 +246,7 @@ pub fn merge_checkpoints(
         }
         entries.push(LayoutEntry {
             name: name.to_string(),
-            dtype: e.dtype,
+            dtype: out_dtype,
             shape: e.shape.clone(),
         });
     }
