@@ -234,3 +234,52 @@ fn sharded_output_and_output_dtype() {
         }
     }
 }
+
+#[test]
+fn skip_mismatched_merges_the_common_tensors() {
+    use mnemo::checkpoint::{write_checkpoint, OwnedTensor};
+    let d = workdir();
+    let p = |s: &str| d.path().join(s).to_string_lossy().into_owned();
+    // A copy of the MLP with the last layer reshaped and one extra tensor.
+    let mlp = Checkpoint::open(fixture("mlp.safetensors")).unwrap();
+    let mut tensors = Vec::new();
+    for n in mlp.names() {
+        let v = mlp.to_f32(n).unwrap();
+        let shape = if n == "4.weight" {
+            vec![1, v.len()]
+        } else {
+            mlp.entry(n).unwrap().shape.clone()
+        };
+        tensors.push(OwnedTensor::f32(n, shape, &v));
+    }
+    tensors.push(OwnedTensor::f32("extra.bias", vec![2], &[1.0, 2.0]));
+    write_checkpoint(d.path().join("other.st"), tensors, &Default::default()).unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "merge".to_string(),
+            "linear".into(),
+            fixture("mlp.safetensors"),
+            p("other.st"),
+            "--alpha".into(),
+            "0.5".into(),
+            "-o".into(),
+            p("m.st"),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let argv = args(&[]);
+    let r = mnemo(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("4.weight"), "{}", r.stderr);
+    let argv = args(&["--skip-mismatched"]);
+    let r = ok(mnemo(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+    let skipped = r.last_json()["skipped"].clone();
+    assert_eq!(skipped, serde_json::json!(["4.weight", "extra.bias"]));
+    let m = Checkpoint::open(p("m.st")).unwrap();
+    assert!(!m.contains("4.weight") && m.contains("4.bias"));
+    assert_eq!(
+        m.to_f32("0.weight").unwrap(),
+        mlp.to_f32("0.weight").unwrap()
+    );
+}

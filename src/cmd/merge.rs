@@ -3,7 +3,7 @@
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::checkpoint::{AtomicFile, Checkpoint, Dtype};
-use mnemo::merge::{merge_checkpoints, DareRescale, MergeOptions, Method, METHODS};
+use mnemo::merge::{common_tensors, merge_checkpoints, DareRescale, MergeOptions, Method, METHODS};
 use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::collections::HashSet;
@@ -125,6 +125,10 @@ pub struct Args {
     /// Let NaN/Inf through with IEEE semantics instead of refusing them.
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Merge only the tensors every input (and the base) has with the same shape; list the
+    /// others on stderr and in the summary, instead of refusing the merge.
+    #[arg(long)]
+    pub skip_mismatched: bool,
     /// Output dtype of the merged float tensors (default: the first input's).
     #[arg(long, value_enum)]
     pub dtype: Option<OutDtype>,
@@ -188,9 +192,13 @@ fn plan_shards(
     first: &Checkpoint,
     dtype: Option<Dtype>,
     max: u64,
+    only: Option<&HashSet<String>>,
 ) -> anyhow::Result<Vec<(HashSet<String>, u64)>> {
     let mut shards: Vec<(HashSet<String>, u64)> = vec![(HashSet::new(), 0)];
     for name in first.names() {
+        if only.is_some_and(|o| !o.contains(name)) {
+            continue;
+        }
         let e = first.entry(name)?;
         let size = match dtype {
             Some(d) if e.dtype.is_float() => (e.numel() * d.size()) as u64,
@@ -305,10 +313,23 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         OutDtype::F16 => Dtype::F16,
         OutDtype::Bf16 => Dtype::BF16,
     });
-    let shards = match args.shard_size {
-        Some(max) => plan_shards(&inputs[0], dtype, max)?,
+    let (common, left_out) = if args.skip_mismatched {
+        let others: Vec<&Checkpoint> = inputs[1..].iter().chain(base.as_ref()).collect();
+        let (keep, out) = common_tensors(&inputs[0], &others)?;
+        for n in &out {
+            g.say(format!(
+                "merge: skipping '{n}' (missing or of another shape in some input)"
+            ));
+        }
+        (Some(keep), out)
+    } else {
+        (None, vec![])
+    };
+    let mut shards = match args.shard_size {
+        Some(max) => plan_shards(&inputs[0], dtype, max, common.as_ref())?,
         None => vec![],
     };
+    shards.retain(|(names, _)| !names.is_empty());
     let run_one = |out: &Path, only: Option<&HashSet<String>>| {
         let opts = MergeOptions {
             allow_nonfinite: args.allow_nonfinite,
@@ -322,7 +343,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (mut merged, mut copied, mut elements, mut bytes) = (0, 0, 0u64, 0u64);
     let mut files = Vec::new();
     if shards.is_empty() {
-        let r = run_one(&args.output, None)?;
+        let r = run_one(&args.output, common.as_ref())?;
         (merged, copied, elements, bytes) = (r.merged, r.copied, r.elements, r.bytes);
         files.push(args.output.clone());
     } else {
@@ -370,7 +391,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         "output": args.output.display().to_string(), "method": m.name(), "inputs": inputs.len(),
         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "merged": merged, "copied": copied, "elements": elements, "bytes": bytes,
-        "seconds": num(secs),
+        "skipped": left_out, "seconds": num(secs),
     }))?;
     Ok(Status::Success)
 }

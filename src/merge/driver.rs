@@ -79,9 +79,16 @@ fn float_word(f: bool) -> &'static str {
 }
 
 /// `other` must hold exactly `first`'s tensor names, with the same shapes and
-/// the same kind of dtype (float or not).
-fn same_layout(first: &Checkpoint, other: &Checkpoint) -> Result<()> {
+/// the same kind of dtype (float or not); with `only`, just those names.
+fn same_layout(
+    first: &Checkpoint,
+    other: &Checkpoint,
+    only: Option<&std::collections::HashSet<String>>,
+) -> Result<()> {
     for name in first.names() {
+        if only.is_some_and(|o| !o.contains(name)) {
+            continue;
+        }
         let (a, b) = (first.entry(name)?, other.entry(name)?);
         if a.shape != b.shape {
             return Err(MnemoError::ShapeMismatch {
@@ -106,7 +113,7 @@ fn same_layout(first: &Checkpoint, other: &Checkpoint) -> Result<()> {
         }
     }
     let extra: Vec<&str> = other.names().filter(|n| !first.contains(n)).collect();
-    if let Some(t) = extra.first() {
+    if let (Some(t), None) = (extra.first(), only) {
         return Err(MnemoError::UnexpectedTensor {
             path: other.path.clone(),
             tensor: t.to_string(),
@@ -114,6 +121,35 @@ fn same_layout(first: &Checkpoint, other: &Checkpoint) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The tensors of `first` that every other checkpoint holds with the same shape and kind
+/// of dtype (what `--skip-mismatched` merges), and the names left out.
+pub fn common_tensors(
+    first: &Checkpoint,
+    others: &[&Checkpoint],
+) -> Result<(std::collections::HashSet<String>, Vec<String>)> {
+    let mut keep = std::collections::HashSet::new();
+    let mut left_out = Vec::new();
+    for name in first.names() {
+        let a = first.entry(name)?;
+        let ok = others.iter().all(|o| {
+            o.contains(name)
+                && o.entry(name)
+                    .is_ok_and(|b| b.shape == a.shape && b.dtype.is_float() == a.dtype.is_float())
+        });
+        if ok {
+            keep.insert(name.to_string());
+        } else {
+            left_out.push(name.to_string());
+        }
+    }
+    for o in others {
+        left_out.extend(o.names().filter(|n| !first.contains(n)).map(String::from));
+    }
+    left_out.sort();
+    left_out.dedup();
+    Ok((keep, left_out))
 }
 
 /// Fisher files: floating-point tensors of the model, the same names in every file.
@@ -209,7 +245,7 @@ pub fn merge_checkpoints(
     method.validate(inputs.len(), base.is_some(), fishers.len())?;
     let first = &inputs[0];
     for other in inputs[1..].iter().chain(base) {
-        same_layout(first, other)?;
+        same_layout(first, other, opts.only)?;
     }
     check_fishers(first, fishers)?;
     let plan = method.plan(inputs.len());

@@ -55,7 +55,9 @@ mod select;
 mod stream;
 
 pub use dare::{dare_keep_mask, DARE_BLOCK};
-pub use driver::{merge_checkpoints, MergeOptions, MergeReport, TensorReport, BATCH_ELEMENTS};
+pub use driver::{
+    common_tensors, merge_checkpoints, MergeOptions, MergeReport, TensorReport, BATCH_ELEMENTS,
+};
 pub use kernel::TensorStats;
 pub use stream::{plan_layout, write_header, LayoutEntry};
 
