@@ -233,14 +233,14 @@ mod fast {
     }
 
     /// Parses `line` and returns what is at `path` (a bare number line is its own value).
-    pub fn extract(line: &str, path: &[&str]) -> Result<Found, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_str(line);
+    pub fn extract(line: &[u8], path: &[&str]) -> Result<Found, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(line);
         let top = DeserializeSeed::deserialize(Path(path), &mut de)?;
         de.end()?;
         Ok(match top {
             Found::Missing => {
                 // A bare number line: the value itself.
-                let mut de = serde_json::Deserializer::from_str(line);
+                let mut de = serde_json::Deserializer::from_slice(line);
                 match DeserializeSeed::deserialize(Path(&[]), &mut de)? {
                     Found::Number(x) => Found::Number(x),
                     _ => Found::Missing,
@@ -252,7 +252,7 @@ mod fast {
 }
 
 /// A fast `field_value` from the raw line (see `fast`).
-fn line_value(line: &str, path: &[&str], field: &str, binary: bool) -> Result<f64, String> {
+fn line_value(line: &[u8], path: &[&str], field: &str, binary: bool) -> Result<f64, String> {
     let x = match fast::extract(line, path) {
         Err(e) => return Err(format!("not JSON ({e})")),
         Ok(fast::Found::Number(x)) => x,
@@ -322,10 +322,21 @@ fn for_each_record(
                 std::fs::File::open(path).with_context(|| format!("opening {name}"))?,
             ))
         };
-        for (i, line) in reader.lines().enumerate() {
-            let lineno = i + 1;
-            let line = line.with_context(|| format!("{name}:{lineno}: reading"))?;
-            if line.trim().is_empty() {
+        // One buffer for every line: no allocation per record on the fast path.
+        let mut reader = reader;
+        let mut buf = Vec::with_capacity(256);
+        let mut lineno = 0usize;
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .with_context(|| format!("{name}:{}: reading", lineno + 1))?;
+            if n == 0 {
+                break;
+            }
+            lineno += 1;
+            let bytes = buf.trim_ascii();
+            if bytes.is_empty() {
                 continue;
             }
             if !need_record {
@@ -333,12 +344,13 @@ fn for_each_record(
                     &name,
                     lineno,
                     Value::Null,
-                    line_value(&line, &keys, field, binary),
+                    line_value(bytes, &keys, field, binary),
                 )? {
                     return Ok(());
                 }
                 continue;
             }
+            let line = String::from_utf8_lossy(bytes).into_owned();
             let (record, x) = match serde_json::from_str::<Value>(&line) {
                 Ok(r) => {
                     let x = match field_value(&r, field, binary) {
@@ -618,7 +630,7 @@ mod tests {
             for field in ["loss", "a.b.0", "a.b.1", "e", "x.0.loss", "n"] {
                 for binary in [false, true] {
                     let keys: Vec<&str> = field.split('.').collect();
-                    let fast = line_value(line, &keys, field, binary);
+                    let fast = line_value(line.as_bytes(), &keys, field, binary);
                     let full = serde_json::from_str::<Value>(line)
                         .map_err(|e| e.to_string())
                         .and_then(|r| field_value(&r, field, binary))
