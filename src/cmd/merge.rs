@@ -303,7 +303,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         prov.seed = Some(args.seed);
     }
     let meta = prov.metadata();
+    // A progress bar by output bytes (across shards: each shard restarts it).
     let pb = g.progress(0, "merge");
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
     let progress = |done: usize, total: usize| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);

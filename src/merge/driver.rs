@@ -33,7 +33,7 @@ pub struct MergeOptions<'a> {
     /// Let NaN/inf inputs and non-finite or overflowing results through (IEEE
     /// semantics) instead of failing with [`MnemoError::NonFinite`].
     pub allow_nonfinite: bool,
-    /// Called after each batch of tensors is written: (tensors done, total).
+    /// Called after each batch of tensors is written: (output bytes written, total bytes).
     pub progress: Option<&'a (dyn Fn(usize, usize) + Sync)>,
     /// Write only these tensors (one shard of a sharded output); all when `None`.
     pub only: Option<&'a std::collections::HashSet<String>>,
@@ -364,6 +364,8 @@ pub fn merge_checkpoints(
     let header_bytes = write_header(&mut file, &layout, &meta)?;
     let mut reports = Vec::with_capacity(layout.len());
     let mut start = 0;
+    let total_bytes: usize = layout.iter().map(|e| e.nbytes()).sum();
+    let mut written = 0usize;
     while start < layout.len() {
         let mut end = start;
         let mut elements = 0usize;
@@ -382,9 +384,10 @@ pub fn merge_checkpoints(
             file.write_all(&bytes)?;
             reports.push(report);
         }
+        written += layout[start..end].iter().map(|e| e.nbytes()).sum::<usize>();
         start = end;
         if let Some(p) = opts.progress {
-            p(start, layout.len());
+            p(written, total_bytes);
         }
     }
     file.commit()?;
