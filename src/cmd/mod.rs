@@ -2,6 +2,7 @@
 //! share: global flags, the JSON Lines writer, the progress bar and the
 //! exit-status convention.
 
+pub mod data;
 pub mod diff;
 pub mod drift;
 pub mod engine;
@@ -131,6 +132,7 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("train-ewc", &train_ewc::HELP),
     ("drift", &drift::HELP),
     ("merge", &merge::HELP),
+    ("data", &data::HELP),
 ];
 
 /// The standard exit codes: commands with a negative decision document their own 1.

@@ -2,6 +2,8 @@
 //! or a float dtype) and `target` `[N]` integer class ids. Seeded shuffling
 //! and batching.
 
+pub mod raw;
+
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::{MnemoError, Result};
 use crate::rng::Rng;

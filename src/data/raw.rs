@@ -1,0 +1,309 @@
+//! Datasets as bytes, for the `data` tools: rows are moved, selected and
+//! permuted without converting them, so a U8 dataset stays U8 and every
+//! operation is exact. Also the IDX reader (MNIST, Fashion-MNIST), gzipped
+//! or not.
+
+use crate::checkpoint::{write_checkpoint, Checkpoint, Dtype, OwnedTensor};
+use crate::error::{MnemoError, Result};
+use crate::rng::Rng;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// A dataset's tensors as stored: `input` `[N, ...]` in its dtype, `target` `[N]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawDataset {
+    pub path: PathBuf,
+    pub dtype: Dtype,
+    /// Shape of one example.
+    pub example_shape: Vec<usize>,
+    pub input: Vec<u8>,
+    pub target: Vec<i64>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> MnemoError {
+    MnemoError::InvalidDataset {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl RawDataset {
+    /// Reads a dataset file, checking it as `Dataset::open` does (tensors, counts, labels).
+    pub fn open(path: impl AsRef<Path>) -> Result<RawDataset> {
+        let path = path.as_ref();
+        // The full validation (names, counts, dtypes, labels, finite values) lives there.
+        super::Dataset::open(path)?;
+        let ckpt = Checkpoint::open(path)?;
+        let e = ckpt.entry("input")?;
+        Ok(RawDataset {
+            path: path.to_path_buf(),
+            dtype: e.dtype,
+            example_shape: e.shape[1..].to_vec(),
+            input: ckpt.bytes("input")?.to_vec(),
+            target: ckpt.to_i64("target")?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.target.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.target.is_empty()
+    }
+
+    /// Bytes of one example.
+    pub fn row_bytes(&self) -> usize {
+        self.example_shape.iter().product::<usize>() * self.dtype.size()
+    }
+
+    /// The examples `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> RawDataset {
+        let rb = self.row_bytes();
+        let mut input = Vec::with_capacity(rows.len() * rb);
+        for &r in rows {
+            input.extend_from_slice(&self.input[r * rb..(r + 1) * rb]);
+        }
+        RawDataset {
+            input,
+            target: rows.iter().map(|&r| self.target[r]).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The same examples in a seeded random order.
+    pub fn shuffled(&self, seed: u64) -> RawDataset {
+        let mut rows: Vec<usize> = (0..self.len()).collect();
+        Rng::new(seed).shuffle(&mut rows);
+        self.select(&rows)
+    }
+
+    /// One fixed permutation of the features of every example (Permuted MNIST), drawn from
+    /// `seed`; returns the permutation too (feature i of the output is feature perm[i]).
+    pub fn permuted(&self, seed: u64) -> (RawDataset, Vec<usize>) {
+        let features: usize = self.example_shape.iter().product();
+        let mut perm: Vec<usize> = (0..features).collect();
+        Rng::new(seed).shuffle(&mut perm);
+        let sz = self.dtype.size();
+        let rb = self.row_bytes();
+        let mut input = vec![0u8; self.input.len()];
+        for (src, dst) in self.input.chunks_exact(rb).zip(input.chunks_exact_mut(rb)) {
+            for (i, &p) in perm.iter().enumerate() {
+                dst[i * sz..(i + 1) * sz].copy_from_slice(&src[p * sz..(p + 1) * sz]);
+            }
+        }
+        (
+            RawDataset {
+                input,
+                ..self.clone()
+            },
+            perm,
+        )
+    }
+
+    /// Appends `other` (same dtype and example shape).
+    pub fn concat(mut self, other: &RawDataset) -> Result<RawDataset> {
+        if other.dtype != self.dtype || other.example_shape != self.example_shape {
+            return Err(bad(
+                &other.path,
+                format!(
+                    "'input' is {} {:?} per example but {} has {} {:?}",
+                    other.dtype,
+                    other.example_shape,
+                    self.path.display(),
+                    self.dtype,
+                    self.example_shape
+                ),
+            ));
+        }
+        self.input.extend_from_slice(&other.input);
+        self.target.extend_from_slice(&other.target);
+        Ok(self)
+    }
+
+    /// Examples per class id.
+    pub fn class_counts(&self) -> BTreeMap<i64, usize> {
+        let mut m = BTreeMap::new();
+        for &t in &self.target {
+            *m.entry(t).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Writes the dataset atomically (`input` in its dtype, `target` I64).
+    pub fn write(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
+        let mut shape = vec![self.len()];
+        shape.extend(&self.example_shape);
+        let target: Vec<u8> = self.target.iter().flat_map(|t| t.to_le_bytes()).collect();
+        let tensors = vec![
+            OwnedTensor {
+                name: "input".into(),
+                dtype: self.dtype,
+                shape,
+                data: Cow::Borrowed(&self.input),
+            },
+            OwnedTensor {
+                name: "target".into(),
+                dtype: Dtype::I64,
+                shape: vec![self.len()],
+                data: Cow::Owned(target),
+            },
+        ];
+        write_checkpoint(path, tensors, metadata)
+    }
+}
+
+/// Reads a whole file, gunzipping it when it starts with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| MnemoError::io(path, e))?;
+        return Ok(out);
+    }
+    Ok(raw)
+}
+
+/// Parses an IDX file of unsigned bytes: magic 0x0000 08 D (D dimensions), D big-endian
+/// u32 sizes, then the data. Returns the dimensions and the data.
+fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad(
+            path,
+            "not an IDX file (the magic number must start 00 00)",
+        ));
+    }
+    if bytes[2] != 0x08 {
+        return Err(bad(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes, as MNIST)",
+                bytes[2]
+            ),
+        ));
+    }
+    let d = bytes[3] as usize;
+    let head = 4 + 4 * d;
+    if d == 0 || bytes.len() < head {
+        return Err(bad(
+            path,
+            format!("IDX header for {d} dimensions is truncated"),
+        ));
+    }
+    let dims: Vec<usize> = (0..d)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
+        })
+        .collect();
+    let n: usize = dims
+        .iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x))
+        .ok_or_else(|| bad(path, format!("IDX dimensions {dims:?} overflow")))?;
+    if bytes.len() - head != n {
+        return Err(bad(
+            path,
+            format!(
+                "IDX dimensions {dims:?} need {n} bytes of data but the file has {}",
+                bytes.len() - head
+            ),
+        ));
+    }
+    Ok((dims, bytes[head..].to_vec()))
+}
+
+/// MNIST-style IDX images `[N, H, W]` (U8) and labels `[N]` as a dataset: `input` U8
+/// `[N, 1, H, W]` (torch's channel-first layout) or `[N, H·W]` with `flatten`.
+pub fn import_idx(images: &Path, labels: &Path, flatten: bool) -> Result<RawDataset> {
+    let (idims, input) = parse_idx(images, &read_maybe_gz(images)?)?;
+    let (ldims, lab) = parse_idx(labels, &read_maybe_gz(labels)?)?;
+    if idims.len() != 3 {
+        return Err(bad(
+            images,
+            format!("expected images [N, H, W] (IDX with 3 dimensions), found {idims:?}"),
+        ));
+    }
+    if ldims.len() != 1 {
+        return Err(bad(
+            labels,
+            format!("expected labels [N] (IDX with 1 dimension), found {ldims:?}"),
+        ));
+    }
+    if idims[0] != ldims[0] {
+        return Err(bad(
+            labels,
+            format!(
+                "{} labels but {} has {} images",
+                ldims[0],
+                images.display(),
+                idims[0]
+            ),
+        ));
+    }
+    let example_shape = if flatten {
+        vec![idims[1] * idims[2]]
+    } else {
+        vec![1, idims[1], idims[2]]
+    };
+    Ok(RawDataset {
+        path: images.to_path_buf(),
+        dtype: Dtype::U8,
+        example_shape,
+        input,
+        target: lab.iter().map(|&b| b as i64).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            v.extend(d.to_be_bytes());
+        }
+        v.extend(data);
+        v
+    }
+
+    #[test]
+    fn idx_headers_are_checked() {
+        let p = Path::new("x.idx");
+        assert!(parse_idx(p, &idx(&[2, 2], &[1, 2, 3, 4])).is_ok());
+        let short = parse_idx(p, &idx(&[2, 2], &[1, 2, 3]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("need 4 bytes") && short.contains("x.idx"),
+            "{short}"
+        );
+        assert!(parse_idx(p, &[1, 2, 8, 1]).is_err());
+        let mut f32_idx = idx(&[1], &[0, 0, 0, 0]);
+        f32_idx[2] = 0x0d;
+        assert!(parse_idx(p, &f32_idx)
+            .unwrap_err()
+            .to_string()
+            .contains("0x0d"));
+    }
+
+    #[test]
+    fn permutation_moves_whole_features() {
+        let d = RawDataset {
+            path: "m".into(),
+            dtype: Dtype::I16,
+            example_shape: vec![3],
+            input: vec![1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0],
+            target: vec![0, 1],
+        };
+        let (p, perm) = d.permuted(7);
+        for (row, src) in p.input.chunks(6).zip(d.input.chunks(6)) {
+            for (i, &j) in perm.iter().enumerate() {
+                assert_eq!(row[2 * i..2 * i + 2], src[2 * j..2 * j + 2]);
+            }
+        }
+    }
+}
