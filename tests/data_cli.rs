@@ -203,3 +203,54 @@ fn split_permute_shuffle_take_concat_stats() {
     assert_eq!(s["classes"]["2"], 2);
     assert!((s["max"].as_f64().unwrap() - 55.0 / 255.0).abs() < 1e-6);
 }
+
+#[test]
+fn npy_import_round_trips_numpy_arrays() {
+    let d = workdir();
+    let f = |n: &str| fixture(&format!("data/{n}"));
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data",
+            "import",
+            "npy",
+            &f("x_u8.npy"),
+            &f("y_i64.npy"),
+            "-o",
+            "u.st",
+        ],
+    ));
+    let (shape, x, y) = ds(d.path(), "u.st");
+    assert_eq!(shape, vec![5, 2, 3]);
+    assert_eq!(x, (0..30).collect::<Vec<u8>>());
+    assert_eq!(y, vec![0, 1, 2, 1, 0]);
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data",
+            "import",
+            "npy",
+            &f("x_f32.npy"),
+            &f("y_u8.npy"),
+            "-o",
+            "f.st",
+        ],
+    ));
+    let c = Checkpoint::open(d.path().join("f.st")).unwrap();
+    assert_eq!(c.entry("input").unwrap().dtype.to_string(), "F32");
+    assert_eq!(c.to_f32("input").unwrap()[5], 1.25);
+    assert_eq!(c.to_i64("target").unwrap(), vec![3, 2, 1, 0]);
+    for (x, y, what) in [
+        ("x_fortran.npy", "y_u8.npy", "Fortran"),
+        ("x_f32.npy", "y_f32.npy", "integer labels"),
+        ("x_u8.npy", "y_u8.npy", "4 labels"),
+    ] {
+        let r = mnemo_in(
+            d.path(),
+            &["data", "import", "npy", &f(x), &f(y), "-o", "bad.st"],
+        );
+        assert_eq!(r.code, 2, "{x} {y}");
+        assert!(r.stderr.contains(what), "{what}: {}", r.stderr);
+        assert!(!d.path().join("bad.st").exists());
+    }
+}

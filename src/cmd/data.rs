@@ -4,7 +4,7 @@
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::data::raw::{import_idx, RawDataset};
+use mnemo::data::raw::{import_idx, import_npy, RawDataset};
 use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -92,6 +92,13 @@ pub enum ImportCommand {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+    /// NumPy arrays X [N, ...] (uint8 or float) and Y [N] (integer labels), .npy files.
+    Npy {
+        x: PathBuf,
+        y: PathBuf,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
 }
 
 fn write(
@@ -131,6 +138,10 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
         }) => {
             let d = import_idx(&images, &labels, flatten)?;
             write(&d, &output, &[&images, &labels], &[])?;
+        }
+        DataCommand::Import(ImportCommand::Npy { x, y, output }) => {
+            let d = import_npy(&x, &y)?;
+            write(&d, &output, &[&x, &y], &[])?;
         }
         DataCommand::Split {
             input,

@@ -257,6 +257,146 @@ pub fn import_idx(images: &Path, labels: &Path, flatten: bool) -> Result<RawData
     })
 }
 
+/// A parsed `.npy` array: dtype, shape (C order) and little-endian data.
+struct Npy {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+/// Reads a NumPy `.npy` file (format 1.0–3.0, C order, little-endian or byte-sized dtypes).
+fn read_npy(path: &Path) -> Result<Npy> {
+    let b = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err(bad(path, "not a .npy file (missing the \\x93NUMPY magic)"));
+    }
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+        v => {
+            return Err(bad(
+                path,
+                format!(".npy format version {v} is not supported"),
+            ))
+        }
+    };
+    let header = b
+        .get(start..start + hlen)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad(path, ".npy header is truncated or not text"))?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}':"))? + key.len() + 3;
+        Some(header[i..].trim_start())
+    };
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next())
+        .ok_or_else(|| bad(path, ".npy header has no 'descr'"))?;
+    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
+        return Err(bad(
+            path,
+            "Fortran-ordered arrays are not supported (save with C order)",
+        ));
+    }
+    let shape_txt = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad(path, ".npy header has no 'shape'"))?;
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| bad(path, format!(".npy shape '{shape_txt}'")))
+        })
+        .collect::<Result<_>>()?;
+    let dtype = match descr {
+        "|u1" | "<u1" => Dtype::U8,
+        "|i1" | "<i1" => Dtype::I8,
+        "<i2" => Dtype::I16,
+        "<i4" => Dtype::I32,
+        "<i8" => Dtype::I64,
+        "<u2" => Dtype::U16,
+        "<u4" => Dtype::U32,
+        "<u8" => Dtype::U64,
+        "<f2" => Dtype::F16,
+        "<f4" => Dtype::F32,
+        "<f8" => Dtype::F64,
+        d => {
+            return Err(bad(
+                path,
+                format!("dtype '{d}' is not supported (little-endian ints and floats only)"),
+            ))
+        }
+    };
+    let n: usize = shape.iter().product::<usize>() * dtype.size();
+    let data = b
+        .get(start + hlen..)
+        .filter(|d| d.len() == n)
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "shape {shape:?} of {descr} needs {n} bytes of data, the file has {}",
+                    b.len().saturating_sub(start + hlen)
+                ),
+            )
+        })?
+        .to_vec();
+    Ok(Npy { dtype, shape, data })
+}
+
+/// A dataset from NumPy arrays: X `[N, ...]` (U8 or a float dtype) and integer labels Y `[N]`.
+pub fn import_npy(x: &Path, y: &Path) -> Result<RawDataset> {
+    let (xs, ys) = (read_npy(x)?, read_npy(y)?);
+    if xs.shape.is_empty() {
+        return Err(bad(x, "X is a scalar; expected [N, ...]"));
+    }
+    if !(xs.dtype == Dtype::U8 || xs.dtype.is_float()) {
+        return Err(bad(
+            x,
+            format!("X has dtype {}; expected uint8 or a float", xs.dtype),
+        ));
+    }
+    if ys.shape.len() != 1 || ys.dtype.is_float() {
+        return Err(bad(
+            y,
+            format!(
+                "Y is {} {:?}; expected integer labels [N]",
+                ys.dtype, ys.shape
+            ),
+        ));
+    }
+    if ys.shape[0] != xs.shape[0] {
+        return Err(bad(
+            y,
+            format!(
+                "{} labels but {} has {} examples",
+                ys.shape[0],
+                x.display(),
+                xs.shape[0]
+            ),
+        ));
+    }
+    let sz = ys.dtype.size();
+    let target: Vec<i64> = ys
+        .data
+        .chunks_exact(sz)
+        .map(|c| crate::checkpoint::decode_i64(ys.dtype, c).expect("integer")[0])
+        .collect();
+    if let Some((i, t)) = target.iter().enumerate().find(|(_, &t)| t < 0) {
+        return Err(bad(y, format!("label {i} is {t}: class ids are >= 0")));
+    }
+    Ok(RawDataset {
+        path: x.to_path_buf(),
+        dtype: xs.dtype,
+        example_shape: xs.shape[1..].to_vec(),
+        input: xs.data,
+        target,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
