@@ -48,6 +48,8 @@ enum Command {
     Merge(cmd::merge::Args),
     /// Dataset tools: import IDX, split by class, permute, shuffle, take, concat, stats.
     Data(cmd::data::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::Args),
     /// Write the man pages (used to keep man/ current).
     #[command(hide = true)]
     Man(cmd::man::Args),
@@ -77,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Drift(a) => cmd::drift::run(a, g),
         Command::Merge(a) => cmd::merge::run(a, g),
         Command::Data(a) => cmd::data::run(a, g),
+        Command::Completions(a) => cmd::completions::run(a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
 }

@@ -468,3 +468,25 @@ fn man_pages_are_current() {
     let page = std::fs::read_to_string(committed.join("mnemo-eval.1")).unwrap();
     assert!(page.contains("EXAMPLES") && page.contains("EXIT STATUS"));
 }
+
+#[test]
+fn completion_scripts_cover_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let r = ok(mnemo(&["completions", shell]));
+        for word in ["train-ewc", "merge", "drift", "min-instances", "shard-size"] {
+            assert!(r.stdout.contains(word), "{shell}: no '{word}'");
+        }
+    }
+    // The bash script parses.
+    let d = workdir();
+    let r = ok(mnemo(&["completions", "bash"]));
+    std::fs::write(d.path().join("c.bash"), &r.stdout).unwrap();
+    let st = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(d.path().join("c.bash"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = mnemo(&["completions", "tcsh"]);
+    assert_eq!(r.code, 2);
+}

@@ -2,6 +2,7 @@
 //! share: global flags, the JSON Lines writer, the progress bar and the
 //! exit-status convention.
 
+pub mod completions;
 pub mod data;
 pub mod diff;
 pub mod drift;
@@ -133,6 +134,7 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("drift", &drift::HELP),
     ("merge", &merge::HELP),
     ("data", &data::HELP),
+    ("completions", &completions::HELP),
 ];
 
 /// The standard exit codes: commands with a negative decision document their own 1.
