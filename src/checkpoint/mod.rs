@@ -8,7 +8,7 @@ mod writer;
 
 pub use dtype::{decode, decode_i64, decode_into, encode, Dtype};
 pub use header::TensorEntry;
-pub use writer::{write_checkpoint, AtomicFile, OwnedTensor};
+pub use writer::{header_bytes, write_checkpoint, AtomicFile, HeaderEntry, OwnedTensor};
 
 use crate::error::{MnemoError, Result};
 use memmap2::Mmap;

@@ -99,8 +99,16 @@ impl<'a> OwnedTensor<'a> {
     }
 }
 
-/// Builds the header for tensors laid out in the given order; returns the padded header bytes.
-fn header_bytes(tensors: &[OwnedTensor], metadata: &BTreeMap<String, String>) -> Vec<u8> {
+/// One header entry: name, dtype, shape and byte size, in file order.
+pub type HeaderEntry<'a> = (&'a str, Dtype, &'a [usize], usize);
+
+/// Builds a safetensors header (length prefix excluded) for tensors laid out in the given
+/// order, padded with spaces so the data section starts 8-byte aligned, as the official
+/// writer does. Shared by `write_checkpoint` and the merge's streaming writer.
+pub fn header_bytes<'a>(
+    tensors: impl IntoIterator<Item = HeaderEntry<'a>>,
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
     if !metadata.is_empty() {
         let m: serde_json::Map<String, serde_json::Value> = metadata
@@ -110,16 +118,15 @@ fn header_bytes(tensors: &[OwnedTensor], metadata: &BTreeMap<String, String>) ->
         obj.insert("__metadata__".into(), serde_json::Value::Object(m));
     }
     let mut offset = 0usize;
-    for t in tensors {
-        let end = offset + t.data.len();
+    for (name, dtype, shape, nbytes) in tensors {
+        let end = offset + nbytes;
         obj.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": t.dtype.as_str(), "shape": t.shape, "data_offsets": [offset, end]}),
+            name.to_string(),
+            serde_json::json!({"dtype": dtype.as_str(), "shape": shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
     let mut json = serde_json::to_vec(&obj).expect("header serialises");
-    // Pad with spaces so the data section starts 8-byte aligned, as the official writer does.
     while !(8 + json.len()).is_multiple_of(8) {
         json.push(b' ');
     }
@@ -158,7 +165,12 @@ pub fn write_checkpoint(
     });
     let mut meta = metadata.clone();
     meta.entry("format".into()).or_insert_with(|| "pt".into());
-    let header = header_bytes(&tensors, &meta);
+    let header = header_bytes(
+        tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.data.len())),
+        &meta,
+    );
     let mut out = AtomicFile::create(path)?;
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;

@@ -5,7 +5,7 @@
 //! first, then name; header padded with spaces to 8 bytes; `"format": "pt"`),
 //! so the same tensors give the same bytes either way.
 
-use crate::checkpoint::{AtomicFile, Dtype};
+use crate::checkpoint::{header_bytes, AtomicFile, Dtype};
 use crate::error::Result;
 use std::collections::BTreeMap;
 
@@ -34,30 +34,17 @@ pub fn plan_layout(mut entries: Vec<LayoutEntry>) -> Vec<LayoutEntry> {
     entries
 }
 
-/// The header bytes (length prefix excluded) for `entries` in the given order.
+/// The header bytes (length prefix excluded) for `entries` in the given order, with
+/// `"format": "pt"` added as `write_checkpoint` does.
 fn header_json(entries: &[LayoutEntry], metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut meta = metadata.clone();
     meta.entry("format".into()).or_insert_with(|| "pt".into());
-    let mut obj = serde_json::Map::new();
-    let m: serde_json::Map<String, serde_json::Value> = meta
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    obj.insert("__metadata__".into(), serde_json::Value::Object(m));
-    let mut offset = 0usize;
-    for t in entries {
-        let end = offset + t.nbytes();
-        obj.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": t.dtype.as_str(), "shape": t.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let mut json = serde_json::to_vec(&obj).expect("header serialises");
-    while !(8 + json.len()).is_multiple_of(8) {
-        json.push(b' ');
-    }
-    json
+    header_bytes(
+        entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.dtype, e.shape.as_slice(), e.nbytes())),
+        &meta,
+    )
 }
 
 /// Writes the length prefix and header for `entries` (already in file order);
