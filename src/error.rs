@@ -73,6 +73,11 @@ pub enum MnemoError {
     #[error("{path}: invalid dataset: {reason}")]
     InvalidDataset { path: PathBuf, reason: String },
 
+    /// A replay buffer file is unusable (not a buffer, inconsistent, or from another model
+    /// or dataset).
+    #[error("{path}: invalid replay buffer: {reason}")]
+    InvalidBuffer { path: PathBuf, reason: String },
+
     /// An input line of a JSON Lines stream could not be used.
     #[error("{path}:{line}: {reason}")]
     InvalidLine {

@@ -10,6 +10,7 @@ pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod provenance;
+pub mod replay;
 pub mod rng;
 pub mod train;
 

@@ -40,8 +40,11 @@ enum Command {
     Fisher(cmd::fisher::Args),
     /// Train on new data with EWC penalties holding earlier tasks' weights in place.
     TrainEwc(Box<cmd::train_ewc::Args>),
+    /// Train on new data while replaying examples from an on-disk reservoir buffer
+    /// (experience replay, optional logit distillation); the buffer is updated.
+    ReplayTrain(Box<cmd::replay_train::Args>),
     /// Streaming drift detection over JSON Lines (river's detectors, index for index);
-    /// exit 1 when drift is found.
+    /// exit 0 when drift is found (as grep finds a match), 1 when not.
     Drift(cmd::drift::Args),
     /// Merge checkpoints: linear, EMA, Fisher-weighted, task arithmetic, TIES, DARE, SLERP,
     /// breadcrumbs, model stock, sum; streaming in bounded memory.
@@ -76,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Eval(a) => cmd::eval::run(a, g),
         Command::Fisher(a) => cmd::fisher::run(a, g),
         Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
+        Command::ReplayTrain(a) => cmd::replay_train::run(*a, g),
         Command::Drift(a) => cmd::drift::run(a, g),
         Command::Merge(a) => cmd::merge::run(a, g),
         Command::Data(a) => cmd::data::run(a, g),

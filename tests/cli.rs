@@ -490,3 +490,41 @@ fn completion_scripts_cover_every_subcommand() {
     let r = mnemo(&["completions", "tcsh"]);
     assert_eq!(r.code, 2);
 }
+
+/// `eval --data A B`: one line per dataset (numbered tasks), each equal to evaluating it
+/// alone, then the mean accuracy.
+#[test]
+fn eval_several_datasets() {
+    let d = workdir();
+    let args = |data: &[&str]| {
+        let mut a = vec![
+            "eval".to_string(),
+            fixture("mlp.safetensors"),
+            "--arch".into(),
+            "mlp:20-16-16-5".into(),
+            "--data".into(),
+        ];
+        a.extend(data.iter().map(|s| fixture(s)));
+        a
+    };
+    let run = |data: &[&str]| {
+        let a = args(data);
+        let r = mnemo_in(d.path(), &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.json_lines()
+    };
+    let both = run(&["mlp_data.safetensors", "mh_b_data.safetensors"]);
+    assert_eq!(both.len(), 3);
+    for (i, name) in ["mlp_data.safetensors", "mh_b_data.safetensors"]
+        .iter()
+        .enumerate()
+    {
+        let alone = &run(&[name])[0];
+        assert_eq!(both[i]["task"], i + 1);
+        assert_eq!(both[i]["accuracy"], alone["accuracy"]);
+        assert_eq!(both[i]["loss"], alone["loss"]);
+    }
+    let mean =
+        (both[0]["accuracy"].as_f64().unwrap() + both[1]["accuracy"].as_f64().unwrap()) / 2.0;
+    assert!((both[2]["mean_accuracy"].as_f64().unwrap() - mean).abs() < 1e-12);
+}

@@ -9,8 +9,8 @@ use mnemo::data::Dataset;
 use mnemo::model::{Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
 use mnemo::train::{
-    self, AnchorPull, Event, Job, Optimizer, OptimizerConfig, OptimizerKind, Outcome, Penalty,
-    Schedule, ScheduleKind, ScheduleUnit, StateFile, TrainConfig,
+    self, AnchorPull, Event, EwcPenalty, Job, Optimizer, OptimizerConfig, OptimizerKind, Outcome,
+    Penalty, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit, StateFile, TrainConfig,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -227,6 +227,34 @@ impl EngineArgs {
     }
 }
 
+/// The EWC penalty of `--penalty FISHER:ANCHOR` pairs with strength λ; each file is
+/// recorded in the provenance.
+pub fn ewc_penalty(
+    pairs: &[String],
+    lambda: f64,
+    model: &Model,
+    prov: &mut Provenance,
+) -> anyhow::Result<Penalty> {
+    let mut terms = Vec::new();
+    for spec in pairs {
+        let (f, a) = spec
+            .split_once(':')
+            .with_context(|| format!("--penalty '{spec}': expected FISHER:ANCHOR"))?;
+        let fisher = Checkpoint::open(f)?;
+        let anchor = Checkpoint::open(a)?;
+        terms.push(
+            PenaltyTerm::load(&fisher, &anchor, model)
+                .with_context(|| format!("--penalty {spec}"))?,
+        );
+        prov.input(f, fisher.content_hash()?);
+        prov.input(a, anchor.content_hash()?);
+    }
+    Ok(Penalty {
+        ewc: (!terms.is_empty()).then_some(EwcPenalty { terms, lambda }),
+        pull: None,
+    })
+}
+
 /// What a training subcommand hands to `fit` besides the engine flags.
 pub struct Fit<'a> {
     pub command: &'a str,
@@ -243,6 +271,8 @@ pub struct Fit<'a> {
     /// Extra metadata for the output checkpoint.
     pub metadata: BTreeMap<String, String>,
     pub output: &'a Path,
+    /// Experience replay: the buffer is written back to its path after the output.
+    pub replay: Option<Replay>,
 }
 
 /// Runs the engine: JSON Lines per epoch (and step) on stdout, the output written
@@ -296,14 +326,25 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
     let mut out = JsonLines::stdout();
     let pb = g.progress(e.epochs as u64, f.command);
     let start = std::time::Instant::now();
-    let job = Job {
+    // The buffer is recorded as an input after the fingerprint: a finished run resumed
+    // from its state file rewrites the same buffer, though the file has changed.
+    if let Some(r) = &f.replay {
+        if r.buffer.path.exists() {
+            f.prov.input(
+                r.buffer.path.display().to_string(),
+                mnemo::checkpoint::file_hash(&r.buffer.path)?,
+            );
+        }
+    }
+    let mut job = Job {
         data: f.data,
         val: val.as_ref(),
         penalty: &f.penalty,
         state: state.as_ref(),
+        replay: f.replay.as_mut(),
     };
     let mut model = f.model;
-    let outcome = train::train(&mut model, &mut opt, &cfg, &job, &mut |ev| {
+    let outcome = train::train(&mut model, &mut opt, &cfg, &mut job, &mut |ev| {
         let v = match ev {
             Event::Step {
                 epoch,
@@ -325,6 +366,9 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
                     "event": "epoch", "epoch": r.epoch + 1, "steps": r.steps, "examples": r.examples,
                     "task_loss": num(r.task_loss), "penalty": num(r.penalty), "lr": num(r.lr),
                 });
+                if let Some(l) = r.replay_loss {
+                    v["replay_loss"] = num(l);
+                }
                 if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
                     v["val_loss"] = num(l);
                     v["val_accuracy"] = num(a);
@@ -349,6 +393,13 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
     meta.extend(f.metadata);
     write_checkpoint(f.output, model.tensors()?, &meta)
         .with_context(|| format!("writing {}", f.output.display()))?;
+    // After the output: a run killed in between leaves the old buffer, so running the
+    // command again (or resuming with --state) does not offer the data twice.
+    if let Some(r) = &f.replay {
+        r.buffer
+            .write(&r.buffer.path, &f.prov.metadata())
+            .with_context(|| format!("writing the buffer {}", r.buffer.path.display()))?;
+    }
     let last = outcome.reports.last();
     let mut summary = json!({
         "event": "summary", "output": f.output.display().to_string(),
@@ -361,6 +412,11 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
         summary["val_accuracy"] = num(b.val_accuracy);
         summary["kept"] = json!(if e.keep_last { "last" } else { "best" });
         summary["stopped_early"] = json!(outcome.stopped_early);
+    }
+    if let Some(r) = &f.replay {
+        let mut b = r.buffer.summary();
+        b["path"] = json!(r.buffer.path.display().to_string());
+        summary["buffer"] = b;
     }
     summary["seconds"] = num(start.elapsed().as_secs_f64());
     out.emit(&summary)?;

@@ -20,6 +20,10 @@ pub const HELP: HelpExtra = HelpExtra {
             "mnemo eval torch_mlp.safetensors --arch mlp:784-400-400-10 --data test.safetensors",
         ),
         (
+            "every task's test set after training on task 3 (one line each, then the mean)",
+            "mnemo eval model3.safetensors --data t1-test.safetensors t2-test.safetensors t3-test.safetensors",
+        ),
+        (
             "per-batch losses as JSON Lines, for monitoring",
             "mnemo eval model.safetensors --data stream.safetensors --stream | tee eval.jsonl",
         ),
@@ -31,9 +35,10 @@ pub const HELP: HelpExtra = HelpExtra {
 pub struct Args {
     /// The model checkpoint (a .safetensors file, an HF index.json, or a folder).
     pub model: PathBuf,
-    /// Dataset: safetensors with `input` [N,...] and `target` [N].
-    #[arg(long, value_name = "D")]
-    pub data: PathBuf,
+    /// Dataset(s): safetensors with `input` [N,...] and `target` [N]. With several (one per
+    /// task), one line per dataset with its 1-based "task" number, then their mean accuracy.
+    #[arg(long, value_name = "D", num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
     /// Architecture, for checkpoints without `mnemo.arch` metadata.
     #[arg(long, value_name = "SPEC")]
     pub arch: Option<String>,
@@ -51,15 +56,51 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let device = g.device()?;
     let (mut model, _ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
-    let data = Dataset::open(&args.data)?;
     let mut out = JsonLines::stdout();
+    let several = args.data.len() > 1;
+    let mut accuracies = Vec::new();
+    for (task, path) in args.data.iter().enumerate() {
+        let data = Dataset::open(path)?;
+        let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
+        let mut line = json!({
+            "loss": num(totals.loss()),
+            "accuracy": num(totals.accuracy()),
+            "top5": num(totals.top_k_accuracy()),
+            "n": totals.n,
+        });
+        if several {
+            line["task"] = json!(task + 1);
+            line["data"] = json!(path.display().to_string());
+        }
+        out.emit(&line)?;
+        accuracies.push(totals.accuracy());
+    }
+    if several {
+        out.emit(&json!({
+            "tasks": accuracies.len(),
+            "mean_accuracy": num(accuracies.iter().sum::<f64>() / accuracies.len() as f64),
+        }))?;
+    }
+    Ok(Status::Success)
+}
+
+/// Scores `model` on `data` in eval mode (streaming per-batch lines with --stream).
+fn evaluate(
+    args: &Args,
+    model: &mut Model,
+    head: Option<&str>,
+    data: &Dataset,
+    out: &mut JsonLines,
+    g: &Global,
+) -> anyhow::Result<ClassificationTotals> {
+    let device = model.device.clone();
     let mut totals = ClassificationTotals::default();
     let mut rng = Rng::new(0); // unused in eval mode: dropout is off
     let order = data.order(None);
     let pb = g.progress(data.len() as u64, "eval");
     for (b, idx) in order.chunks(args.batch_size as usize).enumerate() {
         let (x, y) = data.batch(idx, &device)?;
-        let logits = model.forward(&x, head.as_deref(), Mode::Eval, &mut rng)?;
+        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
         let compute = |e| MnemoError::Compute {
             context: format!("{}: reading logits", args.model.display()),
             source: e,
@@ -72,7 +113,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             );
         }
         if b == 0 {
-            data.check_labels(dims[1], head.as_deref())?;
+            data.check_labels(dims[1], head)?;
         }
         let flat: Vec<f32> = logits
             .flatten_all()
@@ -92,11 +133,5 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         pb.inc(idx.len() as u64);
     }
     pb.finish_and_clear();
-    out.emit(&json!({
-        "loss": num(totals.loss()),
-        "accuracy": num(totals.accuracy()),
-        "top5": num(totals.top_k_accuracy()),
-        "n": totals.n,
-    }))?;
-    Ok(Status::Success)
+    Ok(totals)
 }

@@ -13,6 +13,7 @@ pub mod init;
 pub mod inspect;
 pub mod man;
 pub mod merge;
+pub mod replay_train;
 pub mod train_ewc;
 
 use anyhow::Context;
@@ -131,6 +132,7 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("eval", &eval::HELP),
     ("fisher", &fisher::HELP),
     ("train-ewc", &train_ewc::HELP),
+    ("replay-train", &replay_train::HELP),
     ("drift", &drift::HELP),
     ("merge", &merge::HELP),
     ("data", &data::HELP),

@@ -1,14 +1,11 @@
 //! `mnemo train-ewc`: train on a new task while EWC penalties hold the weights
 //! that mattered for earlier tasks in place.
 
-use super::engine::{fit, EngineArgs, Fit};
+use super::engine::{ewc_penalty, fit, EngineArgs, Fit};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
-use anyhow::Context;
-use mnemo::checkpoint::Checkpoint;
 use mnemo::data::Dataset;
 use mnemo::model::Model;
 use mnemo::provenance::Provenance;
-use mnemo::train::{EwcPenalty, Penalty, PenaltyTerm};
 use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
@@ -58,27 +55,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         args.data.display().to_string(),
         mnemo::checkpoint::file_hash(&args.data)?,
     );
-    let mut terms = Vec::new();
-    for spec in &args.penalty {
-        let (f, a) = spec
-            .split_once(':')
-            .with_context(|| format!("--penalty '{spec}': expected FISHER:ANCHOR"))?;
-        let fisher = Checkpoint::open(f)?;
-        let anchor = Checkpoint::open(a)?;
-        terms.push(
-            PenaltyTerm::load(&fisher, &anchor, &model)
-                .with_context(|| format!("--penalty {spec}"))?,
-        );
-        prov.input(f, fisher.content_hash()?);
-        prov.input(a, anchor.content_hash()?);
-    }
-    let penalty = Penalty {
-        ewc: (!terms.is_empty()).then_some(EwcPenalty {
-            terms,
-            lambda: args.lambda,
-        }),
-        pull: None,
-    };
+    let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
     fit(
         Fit {
             command: "train-ewc",
@@ -90,6 +67,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             settings: format!("lambda={}", args.lambda),
             metadata: Default::default(),
             output: &args.output,
+            replay: None,
         },
         &args.engine,
         g,

@@ -18,6 +18,8 @@ pub struct Dataset {
     /// Inputs as f32, example-major.
     pub inputs: Vec<f32>,
     pub targets: Vec<i64>,
+    /// The inputs were U8 in the file (values k/255), so they can be stored back as U8.
+    pub from_u8: bool,
 }
 
 impl Dataset {
@@ -98,6 +100,7 @@ impl Dataset {
             example_shape: xi.shape[1..].to_vec(),
             inputs,
             targets,
+            from_u8: xi.dtype == Dtype::U8,
         })
     }
 

@@ -15,6 +15,7 @@ use crate::data::Dataset;
 use crate::error::{MnemoError, Result};
 use crate::metrics::{score, ClassificationTotals};
 use crate::model::{Mode, Model, Snapshot};
+use crate::replay::ReservoirBuffer;
 use crate::rng::Rng;
 use candle_core::Tensor;
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -104,6 +105,9 @@ pub struct EpochReport {
     pub task_loss: f64,
     /// Mean over the epoch's updates of the penalties' weighted value, before each update.
     pub penalty: f64,
+    /// With replay: mean over the epoch's replay batches of their loss (cross-entropy plus
+    /// distillation), unweighted by the replay ratio.
+    pub replay_loss: Option<f64>,
     /// The rate of the epoch's last update.
     pub lr: f64,
     pub val_loss: Option<f64>,
@@ -205,9 +209,33 @@ fn cross_entropy_grad(
     (loss, grad)
 }
 
-/// Mean loss of a batch; its gradients (scaled by `scale`) are added into `acc`. Dense
+/// Adds W·mean((l − z)²) over all of a batch's logits to the loss gradient `grad`
+/// (scaled by `scale`), and returns that distillation loss.
+fn distill_grad(l: &[f32], z: &[f32], weight: f64, scale: f64, grad: &mut [f32]) -> f64 {
+    let n = l.len() as f64;
+    let mut sum = 0.0;
+    for ((g, &l), &z) in grad.iter_mut().zip(l).zip(z) {
+        let d = l as f64 - z as f64;
+        sum += d * d;
+        *g += (2.0 * weight * d / n * scale) as f32;
+    }
+    weight * sum / n
+}
+
+/// What one batch's backward pass reports.
+struct BatchOut {
+    /// Mean cross-entropy.
+    loss: f64,
+    /// The distillation term's value (0 without one).
+    distill: f64,
+    /// The logits, when asked for (row-major [b, classes]).
+    logits: Option<Vec<f32>>,
+}
+
+/// One batch's loss; its gradients (scaled by `scale`) are added into `acc`. Dense
 /// networks use the fused path (`dense`), everything else candle's autograd, where the
-/// loss gradient enters through a surrogate `(logits·G).sum()`.
+/// loss gradient enters through a surrogate `(logits·G).sum()`. `distill` adds
+/// W·MSE(logits, stored logits) (dark experience replay).
 #[allow(clippy::too_many_arguments)]
 fn backward(
     model: &mut Model,
@@ -220,7 +248,9 @@ fn backward(
     scale: f64,
     check_labels: bool,
     acc: &mut BTreeMap<String, Vec<f32>>,
-) -> Result<f64> {
+    distill: Option<(&[f32], f64)>,
+    want_logits: bool,
+) -> Result<BatchOut> {
     let head = cfg.head.as_deref();
     let b = idx.len() as f64;
     if let Some(net) = dense {
@@ -230,15 +260,22 @@ fn backward(
             data.check_labels(c, head)?;
         }
         let logits = net.forward(host, &data.inputs, idx);
-        let (loss, g) = cross_entropy_grad(logits, c, &y, cfg.label_smoothing, scale);
+        let (loss, mut g) = cross_entropy_grad(logits, c, &y, cfg.label_smoothing, scale);
+        let d = distill.map_or(0.0, |(z, w)| distill_grad(logits, z, w, scale, &mut g));
+        let logits = want_logits.then(|| logits.to_vec());
         net.backward(host, &g, acc);
-        return Ok(loss / b);
+        return Ok(BatchOut {
+            loss: loss / b,
+            distill: d,
+            logits,
+        });
     }
     let device = model.device.clone();
     let (x, y) = data.batch(idx, &device)?;
     let logits = model.forward(&x, head, Mode::Train, rng)?;
     let (l, c) = host_logits(&logits, data, head, check_labels)?;
-    let (loss, grad) = cross_entropy_grad(&l, c, &y, cfg.label_smoothing, scale);
+    let (loss, mut grad) = cross_entropy_grad(&l, c, &y, cfg.label_smoothing, scale);
+    let d = distill.map_or(0.0, |(z, w)| distill_grad(&l, z, w, scale, &mut grad));
     let g = Tensor::from_vec(grad, (idx.len(), c), &device).map_err(ce("loss gradient"))?;
     let grads = (logits * g)
         .and_then(|t| t.sum_all())
@@ -259,7 +296,11 @@ fn backward(
             }
         }
     }
-    Ok(loss / b)
+    Ok(BatchOut {
+        loss: loss / b,
+        distill: d,
+        logits: want_logits.then_some(l),
+    })
 }
 
 /// Writes the host copy of the parameters into the model's variables.
@@ -272,10 +313,31 @@ fn sync(model: &Model, host: &BTreeMap<String, Vec<f32>>) -> Result<()> {
     Ok(())
 }
 
+/// Experience replay during training: each batch is paired with a batch of the same size
+/// drawn from the buffer, loss = (1 − ratio)·new + ratio·replay (the new batch alone while
+/// the buffer is empty), replay adding `distill`·MSE against the stored logits; after each
+/// update the new examples of the first epoch are offered to the buffer.
+pub struct Replay {
+    pub buffer: ReservoirBuffer,
+    pub ratio: f64,
+    pub distill: f64,
+}
+
+/// What one update reports.
+struct UpdateOut {
+    /// Summed mean losses of the new batches.
+    loss_sum: f64,
+    /// Summed replay losses (cross-entropy + distillation) and how many replay batches.
+    replay_sum: f64,
+    replay_batches: usize,
+    penalty: f64,
+    /// Global gradient norm before clipping.
+    grad_norm: f64,
+}
+
 /// One optimizer update from the batches `group` (gradients averaged); the host copy
 /// `host` of the parameters is updated (and written to the model unless `dense` runs the
-/// network on the host). `acc` is reused across updates. Returns (summed batch losses,
-/// penalty, gradient norm before clipping).
+/// network on the host). `acc` is reused across updates.
 #[allow(clippy::too_many_arguments)]
 fn update(
     model: &mut Model,
@@ -290,12 +352,33 @@ fn update(
     penalty: &Penalty,
     lr: f64,
     check_labels: bool,
-) -> Result<(f64, f64, f64)> {
+    mut replay: Option<(&mut Replay, &mut Rng, bool)>,
+) -> Result<UpdateOut> {
     let scale = 1.0 / group.len() as f64;
     acc.values_mut().for_each(|g| g.fill(0.0));
-    let mut loss_sum = 0.0;
+    let mut out = UpdateOut {
+        loss_sum: 0.0,
+        replay_sum: 0.0,
+        replay_batches: 0,
+        penalty: 0.0,
+        grad_norm: 0.0,
+    };
+    // Logits are kept with buffered examples under distillation (or once a buffer has them).
+    let keep_logits = replay
+        .as_ref()
+        .is_some_and(|(r, _, insert)| *insert && (r.distill > 0.0 || r.buffer.has_logits()));
+    let mut captured = Vec::with_capacity(group.len());
     for (i, idx) in group.iter().enumerate() {
-        loss_sum += backward(
+        // Drawn from the buffer as it stood before this update.
+        let draw = match replay.as_mut() {
+            Some((r, rrng, _)) if r.ratio > 0.0 && !r.buffer.is_empty() => {
+                Some(r.buffer.draw(idx.len(), rrng))
+            }
+            _ => None,
+        };
+        let ratio = replay.as_ref().map_or(0.0, |(r, _, _)| r.ratio);
+        let w_new = if draw.is_some() { 1.0 - ratio } else { 1.0 };
+        let b = backward(
             model,
             dense.as_deref_mut(),
             host,
@@ -303,10 +386,37 @@ fn update(
             idx,
             rng,
             cfg,
-            scale,
+            scale * w_new,
             check_labels && i == 0,
             acc,
+            None,
+            keep_logits,
         )?;
+        out.loss_sum += b.loss;
+        captured.push(b.logits);
+        if let (Some(slots), Some((r, _, _))) = (draw, replay.as_ref()) {
+            let rd = r.buffer.to_dataset(&slots);
+            let stored = (r.distill > 0.0)
+                .then(|| r.buffer.logits_of(&slots))
+                .flatten();
+            let all: Vec<usize> = (0..slots.len()).collect();
+            let b = backward(
+                model,
+                dense.as_deref_mut(),
+                host,
+                &rd,
+                &all,
+                rng,
+                cfg,
+                scale * ratio,
+                true,
+                acc,
+                stored.as_deref().map(|z| (z, r.distill)),
+                false,
+            )?;
+            out.replay_sum += b.loss + b.distill;
+            out.replay_batches += 1;
+        }
     }
     let mut pen = 0.0;
     for (name, w) in host.iter() {
@@ -339,7 +449,23 @@ fn update(
     if dense.is_none() {
         sync(model, host)?;
     }
-    Ok((loss_sum, pen, norm))
+    if let Some((r, _, true)) = replay {
+        let el: usize = data.example_shape.iter().product();
+        for (idx, logits) in group.iter().zip(&captured) {
+            let c = logits.as_ref().map_or(0, |l| l.len() / idx.len().max(1));
+            for (k, &i) in idx.iter().enumerate() {
+                r.buffer.offer(
+                    &data.inputs[i * el..(i + 1) * el],
+                    data.targets[i],
+                    data.from_u8,
+                    logits.as_ref().map(|l| &l[k * c..(k + 1) * c]),
+                )?;
+            }
+        }
+    }
+    out.penalty = pen;
+    out.grad_norm = norm;
+    Ok(out)
 }
 
 /// Loss and accuracy of `model` on `data` in eval mode.
@@ -370,20 +496,27 @@ pub struct Job<'a> {
     pub penalty: &'a Penalty,
     /// Save the run's state here, and resume from it when it exists.
     pub state: Option<&'a StateFile>,
+    /// Experience replay from (and into) a buffer.
+    pub replay: Option<&'a mut Replay>,
 }
 
 /// Seed of the dropout stream, apart from shuffling so `--no-shuffle` keeps the same masks.
 const DROPOUT_SEED: u64 = 0xD50F_0A7C_5EED_0001;
+/// Seed of the replay draws, apart from shuffling and from the buffer's insertion stream.
+const REPLAY_SEED: u64 = 0x4E91_A7D2_5EED_0002;
 
 /// Trains `model`, calling `on_event` with step, epoch and resume reports.
 pub fn train(
     model: &mut Model,
     opt: &mut Optimizer,
     cfg: &TrainConfig,
-    job: &Job,
+    job: &mut Job,
     on_event: &mut dyn FnMut(&Event) -> Result<()>,
 ) -> Result<Outcome> {
     let data = job.data;
+    if let Some(r) = job.replay.as_deref_mut() {
+        r.buffer.expect_shape(&data.example_shape, &data.path)?;
+    }
     let base_lr = opt.config.as_ref().map(|c| c.lr).unwrap_or(0.0);
     let accumulate = cfg.accumulate.max(1);
     let mut batches_per_epoch = data.len().div_ceil(cfg.batch_size.max(1));
@@ -410,12 +543,21 @@ pub fn train(
         best: None,
         bad_epochs: 0,
         stopped: false,
+        replay_rng: Rng::new(cfg.seed ^ REPLAY_SEED).state(),
+        replay_loss_sum: 0.0,
+        replay_batches: 0,
     };
     let mut best_weights: Option<Snapshot> = None;
     if let Some(sf) = job.state {
         if let Some(r) = sf.load(model, opt)? {
             p = r.progress;
             best_weights = r.best_weights;
+            if let (Some(rp), Some(b)) = (job.replay.as_deref_mut(), r.buffer) {
+                b.check_compatible(&data.example_shape, &data.path)?;
+                let path = std::mem::take(&mut rp.buffer.path);
+                rp.buffer = b;
+                rp.buffer.path = path;
+            }
             on_event(&Event::Resumed {
                 step: p.step,
                 epoch: p.epoch,
@@ -424,6 +566,7 @@ pub fn train(
         }
     }
     let mut dropout_rng = Rng::from_state(p.dropout_rng);
+    let mut replay_rng = Rng::from_state(p.replay_rng);
     let mut host: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for (name, var) in &model.params {
         let v = var
@@ -452,8 +595,15 @@ pub fn train(
     let mut reports = Vec::new();
     let mut first = true;
     let mut start = Instant::now();
-    let save = |p: &Progress, model: &Model, opt: &Optimizer, best: Option<&Snapshot>| {
-        job.state.map_or(Ok(()), |sf| sf.save(p, model, opt, best))
+    let state = job.state;
+    let save = |p: &Progress,
+                model: &Model,
+                opt: &Optimizer,
+                best: Option<&Snapshot>,
+                replay: Option<&Replay>| {
+        state.map_or(Ok(()), |sf| {
+            sf.save(p, model, opt, best, replay.map(|r| &r.buffer))
+        })
     };
     while p.epoch < cfg.epochs && !p.stopped {
         let mut order_rng = Rng::from_state(p.epoch_rng);
@@ -466,7 +616,8 @@ pub fn train(
                 ScheduleUnit::Epoch => p.epoch,
             };
             let lr = cfg.schedule.lr(base_lr, t, clock_total);
-            let (loss_sum, pen, grad_norm) = update(
+            let insert = p.epoch == 0;
+            let u = update(
                 model,
                 dense.as_mut(),
                 &mut host,
@@ -479,12 +630,18 @@ pub fn train(
                 job.penalty,
                 lr,
                 first,
+                job.replay
+                    .as_deref_mut()
+                    .map(|r| (r, &mut replay_rng, insert)),
             )?;
+            let (loss_sum, pen, grad_norm) = (u.loss_sum, u.penalty, u.grad_norm);
             first = false;
             p.step = opt.step;
             p.batch += group.len();
             p.loss_sum += loss_sum;
             p.penalty_sum += pen;
+            p.replay_loss_sum += u.replay_sum;
+            p.replay_batches += u.replay_batches;
             p.batches_done += group.len();
             p.updates_done += 1;
             p.examples += group.iter().map(|b| b.len()).sum::<usize>();
@@ -505,8 +662,9 @@ pub fn train(
             if let (Some(every), false) = (job.state.and_then(|s| s.save_every), epoch_done) {
                 if every > 0 && opt.step.is_multiple_of(every) {
                     p.dropout_rng = dropout_rng.state();
+                    p.replay_rng = replay_rng.state();
                     sync_if_dense(model, &host)?;
-                    save(&p, model, opt, best_weights.as_ref())?;
+                    save(&p, model, opt, best_weights.as_ref(), job.replay.as_deref())?;
                 }
             }
             if cfg.halt_after == Some(opt.step) && !epoch_done {
@@ -551,6 +709,8 @@ pub fn train(
             examples: p.examples,
             task_loss: p.loss_sum / p.batches_done.max(1) as f64,
             penalty: p.penalty_sum / p.updates_done.max(1) as f64,
+            replay_loss: (p.replay_batches > 0)
+                .then(|| p.replay_loss_sum / p.replay_batches as f64),
             lr: p.last_lr,
             val_loss,
             val_accuracy,
@@ -567,8 +727,11 @@ pub fn train(
         p.batches_done = 0;
         p.updates_done = 0;
         p.examples = 0;
+        p.replay_loss_sum = 0.0;
+        p.replay_batches = 0;
         p.dropout_rng = dropout_rng.state();
-        save(&p, model, opt, best_weights.as_ref())?;
+        p.replay_rng = replay_rng.state();
+        save(&p, model, opt, best_weights.as_ref(), job.replay.as_deref())?;
         if cfg.halt_after.is_some_and(|h| opt.step >= h) && p.epoch < cfg.epochs {
             return Ok(Outcome {
                 reports,

@@ -10,6 +10,7 @@ use super::Optimizer;
 use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use crate::model::{Model, Snapshot};
+use crate::replay::ReservoirBuffer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,13 @@ pub struct Progress {
     pub bad_epochs: usize,
     /// Early stopping has ended the run.
     pub stopped: bool,
+    /// The replay draws' RNG.
+    #[serde(default)]
+    pub replay_rng: [u64; 4],
+    #[serde(default)]
+    pub replay_loss_sum: f64,
+    #[serde(default)]
+    pub replay_batches: usize,
 }
 
 /// The file a run saves its state to and resumes from.
@@ -69,7 +77,12 @@ pub struct StateFile {
 pub struct Restored {
     pub progress: Progress,
     pub best_weights: Option<Snapshot>,
+    /// The replay buffer as it stood at the save.
+    pub buffer: Option<ReservoirBuffer>,
 }
+
+/// Metadata key holding the embedded replay buffer's own metadata, as a JSON object.
+pub const BUFFER_KEY: &str = "mnemo.state.buffer";
 
 fn invalid(path: &Path, reason: impl Into<String>) -> MnemoError {
     MnemoError::InvalidState {
@@ -86,6 +99,7 @@ impl StateFile {
         model: &Model,
         opt: &Optimizer,
         best: Option<&Snapshot>,
+        buffer: Option<&ReservoirBuffer>,
     ) -> Result<()> {
         let mut tensors: Vec<OwnedTensor> = model.snapshot()?.tensors(&model.spec, "model/");
         for (prefix, moments) in [("opt.m/", &opt.m), ("opt.v/", &opt.v)] {
@@ -98,6 +112,15 @@ impl StateFile {
             tensors.extend(b.tensors(&model.spec, "best/"));
         }
         let mut meta = BTreeMap::new();
+        // An empty buffer is not saved: a run only starts from its file, which was empty too.
+        if let Some(b) = buffer.filter(|b| !b.is_empty()) {
+            let (t, m) = b.to_parts("buffer/");
+            tensors.extend(t);
+            meta.insert(
+                BUFFER_KEY.to_string(),
+                serde_json::to_string(&m).expect("buffer metadata serialises"),
+            );
+        }
         meta.insert(
             STATE_KEY.to_string(),
             serde_json::to_string(progress).expect("progress serialises"),
@@ -150,9 +173,24 @@ impl StateFile {
         } else {
             None
         };
+        let buffer = match meta.get(BUFFER_KEY) {
+            Some(m) => {
+                let m: BTreeMap<String, String> = serde_json::from_str(m).map_err(|e| {
+                    invalid(
+                        &self.path,
+                        format!("unreadable '{BUFFER_KEY}' metadata: {e}"),
+                    )
+                })?;
+                Some(ReservoirBuffer::from_checkpoint(
+                    &ckpt, "buffer/", &self.path, &m,
+                )?)
+            }
+            None => None,
+        };
         Ok(Some(Restored {
             progress,
             best_weights,
+            buffer,
         }))
     }
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Markdown table of final average accuracies (after task 5, mean over the five tasks' test
+# sets), mean ± sample std over seeds, beside Hsu et al. 2018 (Table 2, mean of 10 runs).
+# Usage: table.sh results.jsonl
+set -euo pipefail
+awk '
+BEGIN {
+  pub["domain","finetune"] = "55.16"; pub["domain","ewc"] = "58.85"; pub["domain","online-ewc"] = "57.33"
+  pub["domain","replay"] = "95.16"; pub["domain","joint"] = "98.59"
+  pub["class","finetune"] = "19.71"; pub["class","ewc"] = "19.80"; pub["class","online-ewc"] = "19.77"
+  pub["class","replay"] = "90.78"; pub["class","joint"] = "97.53"
+  split("finetune ewc online-ewc replay joint", order, " ")
+  name["finetune"] = "fine-tuning (Adam)"; name["ewc"] = "EWC"; name["online-ewc"] = "online EWC"
+  name["replay"] = "replay, 1100 examples"; name["joint"] = "joint training"
+}
+/"after":5,/ {
+  match($0, /"scenario":"[a-z]+"/); sc = substr($0, RSTART + 12, RLENGTH - 13)
+  match($0, /"method":"[a-z-]+"/); m = substr($0, RSTART + 10, RLENGTH - 11)
+  match($0, /"accuracy":\[[^]]*\]/); a = substr($0, RSTART + 12, RLENGTH - 13)
+  k = split(a, v, ","); s = 0
+  for (i = 1; i <= k; i++) s += v[i]
+  x = 100 * s / k
+  n[sc, m]++; sum[sc, m] += x; sq[sc, m] += x * x
+}
+END {
+  print "| method | domain-IL (mnemo) | domain-IL (Hsu et al.) | class-IL (mnemo) | class-IL (Hsu et al.) |"
+  print "|---|---:|---:|---:|---:|"
+  for (j = 1; j <= 5; j++) {
+    m = order[j]; line = "| " name[m]
+    for (q = 1; q <= 2; q++) {
+      sc = (q == 1) ? "domain" : "class"
+      if (n[sc, m] == 0) { cell = "–" }
+      else {
+        mean = sum[sc, m] / n[sc, m]
+        var = (n[sc, m] > 1) ? (sq[sc, m] - n[sc, m] * mean * mean) / (n[sc, m] - 1) : 0
+        cell = sprintf("%.2f ± %.2f (n=%d)", mean, sqrt(var > 0 ? var : 0), n[sc, m])
+      }
+      line = line " | " cell " | " pub[sc, m]
+    }
+    print line " |"
+  }
+}' "$1"

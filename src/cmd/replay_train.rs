@@ -1,0 +1,158 @@
+//! `mnemo replay-train`: train on new data while replaying examples kept from earlier data
+//! in an on-disk buffer (experience replay, optionally with logit distillation).
+
+use super::engine::{ewc_penalty, fit, EngineArgs, Fit};
+use super::{Global, HelpExtra, Status, EXIT_PLAIN};
+use mnemo::data::Dataset;
+use mnemo::model::Model;
+use mnemo::provenance::Provenance;
+use mnemo::replay::{Policy, ReservoirBuffer};
+use mnemo::train::Replay;
+use std::path::PathBuf;
+
+pub const HELP: HelpExtra = HelpExtra {
+    examples: &[
+        ("task 1, filling a new buffer of 1000 examples", "mnemo replay-train model.safetensors --data task1.safetensors --buffer buf.safetensors --capacity 1000 -o model1.safetensors"),
+        ("task 2, replaying half of every batch's weight from the buffer", "mnemo replay-train model1.safetensors --data task2.safetensors --buffer buf.safetensors --replay-ratio 0.5 -o model2.safetensors | tee train.jsonl"),
+        ("dark experience replay: also match the logits stored at insertion", "mnemo replay-train model1.safetensors --data task2.safetensors --buffer der.safetensors --distill 0.5 -o model2.safetensors"),
+        ("equal quotas per class, and an EWC penalty too", "mnemo replay-train model2.safetensors --data task3.safetensors --buffer buf.safetensors --policy class-balanced --penalty f2.safetensors:model2.safetensors --lambda 100 -o model3.safetensors"),
+    ],
+    exit_status: EXIT_PLAIN,
+};
+
+/// Each batch is paired with a replay batch of the same size drawn uniformly from the buffer:
+/// loss = (1 − r)·new + r·replay (+ EWC penalties). After each update the batch's examples are
+/// offered to the buffer (during the first epoch only: later epochs revisit the same data).
+/// The buffer is created when missing and replaced atomically after the output is written;
+/// two runs over D1 then D2 (with --no-shuffle) leave the buffer of one run over D1+D2.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The starting checkpoint.
+    pub model: PathBuf,
+    /// Training data: safetensors with `input` and `target`.
+    #[arg(long, value_name = "D")]
+    pub data: PathBuf,
+    /// The replay buffer (safetensors): read when it exists, then replaced.
+    #[arg(long, value_name = "BUF")]
+    pub buffer: PathBuf,
+    /// Output checkpoint, written atomically.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Examples the buffer keeps [default: 10000 for a new buffer; an existing buffer keeps
+    /// its own, and another value is refused].
+    #[arg(long, value_name = "C")]
+    pub capacity: Option<usize>,
+    /// Weight r of the replay loss, in [0, 1].
+    #[arg(long, value_name = "R", default_value_t = 0.5)]
+    pub replay_ratio: f64,
+    /// What a full buffer keeps: reservoir (a uniform sample of the stream) or class-balanced
+    /// (equal quotas per class, CBRS) [default: reservoir for a new buffer; an existing buffer
+    /// keeps its own].
+    #[arg(long, value_name = "POLICY", value_parser = ["reservoir", "class-balanced"])]
+    pub policy: Option<String>,
+    /// Dark experience replay: add W·MSE between the logits of replayed examples and the
+    /// logits stored when they entered the buffer (the buffer then stores logits).
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub distill: f64,
+    /// FISHER:ANCHOR — an EWC penalty (repeatable), as in train-ewc.
+    #[arg(long, value_name = "FISHER:ANCHOR")]
+    pub penalty: Vec<String>,
+    /// Strength λ of the EWC penalties.
+    #[arg(long, default_value_t = 1.0, value_name = "L")]
+    pub lambda: f64,
+    /// Architecture, for checkpoints without `mnemo.arch` metadata.
+    #[arg(long, value_name = "SPEC")]
+    pub arch: Option<String>,
+    /// Which head of a multi-head model to train.
+    #[arg(long, value_name = "NAME")]
+    pub head: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    if !(0.0..=1.0).contains(&args.replay_ratio) {
+        anyhow::bail!("--replay-ratio {}: must be in [0, 1]", args.replay_ratio);
+    }
+    if args.distill.is_nan() || args.distill < 0.0 {
+        anyhow::bail!("--distill {}: must be ≥ 0", args.distill);
+    }
+    if args.capacity == Some(0) {
+        anyhow::bail!("--capacity must be at least 1");
+    }
+    let device = g.device()?;
+    let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
+    let head = model.choose_head(args.head.as_deref())?;
+    let data = Dataset::open(&args.data)?;
+    let policy = args.policy.as_deref().and_then(Policy::parse);
+    let buffer = if args.buffer.exists() {
+        let b = ReservoirBuffer::open(&args.buffer)?;
+        if let Some(c) = args.capacity.filter(|&c| c != b.capacity) {
+            anyhow::bail!(
+                "{}: the buffer's capacity is {}; --capacity {c} would change it (start a new buffer instead)",
+                args.buffer.display(),
+                b.capacity
+            );
+        }
+        if let Some(p) = policy.filter(|&p| p != b.policy) {
+            anyhow::bail!(
+                "{}: the buffer's policy is {}; --policy {} would change it",
+                args.buffer.display(),
+                b.policy.as_str(),
+                p.as_str()
+            );
+        }
+        b.check_compatible(&data.example_shape, &args.data)?;
+        b
+    } else {
+        ReservoirBuffer::new(
+            &args.buffer,
+            args.capacity.unwrap_or(10_000),
+            policy.unwrap_or(Policy::Reservoir),
+            args.engine.seed,
+        )
+    };
+    if args.distill > 0.0 && !buffer.is_empty() && !buffer.has_logits() {
+        anyhow::bail!(
+            "{}: the buffer's examples carry no logits (it was filled without --distill); \
+             start a new buffer to use --distill",
+            args.buffer.display()
+        );
+    }
+    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    prov.input(args.model.display().to_string(), ckpt.content_hash()?);
+    prov.input(
+        args.data.display().to_string(),
+        mnemo::checkpoint::file_hash(&args.data)?,
+    );
+    let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
+    let settings = format!(
+        "lambda={}|ratio={}|distill={}|capacity={}|policy={}",
+        args.lambda,
+        args.replay_ratio,
+        args.distill,
+        buffer.capacity,
+        buffer.policy.as_str(),
+    );
+    fit(
+        Fit {
+            command: "replay-train",
+            model,
+            data: &data,
+            head,
+            penalty,
+            prov,
+            settings,
+            metadata: Default::default(),
+            output: &args.output,
+            replay: Some(Replay {
+                buffer,
+                ratio: args.replay_ratio,
+                distill: args.distill,
+            }),
+        },
+        &args.engine,
+        g,
+    )?;
+    Ok(Status::Success)
+}
