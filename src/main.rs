@@ -49,7 +49,7 @@ enum Command {
     /// Merge checkpoints: linear, EMA, Fisher-weighted, task arithmetic, TIES, DARE, SLERP,
     /// breadcrumbs, model stock, sum; streaming in bounded memory.
     Merge(cmd::merge::Args),
-    /// Dataset tools: import IDX, split by class, permute, shuffle, take, concat, stats.
+    /// Dataset tools: import (IDX, NumPy, image folders), split, permute, rotate, shuffle, take, concat, stats.
     Data(cmd::data::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),

@@ -254,3 +254,583 @@ fn npy_import_round_trips_numpy_arrays() {
         assert!(!d.path().join("bad.st").exists());
     }
 }
+
+/// A `.npy` fixture as NumPy wrote it: shape and raw little-endian data.
+fn npy(name: &str) -> (Vec<usize>, Vec<u8>) {
+    let a = mnemo::data::raw::read_npy(Path::new(&fixture(&format!("data/{name}")))).unwrap();
+    (a.shape, a.data)
+}
+
+fn npy_i64(name: &str) -> Vec<i64> {
+    npy(name)
+        .1
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Runs a command that must fail: exit 2, the message names `file` (and says `what`), and
+/// no output file is left behind.
+fn refused(dir: &Path, args: &[&str], file: &str, what: &str) {
+    let r = mnemo_in(dir, args);
+    assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    assert!(
+        r.stderr.contains(file) && r.stderr.contains(what),
+        "{args:?}: expected '{file}' and '{what}' in: {}",
+        r.stderr
+    );
+    if let Some(i) = args.iter().position(|a| *a == "-o") {
+        assert!(!dir.join(args[i + 1]).exists(), "{args:?} left its output");
+    }
+}
+
+#[test]
+fn npz_import_round_trips_savez_and_savez_compressed() {
+    let d = workdir();
+    let f = |n: &str| fixture(&format!("data/{n}"));
+    // np.savez(x=, y=): stored members, found by their default names.
+    ok(mnemo_in(
+        d.path(),
+        &["data", "import", "npz", &f("xy.npz"), "-o", "a.st"],
+    ));
+    let (shape, x, y) = ds(d.path(), "a.st");
+    assert_eq!((shape, x), (vec![5, 2, 3], npy("x_u8.npy").1));
+    assert_eq!(y, npy_i64("y_i64.npy"));
+    // np.savez(a, b): arr_0 and arr_1, taken in order.
+    ok(mnemo_in(
+        d.path(),
+        &["data", "import", "npz", &f("positional.npz"), "-o", "p.st"],
+    ));
+    assert_eq!(ds(d.path(), "p.st"), ds(d.path(), "a.st"));
+    // np.savez_compressed(images=, labels=): deflated members, named explicitly or taken in
+    // order (two arrays, neither called x or y).
+    for extra in [&["--x", "images", "--y", "labels"][..], &[]] {
+        let mut args = vec!["data", "import", "npz"];
+        let file = f("xy_compressed.npz");
+        args.push(&file);
+        args.extend(extra);
+        args.extend(["-o", "c.st"]);
+        ok(mnemo_in(d.path(), &args));
+        let c = Checkpoint::open(d.path().join("c.st")).unwrap();
+        assert_eq!(c.entry("input").unwrap().dtype.to_string(), "F32");
+        assert_eq!(c.bytes("input").unwrap(), npy("x_f32.npy").1);
+        assert_eq!(c.to_i64("target").unwrap(), vec![3, 2, 1, 0]);
+    }
+    // Refusals name the archive (and the member).
+    let dir = d.path();
+    refused(
+        dir,
+        &[
+            "data",
+            "import",
+            "npz",
+            &f("xy.npz"),
+            "--x",
+            "images",
+            "-o",
+            "bad.st",
+        ],
+        "xy.npz",
+        "no array 'images' (the archive has: x, y)",
+    );
+    refused(
+        dir,
+        &[
+            "data",
+            "import",
+            "npz",
+            &f("xy_compressed.npz"),
+            "--x",
+            "images",
+            "-o",
+            "bad.st",
+        ],
+        "xy_compressed.npz",
+        "no array 'y'",
+    );
+    refused(
+        dir,
+        &["data", "import", "npz", &f("mismatch.npz"), "-o", "bad.st"],
+        "mismatch.npz:y",
+        "4 labels but",
+    );
+    refused(
+        dir,
+        &["data", "import", "npz", &f("x_u8.npy"), "-o", "bad.st"],
+        "x_u8.npy",
+        "not a .npz archive",
+    );
+    refused(
+        dir,
+        &[
+            "data",
+            "import",
+            "npy",
+            &f("xy.npz"),
+            &f("y_i64.npy"),
+            "-o",
+            "bad.st",
+        ],
+        "xy.npz",
+        "mnemo data import npz",
+    );
+}
+
+/// The fixture folder's files in torchvision ImageFolder order (cat, dog, zebra; nested last).
+const FOLDER: [&str; 8] = [
+    "cat/01.png",
+    "cat/02.jpg",
+    "cat/03.png",
+    "dog/01.png",
+    "dog/02.JPEG",
+    "zebra/01.jpg",
+    "zebra/02.png",
+    "zebra/sub/03.png",
+];
+
+/// Largest per-pixel difference between a decoded JPEG and Pillow's (libjpeg-turbo) decoding
+/// of it. The Rust decoder's IDCT and chroma upsampling are not libjpeg-turbo's: measured 1 for
+/// 4:4:4 and grey JPEGs and 3 for 4:2:0 (mean 0.44) on these fixtures. PNGs must be exact.
+const JPEG_TOLERANCE: i32 = 4;
+
+fn compare_images(got: &[u8], want: &[u8], files: &[&str]) {
+    let per = want.len() / files.len();
+    assert_eq!(got.len(), want.len());
+    for (i, f) in files.iter().enumerate() {
+        let (g, w) = (&got[i * per..(i + 1) * per], &want[i * per..(i + 1) * per]);
+        let max = g
+            .iter()
+            .zip(w)
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .max()
+            .unwrap();
+        let mean = g
+            .iter()
+            .zip(w)
+            .map(|(&a, &b)| (a as i32 - b as i32).abs() as f64)
+            .sum::<f64>()
+            / per as f64;
+        if f.to_ascii_lowercase().ends_with(".png") {
+            assert_eq!(max, 0, "{f}: PNG pixels differ from Pillow's");
+        } else {
+            assert!(
+                max <= JPEG_TOLERANCE && mean < 1.0,
+                "{f}: max {max}, mean {mean}"
+            );
+        }
+    }
+}
+
+#[test]
+fn folder_import_matches_pillow_in_imagefolder_order() {
+    let d = workdir();
+    let folder = fixture("data/folder");
+    let r = ok(mnemo_in(
+        d.path(),
+        &["data", "import", "folder", &folder, "-o", "rgb.st"],
+    ));
+    assert!(
+        r.stderr.contains("skipped 1 file") && r.stderr.contains("notes.txt"),
+        "{}",
+        r.stderr
+    );
+    let (shape, x, y) = ds(d.path(), "rgb.st");
+    let (want_shape, want) = npy("folder_x.npy");
+    assert_eq!(shape, want_shape);
+    assert_eq!(shape, vec![8, 3, 10, 12]);
+    assert_eq!(y, npy_i64("folder_y.npy"));
+    assert_eq!(y, vec![0, 0, 0, 1, 1, 2, 2, 2]);
+    compare_images(&x, &want, &FOLDER);
+    let c = Checkpoint::open(d.path().join("rgb.st")).unwrap();
+    assert_eq!(
+        c.metadata()["mnemo.data.class_names"],
+        r#"["cat","dog","zebra"]"#
+    );
+    // One channel: Pillow's convert("L").
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data",
+            "import",
+            "folder",
+            &folder,
+            "--grayscale",
+            "-q",
+            "-o",
+            "gray.st",
+        ],
+    ));
+    let (shape, x, _) = ds(d.path(), "gray.st");
+    let (want_shape, want) = npy("folder_gray.npy");
+    assert_eq!(
+        (shape, want_shape.clone()),
+        (vec![8, 1, 10, 12], want_shape)
+    );
+    compare_images(&x, &want, &FOLDER);
+}
+
+#[test]
+fn folder_import_resizes_as_pillow_bilinear() {
+    let d = workdir();
+    let sizes = fixture("data/folder_sizes");
+    // Four sizes and no --size: refused, naming the first file that differs.
+    refused(
+        d.path(),
+        &["data", "import", "folder", &sizes, "-o", "no.st"],
+        "small.png",
+        "pass --size H,W",
+    );
+    let files = ["a/big.png", "a/small.png", "b/gray.png", "b/mid.png"];
+    for (size, gray, want) in [
+        ("6,5", false, "folder_sizes_x.npy"),
+        ("6,5", true, "folder_sizes_gray.npy"),
+        ("13,16", false, "folder_sizes_up.npy"),
+    ] {
+        let mut args = vec!["data", "import", "folder", &sizes, "--size", size];
+        if gray {
+            args.push("--grayscale");
+        }
+        args.extend(["-o", "s.st"]);
+        ok(mnemo_in(d.path(), &args));
+        let (shape, x, y) = ds(d.path(), "s.st");
+        let (want_shape, want) = npy(want);
+        assert_eq!(shape, want_shape, "{size} {gray}");
+        assert_eq!(y, npy_i64("folder_sizes_y.npy"));
+        compare_images(&x, &want, &files);
+    }
+}
+
+#[test]
+fn bad_folders_exit_2_naming_the_file() {
+    let d = workdir();
+    let dir = d.path();
+    let good = std::fs::read(fixture("data/folder/cat/01.png")).unwrap();
+    let mk = |p: &str, bytes: &[u8]| {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    // Corrupt and truncated images.
+    mk("corrupt/a/ok.png", &good);
+    mk("corrupt/b/bad.png", b"not a png at all");
+    refused(
+        dir,
+        &["data", "import", "folder", "corrupt", "-o", "x.st"],
+        "bad.png",
+        "cannot decode",
+    );
+    mk("truncated/a/ok.png", &good);
+    mk("truncated/a/half.png", &good[..good.len() / 2]);
+    refused(
+        dir,
+        &["data", "import", "folder", "truncated", "-o", "x.st"],
+        "half.png",
+        "cannot decode",
+    );
+    // No class folders; a class without images; formats ImageFolder reads but we cannot.
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    refused(
+        dir,
+        &["data", "import", "folder", "empty", "-o", "x.st"],
+        "empty",
+        "no class folders",
+    );
+    mk("noimg/a/ok.png", &good);
+    mk("noimg/b/readme.txt", b"hi");
+    refused(
+        dir,
+        &["data", "import", "folder", "noimg", "-o", "x.st"],
+        "noimg/b",
+        "no .png, .jpg or .jpeg images",
+    );
+    mk("bmp/a/ok.png", &good);
+    mk("bmp/a/pic.bmp", b"BM");
+    refused(
+        dir,
+        &["data", "import", "folder", "bmp", "-o", "x.st"],
+        "pic.bmp",
+        "BMP images are not supported",
+    );
+    refused(
+        dir,
+        &["data", "import", "folder", "missing", "-o", "x.st"],
+        "missing",
+        "No such file",
+    );
+    let r = mnemo_in(
+        dir,
+        &[
+            "data", "import", "folder", "corrupt", "--size", "0,3", "-o", "x.st",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("positive integer"), "{}", r.stderr);
+}
+
+/// `rot_u8.npy` (4 images [1, 9, 12]) with 4 labels, as a dataset.
+fn rot_dataset(dir: &Path, x: &str, name: &str) {
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "import",
+            "npy",
+            &fixture(&format!("data/{x}")),
+            &fixture("data/y_u8.npy"),
+            "-o",
+            name,
+        ],
+    ));
+}
+
+#[test]
+fn rotate_matches_scipy_ndimage_rotate() {
+    let d = workdir();
+    let dir = d.path();
+    rot_dataset(dir, "rot_u8.npy", "u8.st");
+    let (_, orig, _) = ds(dir, "u8.st");
+    // SciPy's bilinear rotation, uint8 rounded half up. Stated tolerance: 1 grey level (a
+    // floating-point tie could round the other way on another libm); measured: 0.
+    for (deg, name) in [("30", "30"), ("-45", "m45"), ("7.5", "7.5"), ("200", "200")] {
+        ok(mnemo_in(
+            dir,
+            &["data", "rotate", "u8.st", "--degrees", deg, "-o", "r.st"],
+        ));
+        let (shape, got, y) = ds(dir, "r.st");
+        let (want_shape, want) = npy(&format!("rot_u8_{name}.npy"));
+        assert_eq!((shape, y), (want_shape, vec![3, 2, 1, 0]));
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(max <= 1, "{deg}°: max difference {max}");
+        assert_ne!(got, orig);
+    }
+    // 0° is the identity; 360° too.
+    for deg in ["0", "360"] {
+        ok(mnemo_in(
+            dir,
+            &["data", "rotate", "u8.st", "--degrees", deg, "-o", "r.st"],
+        ));
+        assert_eq!(ds(dir, "r.st").1, orig, "{deg}°");
+    }
+    // F32 [N, H, W] (no channel axis): SciPy's float64 result stored as float32.
+    rot_dataset(dir, "rot_f32.npy", "f.st");
+    ok(mnemo_in(
+        dir,
+        &["data", "rotate", "f.st", "--degrees", "30", "-o", "rf.st"],
+    ));
+    let c = Checkpoint::open(dir.join("rf.st")).unwrap();
+    assert_eq!(c.entry("input").unwrap().dtype.to_string(), "F32");
+    let got = f32s(c.bytes("input").unwrap());
+    let want = f32s(&npy("rot_f32_30.npy").1);
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max <= 1e-6, "F32: max difference {max}");
+    // 90° on a square image is exact: np.rot90 (counter-clockwise).
+    ok(mnemo_in(
+        dir,
+        &["data", "rotate", "f.st", "--degrees", "90", "-o", "r90.st"],
+    ));
+    let x = f32s(&npy("rot_f32.npy").1);
+    let r = f32s(
+        Checkpoint::open(dir.join("r90.st"))
+            .unwrap()
+            .bytes("input")
+            .unwrap(),
+    );
+    for n in 0..4 {
+        for i in 0..9 {
+            for j in 0..9 {
+                assert_eq!(r[n * 81 + i * 9 + j], x[n * 81 + j * 9 + 8 - i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn rotate_flat_inputs_need_a_shape() {
+    let d = workdir();
+    let dir = d.path();
+    let (im, lb) = write_idx(dir, false);
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "import",
+            "idx",
+            &im,
+            &lb,
+            "--flatten",
+            "-o",
+            "flat.st",
+        ],
+    ));
+    refused(
+        dir,
+        &["data", "rotate", "flat.st", "--degrees", "90", "-o", "r.st"],
+        "flat.st",
+        "pass --shape H,W",
+    );
+    refused(
+        dir,
+        &[
+            "data",
+            "rotate",
+            "flat.st",
+            "--degrees",
+            "90",
+            "--shape",
+            "4,4",
+            "-o",
+            "r.st",
+        ],
+        "flat.st",
+        "--shape 4,4",
+    );
+    // 180° turns each 2×3 image (pixels 10·i + j) back to front, and the shape stays flat.
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "rotate",
+            "flat.st",
+            "--degrees",
+            "180",
+            "--shape",
+            "2,3",
+            "-o",
+            "r.st",
+        ],
+    ));
+    let (shape, x, y) = ds(dir, "r.st");
+    assert_eq!((shape, y), (vec![6, 6], vec![0, 1, 2, 0, 1, 2]));
+    for i in 0..6u8 {
+        let row: Vec<u8> = (0..6u8).rev().map(|j| 10 * i + j).collect();
+        assert_eq!(x[i as usize * 6..(i as usize + 1) * 6], row[..]);
+    }
+    // Rotating keeps the class names of an imported folder.
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "import",
+            "folder",
+            &fixture("data/folder"),
+            "-q",
+            "-o",
+            "img.st",
+        ],
+    ));
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "rotate",
+            "img.st",
+            "--degrees",
+            "-15",
+            "-o",
+            "imgr.st",
+        ],
+    ));
+    let c = Checkpoint::open(dir.join("imgr.st")).unwrap();
+    assert_eq!(
+        c.metadata()["mnemo.data.class_names"],
+        r#"["cat","dog","zebra"]"#
+    );
+    assert_eq!(c.metadata()["mnemo.data.rotate_degrees"], "-15");
+}
+
+#[test]
+fn every_data_command_refuses_a_bad_input_naming_it() {
+    let d = workdir();
+    let dir = d.path();
+    std::fs::write(dir.join("junk.st"), b"definitely not safetensors").unwrap();
+    let (im, lb) = write_idx(dir, false);
+    ok(mnemo_in(
+        dir,
+        &["data", "import", "idx", &im, &lb, "-o", "good.st"],
+    ));
+    for args in [
+        &["data", "split", "junk.st", "--classes", "1", "-o", "o.st"][..],
+        &["data", "permute", "junk.st", "--seed", "1", "-o", "o.st"],
+        &["data", "rotate", "junk.st", "--degrees", "10", "-o", "o.st"],
+        &["data", "shuffle", "junk.st", "--seed", "1", "-o", "o.st"],
+        &["data", "take", "junk.st", "1", "-o", "o.st"],
+        &["data", "concat", "good.st", "junk.st", "-o", "o.st"],
+        &["data", "stats", "junk.st"],
+        &["data", "import", "npy", "junk.st", "junk.st", "-o", "o.st"],
+        &["data", "import", "npz", "junk.st", "-o", "o.st"],
+        &["data", "import", "idx", "junk.st", &lb, "-o", "o.st"],
+        &["data", "import", "folder", "junk.st", "-o", "o.st"],
+    ] {
+        refused(dir, args, "junk.st", "");
+    }
+}
+
+#[test]
+fn class_names_follow_the_examples() {
+    let d = workdir();
+    let dir = d.path();
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "import",
+            "folder",
+            &fixture("data/folder"),
+            "-q",
+            "-o",
+            "img.st",
+        ],
+    ));
+    let names = |f: &str| {
+        Checkpoint::open(dir.join(f))
+            .unwrap()
+            .metadata()
+            .get("mnemo.data.class_names")
+            .cloned()
+    };
+    for args in [
+        &["data", "shuffle", "img.st", "--seed", "1", "-o", "o.st"][..],
+        &["data", "take", "img.st", "2", "-o", "o.st"],
+        &["data", "permute", "img.st", "--seed", "1", "-o", "o.st"],
+        &["data", "split", "img.st", "--classes", "0,2", "-o", "o.st"],
+        &["data", "concat", "img.st", "img.st", "-o", "o.st"],
+    ] {
+        ok(mnemo_in(dir, args));
+        assert_eq!(
+            names("o.st").as_deref(),
+            Some(r#"["cat","dog","zebra"]"#),
+            "{args:?}"
+        );
+    }
+    // --relabel renumbers the kept classes in the order given: their names follow.
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "split",
+            "img.st",
+            "--classes",
+            "2,0",
+            "--relabel",
+            "-o",
+            "r.st",
+        ],
+    ));
+    assert_eq!(names("r.st").as_deref(), Some(r#"["zebra","cat"]"#));
+    assert_eq!(ds(dir, "r.st").2, vec![1, 1, 1, 0, 0, 0]);
+}

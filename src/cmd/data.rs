@@ -1,10 +1,11 @@
-//! `mnemo data`: build task sequences from datasets (import, split, permute, shuffle,
-//! take, concat, stats). Every output is a dataset safetensors (`input`, `target`)
-//! written atomically, with provenance.
+//! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder, split,
+//! permute, rotate, shuffle, take, concat, stats). Every output is a dataset safetensors
+//! (`input`, `target`) written atomically, with provenance.
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::data::raw::{import_idx, import_npy, RawDataset};
+use mnemo::data::folder::{import_folder, FolderOptions};
+use mnemo::data::raw::{import_idx, import_npy, import_npz, RawDataset};
 use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ pub const HELP: HelpExtra = HelpExtra {
         ("MNIST from its IDX files (gzipped or not), flattened for an MLP", "mnemo data import idx train-images-idx3-ubyte train-labels-idx1-ubyte --flatten -o mnist-train.safetensors"),
         ("Split-MNIST task 2: digits 2 and 3, relabelled 0 and 1", "mnemo data split mnist-train.safetensors --classes 2,3 --relabel -o task2.safetensors"),
         ("Permuted-MNIST task with its own fixed pixel permutation", "mnemo data permute mnist-train.safetensors --seed 3 -o pmnist3.safetensors"),
+        ("Rotated-MNIST task: every image turned 45 degrees counter-clockwise (the flattened rows are 28x28 images)", "mnemo data rotate mnist-train.safetensors --degrees 45 --shape 28,28 -o rot45.safetensors"),
+        ("a folder of class sub-folders of PNG/JPEG images, resized to 32x32 (like torchvision's ImageFolder)", "mnemo data import folder photos/ --size 32,32 -o photos.safetensors"),
+        ("arrays saved by np.savez / np.savez_compressed (Keras' mnist.npz names them x_train, y_train)", "mnemo data import npz mnist.npz --x x_train --y y_train -o mnist-train.safetensors"),
         ("a 1000-example validation set after the first 50000", "mnemo data take mnist-train.safetensors 1000 --skip 50000 -o val.safetensors"),
         ("examples per class and value range", "mnemo data stats task2.safetensors"),
     ],
@@ -41,6 +45,24 @@ pub enum DataCommand {
         /// Renumber the kept classes 0, 1, ... in the order given (task-incremental heads).
         #[arg(long)]
         relabel: bool,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// Turn every image counter-clockwise about its centre (Rotated MNIST).
+    ///
+    /// Same size, zeros outside, bilinear, dtype kept (U8 rounded half up). Matches
+    /// scipy.ndimage.rotate(x, D, axes=(-2, -1), reshape=False, order=1): a pixel whose source
+    /// point falls outside the image is 0 (no blending across the edge, unlike torchvision).
+    /// Images are the last two axes of each example ([N,H,W], [N,C,H,W]); a flat [N,H·W]
+    /// input needs --shape H,W.
+    Rotate {
+        input: PathBuf,
+        /// Angle in degrees, counter-clockwise (negative: clockwise).
+        #[arg(long, allow_negative_numbers = true, value_name = "D", value_parser = parse_degrees)]
+        degrees: f64,
+        /// Image height and width of a flat input (each row is C·H·W values).
+        #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+        shape: Option<(usize, usize)>,
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
@@ -99,6 +121,78 @@ pub enum ImportCommand {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+    /// X and Y from one NumPy .npz archive (np.savez or np.savez_compressed).
+    ///
+    /// The arrays named by --x and --y; by default those named x and y, or, in an archive of
+    /// exactly two arrays named otherwise, the first (X) and the second (Y).
+    Npz {
+        file: PathBuf,
+        /// Name of the X array (as np.load(FILE).files lists it).
+        #[arg(long = "x", value_name = "NAME")]
+        x_name: Option<String>,
+        /// Name of the Y array.
+        #[arg(long = "y", value_name = "NAME")]
+        y_name: Option<String>,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// Class sub-folders of PNG/JPEG images: input U8 [N,C,H,W], target = class id.
+    ///
+    /// torchvision ImageFolder's order: class ids follow the sorted folder names, files are
+    /// sorted within a class (nested folders included). Pixels as Pillow's convert("RGB") or,
+    /// with --grayscale, convert("L"). Other files are skipped, hidden ones too; BMP, PPM,
+    /// PGM, TIFF and WebP are refused. The class names are stored in the metadata
+    /// (mnemo.data.class_names, a JSON list).
+    Folder {
+        dir: PathBuf,
+        /// Resize every image to H×W with Pillow's bilinear filter (a triangle filter,
+        /// antialiased when shrinking; bit-identical to Pillow 13's
+        /// Image.resize((W, H), Image.BILINEAR)).
+        /// Without it every image must have the same size.
+        #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+        size: Option<(usize, usize)>,
+        /// One channel (luma, Pillow's convert("L")) instead of RGB.
+        #[arg(long)]
+        grayscale: bool,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+}
+
+/// Parses a finite angle in degrees.
+fn parse_degrees(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a finite number of degrees")),
+    }
+}
+
+/// Parses "H,W" (two positive integers).
+fn parse_hw(s: &str) -> Result<(usize, usize), String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let side = |p: &str| -> Result<usize, String> {
+        match p.parse::<usize>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(format!("'{p}' is not a positive integer")),
+        }
+    };
+    match parts.as_slice() {
+        [h, w] => Ok((side(h)?, side(w)?)),
+        _ => Err(format!(
+            "expected H,W (two integers, e.g. 28,28), got '{s}'"
+        )),
+    }
+}
+
+/// The metadata key for class names (a JSON list, index = class id).
+const CLASS_NAMES: &str = "class_names";
+
+/// The class names a dataset file carries, if any (as stored: a JSON list).
+fn class_names(path: &Path) -> Option<String> {
+    let c = mnemo::checkpoint::Checkpoint::open(path).ok()?;
+    c.metadata()
+        .get(&format!("mnemo.data.{CLASS_NAMES}"))
+        .cloned()
 }
 
 fn write(
@@ -128,7 +222,7 @@ fn write(
     }))
 }
 
-pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
+pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     match args.command {
         DataCommand::Import(ImportCommand::Idx {
             images,
@@ -142,6 +236,48 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
         DataCommand::Import(ImportCommand::Npy { x, y, output }) => {
             let d = import_npy(&x, &y)?;
             write(&d, &output, &[&x, &y], &[])?;
+        }
+        DataCommand::Import(ImportCommand::Npz {
+            file,
+            x_name,
+            y_name,
+            output,
+        }) => {
+            let d = import_npz(&file, x_name.as_deref(), y_name.as_deref())?;
+            write(&d, &output, &[&file], &[])?;
+        }
+        DataCommand::Import(ImportCommand::Folder {
+            dir,
+            size,
+            grayscale,
+            output,
+        }) => {
+            let f = import_folder(&dir, &FolderOptions { size, grayscale })?;
+            if let Some(first) = f.skipped.first() {
+                g.say(format!(
+                    "mnemo: skipped {} file(s) that are not .png, .jpg or .jpeg (first: {})",
+                    f.skipped.len(),
+                    first.display()
+                ));
+            }
+            let mut extra = vec![(CLASS_NAMES, json!(f.classes).to_string())];
+            if let Some((h, w)) = size {
+                extra.push(("size", format!("{h},{w}")));
+            }
+            // The folder itself is the input: no content hash (it is not one file).
+            write(&f.dataset, &output, &[], &extra)?;
+        }
+        DataCommand::Rotate {
+            input,
+            degrees,
+            shape,
+            output,
+        } => {
+            let d = RawDataset::open(&input)?;
+            let r = mnemo::data::rotate::rotate(&d, degrees, shape)?;
+            let mut extra = vec![("rotate_degrees", degrees.to_string())];
+            extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
+            write(&r, &output, &[&input], &extra)?;
         }
         DataCommand::Split {
             input,
@@ -171,12 +307,21 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            write(
-                &s,
-                &output,
-                &[&input],
-                &[("classes", cl), ("relabel", relabel.to_string())],
-            )?;
+            let mut extra = vec![("classes", cl), ("relabel", relabel.to_string())];
+            // Class names follow the ids: renumbered with --relabel.
+            let names = class_names(&input).and_then(|n| {
+                if !relabel {
+                    return Some(n);
+                }
+                let all: Vec<String> = serde_json::from_str(&n).ok()?;
+                let kept = classes
+                    .iter()
+                    .map(|&c| usize::try_from(c).ok().and_then(|c| all.get(c)))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(json!(kept).to_string())
+            });
+            extra.extend(names.map(|n| (CLASS_NAMES, n)));
+            write(&s, &output, &[&input], &extra)?;
         }
         DataCommand::Permute {
             input,
@@ -184,12 +329,9 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
             output,
         } => {
             let (p, _) = RawDataset::open(&input)?.permuted(seed);
-            write(
-                &p,
-                &output,
-                &[&input],
-                &[("permutation_seed", seed.to_string())],
-            )?;
+            let mut extra = vec![("permutation_seed", seed.to_string())];
+            extra.extend(class_names(&input).map(|n| (CLASS_NAMES, n)));
+            write(&p, &output, &[&input], &extra)?;
         }
         DataCommand::Shuffle {
             input,
@@ -197,12 +339,9 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
             output,
         } => {
             let s = RawDataset::open(&input)?.shuffled(seed);
-            write(
-                &s,
-                &output,
-                &[&input],
-                &[("shuffle_seed", seed.to_string())],
-            )?;
+            let mut extra = vec![("shuffle_seed", seed.to_string())];
+            extra.extend(class_names(&input).map(|n| (CLASS_NAMES, n)));
+            write(&s, &output, &[&input], &extra)?;
         }
         DataCommand::Take {
             input,
@@ -219,7 +358,11 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                 );
             }
             let rows: Vec<usize> = (skip..skip + n).collect();
-            write(&d.select(&rows), &output, &[&input], &[])?;
+            let extra: Vec<_> = class_names(&input)
+                .map(|n| (CLASS_NAMES, n))
+                .into_iter()
+                .collect();
+            write(&d.select(&rows), &output, &[&input], &extra)?;
         }
         DataCommand::Concat { inputs, output } => {
             let mut it = inputs.iter();
@@ -228,7 +371,15 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                 d = d.concat(&RawDataset::open(p)?)?;
             }
             let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-            write(&d, &output, &refs, &[])?;
+            // Class names survive when every input has the same.
+            let names: Vec<Option<String>> = inputs.iter().map(|p| class_names(p)).collect();
+            let extra: Vec<_> = match names.first() {
+                Some(Some(n)) if names.iter().all(|m| m.as_ref() == Some(n)) => {
+                    vec![(CLASS_NAMES, n.clone())]
+                }
+                _ => vec![],
+            };
+            write(&d, &output, &refs, &extra)?;
         }
         DataCommand::Stats { input } => {
             let d = mnemo::data::Dataset::open(&input)?;

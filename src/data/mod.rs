@@ -2,7 +2,9 @@
 //! or a float dtype) and `target` `[N]` integer class ids. Seeded shuffling
 //! and batching.
 
+pub mod folder;
 pub mod raw;
+pub mod rotate;
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::{MnemoError, Result};

@@ -1,7 +1,7 @@
 //! Datasets as bytes, for the `data` tools: rows are moved, selected and
 //! permuted without converting them, so a U8 dataset stays U8 and every
 //! operation is exact. Also the IDX reader (MNIST, Fashion-MNIST), gzipped
-//! or not.
+//! or not, and the NumPy `.npy` / `.npz` readers.
 
 use crate::checkpoint::{write_checkpoint, Checkpoint, Dtype, OwnedTensor};
 use crate::error::{MnemoError, Result};
@@ -258,15 +258,28 @@ pub fn import_idx(images: &Path, labels: &Path, flatten: bool) -> Result<RawData
 }
 
 /// A parsed `.npy` array: dtype, shape (C order) and little-endian data.
-struct Npy {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+#[derive(Clone, Debug, PartialEq)]
+pub struct Npy {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
 }
 
-/// Reads a NumPy `.npy` file (format 1.0–3.0, C order, little-endian or byte-sized dtypes).
-fn read_npy(path: &Path) -> Result<Npy> {
+/// Reads a NumPy `.npy` file (see [`parse_npy`]).
+pub fn read_npy(path: &Path) -> Result<Npy> {
     let b = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    if b.starts_with(b"PK\x03\x04") {
+        return Err(bad(
+            path,
+            "this is a .npz archive (zip), not a .npy file: use `mnemo data import npz`",
+        ));
+    }
+    parse_npy(path, &b)
+}
+
+/// Parses the bytes of a `.npy` file (format 1.0–3.0, C order, little-endian or byte-sized
+/// dtypes); `path` names it in errors (for a `.npz` member: `archive.npz:name`).
+pub fn parse_npy(path: &Path, b: &[u8]) -> Result<Npy> {
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
         return Err(bad(path, "not a .npy file (missing the \\x93NUMPY magic)"));
     }
@@ -330,7 +343,10 @@ fn read_npy(path: &Path) -> Result<Npy> {
             ))
         }
     };
-    let n: usize = shape.iter().product::<usize>() * dtype.size();
+    let n = shape
+        .iter()
+        .try_fold(dtype.size(), |a, &x| a.checked_mul(x))
+        .ok_or_else(|| bad(path, format!(".npy shape {shape:?} overflows")))?;
     let data = b
         .get(start + hlen..)
         .filter(|d| d.len() == n)
@@ -349,7 +365,78 @@ fn read_npy(path: &Path) -> Result<Npy> {
 
 /// A dataset from NumPy arrays: X `[N, ...]` (U8 or a float dtype) and integer labels Y `[N]`.
 pub fn import_npy(x: &Path, y: &Path) -> Result<RawDataset> {
-    let (xs, ys) = (read_npy(x)?, read_npy(y)?);
+    from_arrays(read_npy(x)?, x, read_npy(y)?, y)
+}
+
+/// A dataset from two arrays of a NumPy `.npz` archive (`np.savez`: stored members, or
+/// `np.savez_compressed`: deflated). The arrays are `x_name` and `y_name` when given; else
+/// those named `x` and `y`; else, when the archive holds just two arrays and neither is named
+/// `x` or `y`, the first (X) and the second (Y) in archive order.
+pub fn import_npz(path: &Path, x_name: Option<&str>, y_name: Option<&str>) -> Result<RawDataset> {
+    let file = std::fs::File::open(path).map_err(|e| MnemoError::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(path, format!("not a .npz archive (zip): {e}")))?;
+    // Array names as np.load shows them: member names without their `.npy`.
+    let members: Vec<String> = (0..zip.len())
+        .map(|i| match zip.name_for_index(i) {
+            Some(Ok(n)) => Ok(n.into_owned()),
+            Some(Err(e)) => Err(bad(path, format!("member {i}: {e}"))),
+            None => Err(bad(path, format!("member {i} is missing"))),
+        })
+        .collect::<Result<_>>()?;
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m.strip_suffix(".npy").unwrap_or(m))
+        .collect();
+    if names.is_empty() {
+        return Err(bad(path, "the archive holds no arrays"));
+    }
+    let listing = names.join(", ");
+    let has = |n: &str| names.contains(&n);
+    let (xn, yn) = match (x_name, y_name) {
+        (None, None) if !has("x") && !has("y") && names.len() == 2 => (names[0], names[1]),
+        (None, None) if !has("x") && !has("y") => {
+            return Err(bad(
+                path,
+                format!(
+                    "no arrays named 'x' and 'y' (the archive has: {listing}); pick them with --x NAME --y NAME"
+                ),
+            ))
+        }
+        (x, y) => (x.unwrap_or("x"), y.unwrap_or("y")),
+    };
+    for (n, flag) in [(xn, "--x"), (yn, "--y")] {
+        if !has(n) {
+            return Err(bad(
+                path,
+                format!("no array '{n}' (the archive has: {listing}); pick one with {flag} NAME"),
+            ));
+        }
+    }
+    if xn == yn {
+        return Err(bad(path, format!("X and Y are both the array '{xn}'")));
+    }
+    let mut read = |name: &str| -> Result<(Npy, PathBuf)> {
+        let label = PathBuf::from(format!("{}:{name}", path.display()));
+        let i = names.iter().position(|n| *n == name).expect("checked");
+        let mut member = zip
+            .by_index(i)
+            .map_err(|e| bad(&label, format!("cannot read the member: {e}")))?;
+        let mut bytes = Vec::new();
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(&label, format!("cannot read the member: {e}")))?;
+        Ok((parse_npy(&label, &bytes)?, label))
+    };
+    let (xs, xl) = read(xn)?;
+    let (ys, yl) = read(yn)?;
+    let mut d = from_arrays(xs, &xl, ys, &yl)?;
+    d.path = path.to_path_buf();
+    Ok(d)
+}
+
+/// Checks X `[N, ...]` (U8 or float) and integer labels Y `[N]`; `x` and `y` name them.
+fn from_arrays(xs: Npy, x: &Path, ys: Npy, y: &Path) -> Result<RawDataset> {
     if xs.shape.is_empty() {
         return Err(bad(x, "X is a scalar; expected [N, ...]"));
     }
@@ -378,6 +465,9 @@ pub fn import_npy(x: &Path, y: &Path) -> Result<RawDataset> {
                 xs.shape[0]
             ),
         ));
+    }
+    if xs.shape[0] == 0 {
+        return Err(bad(x, "X has no examples (N = 0)"));
     }
     let sz = ys.dtype.size();
     let target: Vec<i64> = ys
@@ -428,6 +518,79 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("0x0d"));
+    }
+
+    fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut v = b"\x93NUMPY\x01\x00".to_vec();
+        v.extend((header.len() as u16).to_le_bytes());
+        v.extend(header.as_bytes());
+        v.extend(data);
+        v
+    }
+
+    fn npz(dir: &Path, members: &[(&str, Vec<u8>)]) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join("t.npz");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in members {
+            z.start_file(*name, opts).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+        z.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn npz_arrays_are_picked_by_name_or_order_with_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = npy_bytes("|u1", "(2, 3)", &[1, 2, 3, 4, 5, 6]);
+        let y = npy_bytes(
+            "<i8",
+            "(2,)",
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        let err = |p: &Path, xn: Option<&str>, yn: Option<&str>| {
+            import_npz(p, xn, yn).unwrap_err().to_string()
+        };
+        let p = npz(
+            dir.path(),
+            &[
+                ("a.npy", x.clone()),
+                ("b.npy", y.clone()),
+                ("c.npy", y.clone()),
+            ],
+        );
+        let e = err(&p, None, None);
+        assert!(
+            e.contains("t.npz") && e.contains("a, b, c") && e.contains("--x NAME --y NAME"),
+            "{e}"
+        );
+        let d = import_npz(&p, Some("a"), Some("c")).unwrap();
+        assert_eq!(
+            (d.example_shape, d.input, d.target),
+            (vec![3], x.clone()[x.len() - 6..].to_vec(), vec![1, 0])
+        );
+        assert!(err(&p, Some("a"), Some("a")).contains("both the array 'a'"));
+        let p = npz(
+            dir.path(),
+            &[("x.npy", x.clone()), ("y.npy", b"garbage".to_vec())],
+        );
+        let e = err(&p, None, None);
+        assert!(
+            e.contains("t.npz:y") && e.contains("not a .npy file"),
+            "{e}"
+        );
+        let huge = npy_bytes("<f8", "(4294967296, 4294967296, 4294967296)", &[]);
+        let e = parse_npy(Path::new("h.npy"), &huge)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overflows"), "{e}");
+        let p = npz(dir.path(), &[]);
+        assert!(err(&p, None, None).contains("no arrays"));
     }
 
     #[test]
