@@ -70,11 +70,22 @@ mnist: build
 	done
 	@ls $(MNIST)/*.safetensors
 
-# Prove in real torch that our checkpoints load with load_state_dict(strict=True) and evaluate the same.
+# Prove in real torch that our checkpoints load with load_state_dict(strict=True) and evaluate the same,
+# and that PEFT loads our LoRA adapters and computes what our merged checkpoints compute.
 interop: build
 	@mkdir -p $(OUT)
 	$(MNEMO) init --arch mlp:784-400-400-10 -o $(OUT)/mlp.safetensors
 	$$(scripts/venv.sh) scripts/torch_check.py $(OUT)/mlp.safetensors mlp:784-400-400-10
+	$(MNEMO) lora-gate fixtures/mlp.safetensors --arch mlp:20-16-16-5 --data fixtures/mlp_data.safetensors \
+	  --val fixtures/mlp_data.safetensors --targets 0,4 --rank 4 --epochs 3 --batch-size 16 --lr 0.01 \
+	  --threshold 1e9 --merged $(OUT)/lora_merged.safetensors -o $(OUT)/lora_adapter
+	$$(scripts/venv.sh) scripts/peft_check.py fixtures/mlp.safetensors mlp:20-16-16-5 $(OUT)/lora_adapter \
+	  $(OUT)/lora_merged.safetensors fixtures/mlp_data.safetensors
+	$(MNEMO) lora-gate fixtures/cnn.safetensors --arch fixtures/cnn.arch.json --data fixtures/img_data.safetensors \
+	  --val fixtures/img_data.safetensors --targets 0,9 --rank 2 --rslora --epochs 3 --batch-size 16 --lr 0.01 \
+	  --threshold 1e9 --merged $(OUT)/lora_cnn_merged.safetensors -o $(OUT)/lora_cnn_adapter
+	$$(scripts/venv.sh) scripts/peft_check.py fixtures/cnn.safetensors fixtures/cnn.arch.json $(OUT)/lora_cnn_adapter \
+	  $(OUT)/lora_cnn_merged.safetensors fixtures/img_data.safetensors
 	for m in cnn zoo multihead; do \
 	  $(MNEMO) init --arch fixtures/$$m.arch.json -o $(OUT)/$$m.safetensors && \
 	  $$(scripts/venv.sh) scripts/torch_check.py $(OUT)/$$m.safetensors fixtures/$$m.arch.json || exit 1; \

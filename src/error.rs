@@ -73,6 +73,14 @@ pub enum MnemoError {
     #[error("{path}: invalid dataset: {reason}")]
     InvalidDataset { path: PathBuf, reason: String },
 
+    /// A LoRA adapter (folder, config or weights) is unusable or does not fit the model.
+    #[error("{path}: invalid LoRA adapter: {reason}")]
+    InvalidAdapter { path: PathBuf, reason: String },
+
+    /// LoRA target modules that select nothing or cannot be adapted.
+    #[error("LoRA targets: {reason}")]
+    InvalidTargets { reason: String },
+
     /// A replay buffer file is unusable (not a buffer, inconsistent, or from another model
     /// or dataset).
     #[error("{path}: invalid replay buffer: {reason}")]

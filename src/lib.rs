@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod drift;
 pub mod error;
+pub mod lora;
 pub mod merge;
 pub mod metrics;
 pub mod model;

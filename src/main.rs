@@ -43,6 +43,11 @@ enum Command {
     /// Train on new data while replaying examples from an on-disk reservoir buffer
     /// (experience replay, optional logit distillation); the buffer is updated.
     ReplayTrain(Box<cmd::replay_train::Args>),
+    /// Train a LoRA adapter and keep it only when validation does not regress (PEFT's
+    /// format); exit 1 when rejected, with nothing written.
+    LoraGate(Box<cmd::lora_gate::Args>),
+    /// LoRA adapter tools: fold an adapter (ours or PEFT's) into a checkpoint.
+    Lora(cmd::lora::Args),
     /// Streaming drift detection over JSON Lines (river's detectors, index for index);
     /// exit 0 when drift is found (as grep finds a match), 1 when not.
     Drift(cmd::drift::Args),
@@ -80,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Fisher(a) => cmd::fisher::run(a, g),
         Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
         Command::ReplayTrain(a) => cmd::replay_train::run(*a, g),
+        Command::LoraGate(a) => cmd::lora_gate::run(*a, g),
+        Command::Lora(a) => cmd::lora::run(a, g),
         Command::Drift(a) => cmd::drift::run(a, g),
         Command::Merge(a) => cmd::merge::run(a, g),
         Command::Data(a) => cmd::data::run(a, g),

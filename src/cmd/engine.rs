@@ -277,7 +277,22 @@ pub struct Fit<'a> {
 
 /// Runs the engine: JSON Lines per epoch (and step) on stdout, the output written
 /// atomically, a summary line last.
-pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
+pub fn fit(f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
+    let mut out = JsonLines::stdout();
+    let (_, outcome) = fit_with(f, e, g, &mut out, true)?;
+    Ok(outcome)
+}
+
+/// `fit` with the JSON Lines sent to `out`; with `write` false nothing is written (no
+/// output, no buffer, no summary) and the trained model is handed back for the caller to
+/// decide (lora-gate).
+pub fn fit_with(
+    mut f: Fit,
+    e: &EngineArgs,
+    g: &Global,
+    out: &mut JsonLines,
+    write: bool,
+) -> anyhow::Result<(Model, Outcome)> {
     let cfg = e.train_config(f.head.clone())?;
     let opt_cfg = e.optimizer();
     f.prov.seed = Some(e.seed);
@@ -323,7 +338,6 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
         }
     });
     let mut opt = Optimizer::new(opt_cfg);
-    let mut out = JsonLines::stdout();
     let pb = g.progress(e.epochs as u64, f.command);
     let start = std::time::Instant::now();
     // The buffer is recorded as an input after the fingerprint: a finished run resumed
@@ -388,6 +402,9 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
             outcome.steps
         );
     }
+    if !write {
+        return Ok((model, outcome));
+    }
     let mut meta = f.prov.metadata();
     meta.insert(ARCH_KEY.into(), model.spec.to_json());
     meta.extend(f.metadata);
@@ -420,5 +437,5 @@ pub fn fit(mut f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
     }
     summary["seconds"] = num(start.elapsed().as_secs_f64());
     out.emit(&summary)?;
-    Ok(outcome)
+    Ok((model, outcome))
 }

@@ -11,6 +11,8 @@ pub mod eval;
 pub mod fisher;
 pub mod init;
 pub mod inspect;
+pub mod lora;
+pub mod lora_gate;
 pub mod man;
 pub mod merge;
 pub mod replay_train;
@@ -69,22 +71,49 @@ pub enum Status {
     Negative,
 }
 
-/// JSON Lines on stdout, one object per line, flushed per line so pipes see records as they come.
+/// JSON Lines, one object per line, flushed per line so pipes see records as they come:
+/// on stdout, into a file, or nowhere.
 pub struct JsonLines {
-    out: std::io::BufWriter<std::io::Stdout>,
+    out: Box<dyn Write>,
+    what: String,
 }
 
 impl JsonLines {
     pub fn stdout() -> Self {
         JsonLines {
-            out: std::io::BufWriter::new(std::io::stdout()),
+            out: Box::new(std::io::BufWriter::new(std::io::stdout())),
+            what: "stdout".into(),
+        }
+    }
+
+    /// A log file, created (or truncated) now.
+    pub fn file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(JsonLines {
+            out: Box::new(std::io::BufWriter::new(f)),
+            what: path.display().to_string(),
+        })
+    }
+
+    /// Discards everything.
+    pub fn sink() -> Self {
+        JsonLines {
+            out: Box::new(std::io::sink()),
+            what: "nothing".into(),
         }
     }
 
     pub fn emit(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
-        serde_json::to_writer(&mut self.out, value).context("writing to stdout")?;
-        self.out.write_all(b"\n").context("writing to stdout")?;
-        self.out.flush().context("writing to stdout")?;
+        let what = &self.what;
+        serde_json::to_writer(&mut self.out, value)
+            .with_context(|| format!("writing to {what}"))?;
+        self.out
+            .write_all(b"\n")
+            .with_context(|| format!("writing to {what}"))?;
+        self.out
+            .flush()
+            .with_context(|| format!("writing to {what}"))?;
         Ok(())
     }
 }
@@ -133,6 +162,8 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("fisher", &fisher::HELP),
     ("train-ewc", &train_ewc::HELP),
     ("replay-train", &replay_train::HELP),
+    ("lora-gate", &lora_gate::HELP),
+    ("lora", &lora::HELP),
     ("drift", &drift::HELP),
     ("merge", &merge::HELP),
     ("data", &data::HELP),

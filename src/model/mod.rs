@@ -10,6 +10,7 @@ pub use spec::{ArchSpec, Layer, ParamKind, ParamSpec};
 
 use crate::checkpoint::{Checkpoint, Dtype, OwnedTensor};
 use crate::error::{MnemoError, Result};
+use crate::lora::{a_name, b_name, Adapter, LoraConfig, ModuleAdapter, TargetKind};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::borrow::Cow;
@@ -43,6 +44,17 @@ pub struct Model {
     pub buffers: BTreeMap<String, Tensor>,
     /// Batchnorm `num_batches_tracked` counters, by name.
     pub counters: BTreeMap<String, i64>,
+    /// A LoRA adapter being trained: `params` then holds only the adapter's weights.
+    pub lora: Option<LoraAttachment>,
+}
+
+/// A LoRA adapter attached to a model: the base model's weights are frozen and each
+/// target module's output gains scale·B·A·dropout(x).
+pub struct LoraAttachment {
+    pub config: LoraConfig,
+    pub modules: BTreeMap<String, TargetKind>,
+    /// The base model's trainable weights, no longer trained.
+    pub frozen: BTreeMap<String, Tensor>,
 }
 
 fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
@@ -147,6 +159,7 @@ impl Model {
             params,
             buffers,
             counters,
+            lora: None,
         })
     }
 
@@ -255,6 +268,7 @@ impl Model {
         self.params
             .get(name)
             .map(|v| v.as_tensor())
+            .or_else(|| self.lora.as_ref().and_then(|l| l.frozen.get(name)))
             .ok_or_else(|| MnemoError::InvalidArch {
                 origin: None,
                 reason: format!("internal: no parameter '{name}'"),
@@ -284,11 +298,12 @@ impl Model {
                     x.broadcast_matmul(&wt.t().map_err(c)?)
                 }
                 .map_err(c)?;
-                if bias {
+                let y = if bias {
                     y.broadcast_add(&w(self, "bias")?).map_err(c)?
                 } else {
                     y
-                }
+                };
+                self.lora_term(name, x, y, mode, rng)?
             }
             Layer::Conv2d {
                 stride,
@@ -300,16 +315,24 @@ impl Model {
                 let y = x
                     .conv2d(&w(self, "weight")?, padding, stride, 1, groups)
                     .map_err(c)?;
-                if bias {
+                let y = if bias {
                     let b = w(self, "bias")?;
                     let n = b.dim(0).map_err(c)?;
                     y.broadcast_add(&b.reshape((1, n, 1, 1)).map_err(c)?)
                         .map_err(c)?
                 } else {
                     y
-                }
+                };
+                self.lora_term(name, x, y, mode, rng)?
             }
             Layer::BatchNorm1d { eps, momentum, .. } | Layer::BatchNorm2d { eps, momentum, .. } => {
+                // Under an adapter the base is frozen, running statistics included: the
+                // adapter alone (as PEFT loads it) must reproduce what was trained.
+                let mode = if self.lora.is_some() {
+                    Mode::Eval
+                } else {
+                    mode
+                };
                 self.batchnorm(name, x, eps, momentum, mode).map_err(c)?
             }
             Layer::LayerNorm {
@@ -385,25 +408,53 @@ impl Model {
                 .mean_keepdim(D::Minus2)
                 .map_err(c)?,
             Layer::Flatten => x.flatten_from(1).map_err(c)?,
-            Layer::Dropout { p } => {
-                if mode == Mode::Eval || p == 0.0 {
-                    x.clone()
-                } else {
-                    let keep = 1.0 - p;
-                    let mask: Vec<f32> = (0..x.elem_count())
-                        .map(|_| {
-                            if rng.next_f64() < keep {
-                                (1.0 / keep) as f32
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
-                    let m = Tensor::from_vec(mask, x.dims(), x.device()).map_err(c)?;
-                    (x * m).map_err(c)?
-                }
-            }
+            Layer::Dropout { p } => dropout(x, p, mode, rng).map_err(c)?,
         })
+    }
+
+    /// `y` plus the LoRA term scale·B(A(dropout(x))) when module `name` is adapted.
+    fn lora_term(
+        &self,
+        name: &str,
+        x: &Tensor,
+        y: Tensor,
+        mode: Mode,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let Some(l) = &self.lora else { return Ok(y) };
+        let Some(kind) = l.modules.get(name) else {
+            return Ok(y);
+        };
+        let c = |e: candle_core::Error| MnemoError::Compute {
+            context: format!("LoRA of module {name}"),
+            source: e,
+        };
+        let a = self.var(&a_name(name))?;
+        let b = self.var(&b_name(name))?;
+        let xd = dropout(x, l.config.dropout, mode, rng).map_err(c)?;
+        let delta = match *kind {
+            TargetKind::Linear { .. } => {
+                let h = if xd.rank() == 2 {
+                    xd.matmul(&a.t().map_err(c)?)
+                } else {
+                    xd.broadcast_matmul(&a.t().map_err(c)?)
+                }
+                .map_err(c)?;
+                if h.rank() == 2 {
+                    h.matmul(&b.t().map_err(c)?)
+                } else {
+                    h.broadcast_matmul(&b.t().map_err(c)?)
+                }
+                .map_err(c)?
+            }
+            TargetKind::Conv2d {
+                stride, padding, ..
+            } => xd
+                .conv2d(a, padding, stride, 1, 1)
+                .and_then(|h| h.conv2d(b, 0, 1, 1, 1))
+                .map_err(c)?,
+        };
+        (y + (delta * l.config.scale()).map_err(c)?).map_err(c)
     }
 
     fn batchnorm(
@@ -414,8 +465,13 @@ impl Model {
         momentum: f64,
         mode: Mode,
     ) -> candle_core::Result<Tensor> {
-        let weight = self.params[&format!("{name}.weight")].as_tensor().clone();
-        let bias = self.params[&format!("{name}.bias")].as_tensor().clone();
+        let lookup = |n: String| {
+            self.var(&n)
+                .cloned()
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        };
+        let weight = lookup(format!("{name}.weight"))?;
+        let bias = lookup(format!("{name}.bias"))?;
         let rm_key = format!("{name}.running_mean");
         let rv_key = format!("{name}.running_var");
         let c = weight.dim(0)?;
@@ -474,10 +530,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads `PREFIX<name>` for every tensor of `spec` from `ckpt`, checking shapes.
-    pub fn read(ckpt: &Checkpoint, spec: &ArchSpec, prefix: &str) -> Result<Snapshot> {
+    /// Reads `PREFIX<name>` for every tensor of `manifest` (`Model::manifest`) from `ckpt`,
+    /// checking shapes.
+    pub fn read(ckpt: &Checkpoint, manifest: &[ParamSpec], prefix: &str) -> Result<Snapshot> {
         let mut snap = Snapshot::default();
-        for p in spec.params() {
+        for p in manifest.iter().cloned() {
             let name = format!("{prefix}{}", p.name);
             let e = ckpt.entry(&name)?;
             if p.kind == ParamKind::Counter {
@@ -498,9 +555,10 @@ impl Snapshot {
     }
 
     /// The snapshot as tensors named `PREFIX<name>`, ready for `write_checkpoint`.
-    pub fn tensors(&self, spec: &ArchSpec, prefix: &str) -> Vec<OwnedTensor<'static>> {
-        spec.params()
-            .into_iter()
+    pub fn tensors(&self, manifest: &[ParamSpec], prefix: &str) -> Vec<OwnedTensor<'static>> {
+        manifest
+            .iter()
+            .cloned()
             .map(|p| {
                 let name = format!("{prefix}{}", p.name);
                 match p.kind {
@@ -540,9 +598,33 @@ impl Model {
         })
     }
 
-    /// Sets every tensor from a snapshot of a model of the same spec.
+    /// The tensors the model trains and tracks, by name: the spec's state dict, or with a
+    /// LoRA adapter attached, the adapter's weights and the batchnorm state.
+    pub fn manifest(&self) -> Vec<ParamSpec> {
+        let spec = self.spec.params();
+        let Some(l) = &self.lora else { return spec };
+        let mut out: Vec<ParamSpec> = spec
+            .into_iter()
+            .filter(|p| p.kind != ParamKind::Trainable)
+            .collect();
+        for (m, kind) in &l.modules {
+            for (name, shape) in [
+                (a_name(m), kind.a_shape(l.config.rank)),
+                (b_name(m), kind.b_shape(l.config.rank)),
+            ] {
+                out.push(ParamSpec {
+                    name,
+                    shape,
+                    kind: ParamKind::Trainable,
+                });
+            }
+        }
+        out
+    }
+
+    /// Sets every tensor from a snapshot of a model of the same manifest.
     pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
-        for p in self.spec.params() {
+        for p in self.manifest() {
             if p.kind == ParamKind::Counter {
                 self.counters.insert(p.name.clone(), snap.counters[&p.name]);
                 continue;
@@ -563,7 +645,107 @@ impl Model {
 
     /// The model's tensors in F32 (counters I64), ready for `write_checkpoint`.
     pub fn tensors(&self) -> Result<Vec<OwnedTensor<'static>>> {
-        Ok(self.snapshot()?.tensors(&self.spec, ""))
+        Ok(self.snapshot()?.tensors(&self.manifest(), ""))
+    }
+
+    /// Attaches a LoRA adapter to `modules`: the base weights are frozen and only the
+    /// adapter's A and B train. A starts kaiming-uniform(a=√5) (U(±1/√fan_in), drawn from
+    /// `seed`), B at zero, as PEFT initialises them — or both from `init`.
+    pub fn attach_lora(
+        &mut self,
+        config: LoraConfig,
+        modules: BTreeMap<String, TargetKind>,
+        init: Option<&Adapter>,
+        seed: u64,
+    ) -> Result<()> {
+        if self.lora.is_some() {
+            return Err(MnemoError::InvalidTargets {
+                reason: "the model already has an adapter".into(),
+            });
+        }
+        let frozen: BTreeMap<String, Tensor> = std::mem::take(&mut self.params)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().detach()))
+            .collect();
+        let mut rng = Rng::new(seed);
+        let r = config.rank;
+        for (m, kind) in &modules {
+            let (a, b) = match init.and_then(|ad| ad.modules.get(m)) {
+                Some(w) => (w.a.clone(), w.b.clone()),
+                None => {
+                    let bound = 1.0 / (kind.a_fan_in() as f64).sqrt();
+                    let n: usize = kind.a_shape(r).iter().product();
+                    let a = (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect();
+                    (a, vec![0.0; kind.b_shape(r).iter().product()])
+                }
+            };
+            for (name, shape, v) in [
+                (a_name(m), kind.a_shape(r), a),
+                (b_name(m), kind.b_shape(r), b),
+            ] {
+                let t = Tensor::from_vec(v, shape.as_slice(), &self.device)
+                    .map_err(ce(&format!("placing '{name}'")))?;
+                self.params
+                    .insert(name, Var::from_tensor(&t).map_err(ce("creating var"))?);
+            }
+        }
+        self.lora = Some(LoraAttachment {
+            config,
+            modules,
+            frozen,
+        });
+        Ok(())
+    }
+
+    /// The attached adapter's current weights.
+    pub fn adapter(&self) -> Result<Option<Adapter>> {
+        let Some(l) = &self.lora else { return Ok(None) };
+        let snap = self.snapshot()?;
+        let r = l.config.rank;
+        let modules = l
+            .modules
+            .iter()
+            .map(|(m, kind)| {
+                (
+                    m.clone(),
+                    ModuleAdapter {
+                        a: snap.values[&a_name(m)].clone(),
+                        a_shape: kind.a_shape(r),
+                        b: snap.values[&b_name(m)].clone(),
+                        b_shape: kind.b_shape(r),
+                    },
+                )
+            })
+            .collect();
+        Ok(Some(Adapter {
+            config: l.config.clone(),
+            modules,
+        }))
+    }
+
+    /// The full checkpoint of the spec; with an adapter attached, the base weights with the
+    /// adapter folded in (W + scale·B·A).
+    pub fn merged_tensors(&self) -> Result<Vec<OwnedTensor<'static>>> {
+        let Some(l) = &self.lora else {
+            return self.tensors();
+        };
+        let adapter = self.adapter()?.expect("attached");
+        let mut snap = self.snapshot()?;
+        for (name, t) in &l.frozen {
+            let v: Vec<f32> = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(ce(&format!("reading '{name}'")))?;
+            snap.values.insert(name.clone(), v);
+        }
+        let scale = l.config.scale();
+        for (m, w) in &adapter.modules {
+            let wname = format!("{m}.weight");
+            let shape = l.frozen[&wname].dims().to_vec();
+            let values = snap.values.get_mut(&wname).expect("frozen weight");
+            crate::lora::fold(values, &shape, w, scale, Path::new("<model>"), &wname)?;
+        }
+        Ok(snap.tensors(&self.spec.params(), ""))
     }
 }
 
@@ -600,6 +782,24 @@ fn layer_kind(l: &Layer) -> &'static str {
         Layer::Flatten => "flatten",
         Layer::Dropout { .. } => "dropout",
     }
+}
+
+/// Inverted dropout with masks from `rng` (identity in eval mode or for p = 0).
+fn dropout(x: &Tensor, p: f64, mode: Mode, rng: &mut Rng) -> candle_core::Result<Tensor> {
+    if mode == Mode::Eval || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.next_f64() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    x * Tensor::from_vec(mask, x.dims(), x.device())?
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -488,6 +488,29 @@ pub fn evaluate(
     Ok(totals)
 }
 
+/// Every example's loss and correctness on `data`, in file order (eval mode).
+pub fn evaluate_examples(
+    model: &mut Model,
+    data: &Dataset,
+    head: Option<&str>,
+    batch_size: usize,
+) -> Result<crate::metrics::BatchScores> {
+    let mut rng = Rng::new(0);
+    let order = data.order(None);
+    let device = model.device.clone();
+    let mut all = crate::metrics::BatchScores::default();
+    for (i, idx) in order.chunks(batch_size.max(1)).enumerate() {
+        let (x, y) = data.batch(idx, &device)?;
+        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
+        let (l, c) = host_logits(&logits, data, head, i == 0)?;
+        let s = score(&l, c, &y, 1);
+        all.loss.extend(s.loss);
+        all.correct.extend(s.correct);
+        all.top_k.extend(s.top_k);
+    }
+    Ok(all)
+}
+
 /// The data a run trains on and everything added to its loss.
 pub struct Job<'a> {
     pub data: &'a Dataset,
@@ -576,7 +599,8 @@ pub fn train(
             .map_err(ce("reading weights"))?;
         host.insert(name.clone(), v);
     }
-    let mut dense = match model.device.is_cpu() {
+    // The dense path knows nothing of adapters: LoRA runs through candle's autograd.
+    let mut dense = match model.device.is_cpu() && model.lora.is_none() {
         true => dense::DenseNet::plan(&model.spec, cfg.head.as_deref())
             .filter(|n| n.in_features() == data.example_shape.iter().product::<usize>()),
         false => None,

@@ -101,7 +101,7 @@ impl StateFile {
         best: Option<&Snapshot>,
         buffer: Option<&ReservoirBuffer>,
     ) -> Result<()> {
-        let mut tensors: Vec<OwnedTensor> = model.snapshot()?.tensors(&model.spec, "model/");
+        let mut tensors: Vec<OwnedTensor> = model.snapshot()?.tensors(&model.manifest(), "model/");
         for (prefix, moments) in [("opt.m/", &opt.m), ("opt.v/", &opt.v)] {
             for (name, v) in moments {
                 let shape = model.params[name].as_tensor().dims().to_vec();
@@ -109,7 +109,7 @@ impl StateFile {
             }
         }
         if let Some(b) = best {
-            tensors.extend(b.tensors(&model.spec, "best/"));
+            tensors.extend(b.tensors(&model.manifest(), "best/"));
         }
         let mut meta = BTreeMap::new();
         // An empty buffer is not saved: a run only starts from its file, which was empty too.
@@ -151,7 +151,7 @@ impl StateFile {
             .get(STATE_KEY)
             .and_then(|s| serde_json::from_str(s).ok())
             .ok_or_else(|| invalid(&self.path, format!("unreadable '{STATE_KEY}' metadata")))?;
-        model.restore(&Snapshot::read(&ckpt, &model.spec, "model/")?)?;
+        model.restore(&Snapshot::read(&ckpt, &model.manifest(), "model/")?)?;
         opt.step = progress.step;
         opt.m.clear();
         opt.v.clear();
@@ -169,7 +169,7 @@ impl StateFile {
             }
         }
         let best_weights = if ckpt.names().any(|n| n.starts_with("best/")) {
-            Some(Snapshot::read(&ckpt, &model.spec, "best/")?)
+            Some(Snapshot::read(&ckpt, &model.manifest(), "best/")?)
         } else {
             None
         };

@@ -1,0 +1,120 @@
+//! `mnemo lora`: adapter tools. `lora merge BASE ADAPTER_DIR -o OUT` folds an adapter
+//! (written by lora-gate or by PEFT's save_pretrained) into a checkpoint.
+
+use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
+use anyhow::Context;
+use mnemo::checkpoint::{encode, write_checkpoint, Checkpoint, OwnedTensor};
+use mnemo::lora::{fold, Adapter};
+use mnemo::provenance::Provenance;
+use serde_json::json;
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+pub const HELP: HelpExtra = HelpExtra {
+    examples: &[
+        (
+            "fold an accepted adapter into the base model",
+            "mnemo lora merge model.safetensors adapter/ -o model2.safetensors",
+        ),
+        (
+            "a PEFT adapter (save_pretrained) into a torch checkpoint",
+            "mnemo lora merge torch_model.safetensors peft_adapter/ -o merged.safetensors",
+        ),
+    ],
+    exit_status: EXIT_PLAIN,
+};
+
+/// LoRA adapter tools.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: LoraCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LoraCommand {
+    /// Fold an adapter into a checkpoint: W += scale·B·A for every adapted module (computed
+    /// in f32 from the stored dtype, written back in it); every other tensor is copied.
+    Merge {
+        /// The base checkpoint (any safetensors; no arch needed).
+        base: PathBuf,
+        /// The adapter folder: adapter_config.json + adapter_model.safetensors.
+        adapter: PathBuf,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+}
+
+pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
+    match args.command {
+        LoraCommand::Merge {
+            base,
+            adapter,
+            output,
+        } => {
+            let ckpt = Checkpoint::open(&base)?;
+            let ad = Adapter::read_dir(&adapter)?;
+            let scale = ad.config.scale();
+            let mut folded = std::collections::BTreeMap::new();
+            for (m, w) in &ad.modules {
+                let name = format!("{m}.weight");
+                if !ckpt.contains(&name) {
+                    anyhow::bail!(
+                        "{}: the adapter adapts module '{m}', but {} has no tensor '{name}'",
+                        adapter.display(),
+                        base.display()
+                    );
+                }
+                let e = ckpt.entry(&name)?;
+                if !e.dtype.is_float() {
+                    anyhow::bail!(
+                        "{}: '{name}' is {}, not a float tensor",
+                        base.display(),
+                        e.dtype
+                    );
+                }
+                let mut v = ckpt.to_f32(&name)?;
+                fold(&mut v, &e.shape, w, scale, &base, &name).with_context(|| {
+                    format!("folding {} into {}", adapter.display(), base.display())
+                })?;
+                folded.insert(name, (e.dtype, e.shape.clone(), v));
+            }
+            let mut tensors = Vec::new();
+            for name in ckpt.names() {
+                let e = ckpt.entry(name)?;
+                let data = match folded.get(name) {
+                    Some((dtype, _, v)) => Cow::Owned(
+                        encode(*dtype, v)
+                            .with_context(|| format!("'{name}': cannot write {dtype} values"))?,
+                    ),
+                    None => Cow::Borrowed(ckpt.bytes(name)?),
+                };
+                tensors.push(OwnedTensor {
+                    name: name.to_string(),
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                    data,
+                });
+            }
+            let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+            prov.input(base.display().to_string(), ckpt.content_hash()?);
+            let wfile = adapter.join(mnemo::lora::WEIGHTS_FILE);
+            prov.input(
+                wfile.display().to_string(),
+                mnemo::checkpoint::file_hash(&wfile)?,
+            );
+            let mut meta = ckpt.metadata().clone();
+            meta.retain(|k, _| !k.starts_with("mnemo.") || k == mnemo::model::ARCH_KEY);
+            meta.extend(prov.metadata());
+            write_checkpoint(&output, tensors, &meta)
+                .with_context(|| format!("writing {}", output.display()))?;
+            JsonLines::stdout().emit(&json!({
+                "output": output.display().to_string(),
+                "modules": ad.modules.keys().collect::<Vec<_>>(),
+                "rank": ad.config.rank,
+                "scale": scale,
+            }))?;
+            Ok(Status::Success)
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! `mnemo lora-gate`: train a LoRA adapter on new data and keep it only when held-out
+//! validation does not get worse. Accepted: the adapter folder (PEFT's layout) and,
+//! with --merged, the folded checkpoint; rejected: nothing is written, exit 1.
+
+use super::engine::{fit_with, EngineArgs, Fit};
+use super::{num, Global, HelpExtra, JsonLines, Status};
+use anyhow::Context;
+use mnemo::checkpoint::write_checkpoint;
+use mnemo::data::Dataset;
+use mnemo::lora::{resolve_targets, Adapter, LoraConfig};
+use mnemo::metrics::paired::{paired_bootstrap, paired_t_test};
+use mnemo::model::{Model, ARCH_KEY};
+use mnemo::provenance::Provenance;
+use mnemo::train::evaluate_examples;
+use serde_json::json;
+use std::path::PathBuf;
+
+pub const HELP: HelpExtra = HelpExtra {
+    examples: &[
+        ("adapt layers 0 and 2 of an MLP; deploy only when validation holds", "mnemo lora-gate model.safetensors --data new.safetensors --val val.safetensors --targets 0,2 -o adapter/ && make deploy"),
+        ("attention projections of a ViT, rank 8, and the folded checkpoint too", "mnemo lora-gate vit.safetensors --data d.safetensors --val v.safetensors --targets '*.q_proj,*.v_proj' --rank 8 --merged vit2.safetensors -o adapter/"),
+        ("a small noisy validation set: reject only a significant regression", "mnemo lora-gate model.safetensors --data d.safetensors --val small.safetensors --targets 0 --significance 0.05 -o adapter/"),
+        ("continue from yesterday's adapter", "mnemo lora-gate model.safetensors --adapter adapter/ --data today.safetensors --val val.safetensors -o adapter/"),
+    ],
+    exit_status: &[
+        (0, "accepted: the adapter (and --merged checkpoint) were written"),
+        (1, "rejected: validation regressed; nothing was written"),
+        (2, "error: bad arguments or input (the message names the file, tensor or line)"),
+    ],
+};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Metric {
+    /// Minus the mean cross-entropy (higher is better).
+    NegLoss,
+    /// Top-1 accuracy.
+    Accuracy,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum PairedTestKind {
+    /// Seeded paired bootstrap of the mean difference (no distributional assumption).
+    Bootstrap,
+    /// Paired t-test (scipy.stats.ttest_rel, one-sided).
+    T,
+}
+
+/// Scores --val before and after training (score = −mean loss or accuracy): accepted when
+/// baseline − score ≤ --threshold. Only the adapter trains (A kaiming-uniform, B zero, as
+/// PEFT); the base weights stay frozen. The engine's --val is the gate's validation set (it
+/// also picks the best epoch).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The base checkpoint.
+    pub model: PathBuf,
+    /// Training data: safetensors with `input` and `target`.
+    #[arg(long, value_name = "D")]
+    pub data: PathBuf,
+    /// The adapter folder to write (adapter_model.safetensors + adapter_config.json).
+    #[arg(short, long, value_name = "ADAPTER_DIR")]
+    pub output: PathBuf,
+    /// Modules to adapt: names or globs, comma-separated (`0,2`; `*.q_proj,*.v_proj`).
+    #[arg(long, value_delimiter = ',', value_name = "M,...")]
+    pub targets: Vec<String>,
+    /// Rank r of the adapter [default: 16].
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+    /// α: the adapter's output is scaled by α/r [default: 32].
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter's input while training [default: 0.05].
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f64>,
+    /// Rank-stabilised scaling α/√r.
+    #[arg(long)]
+    pub rslora: bool,
+    /// Accept when baseline − score ≤ this (in the metric's units).
+    #[arg(long, default_value_t = 0.02, value_name = "T")]
+    pub threshold: f64,
+    #[arg(long, value_enum, default_value_t = Metric::NegLoss)]
+    pub metric: Metric,
+    /// Count a regression only when a paired test over per-example scores rejects
+    /// "no change" at this level.
+    #[arg(long, value_name = "ALPHA")]
+    pub significance: Option<f64>,
+    /// The paired test used with --significance.
+    #[arg(long, value_enum, default_value_t = PairedTestKind::Bootstrap)]
+    pub test: PairedTestKind,
+    /// Bootstrap resamples (seeded by --seed).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub resamples: usize,
+    /// Also write the base checkpoint with the adapter folded in (W + scale·B·A).
+    #[arg(long, value_name = "OUT")]
+    pub merged: Option<PathBuf>,
+    /// Continue from an earlier adapter folder (its targets, rank and α).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Write the training run's JSON Lines (epochs, steps) here.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Architecture, for checkpoints without `mnemo.arch` metadata.
+    #[arg(long, value_name = "SPEC")]
+    pub arch: Option<String>,
+    /// Which head of a multi-head model to adapt and score.
+    #[arg(long, value_name = "NAME")]
+    pub head: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    let val_path = args
+        .engine
+        .val
+        .clone()
+        .context("lora-gate needs --val: the validation set the update is judged on")?;
+    if let Some(a) = args.significance {
+        if !(a > 0.0 && a < 1.0) {
+            anyhow::bail!("--significance {a}: must be in (0, 1)");
+        }
+    }
+    if args.threshold.is_nan() {
+        anyhow::bail!("--threshold must be a number");
+    }
+    let device = g.device()?;
+    let (mut model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
+    let head = model.choose_head(args.head.as_deref())?;
+    let data = Dataset::open(&args.data)?;
+    let val = Dataset::open(&val_path)?;
+    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let base_hash = ckpt.content_hash()?;
+    prov.input(args.model.display().to_string(), base_hash.clone());
+    prov.input(
+        args.data.display().to_string(),
+        mnemo::checkpoint::file_hash(&args.data)?,
+    );
+    let (config, modules, init) = match &args.adapter {
+        Some(dir) => {
+            let prev = Adapter::read_dir(dir)?;
+            let modules = prev.check_against(&model.spec, dir)?;
+            for (flag, given, have) in [
+                (
+                    "--rank",
+                    args.rank.map(|r| r as f64),
+                    prev.config.rank as f64,
+                ),
+                ("--alpha", args.alpha, prev.config.alpha),
+            ] {
+                if given.is_some_and(|g| g != have) {
+                    anyhow::bail!(
+                        "{flag} differs from the adapter in {} ({have})",
+                        dir.display()
+                    );
+                }
+            }
+            if !args.targets.is_empty() {
+                anyhow::bail!(
+                    "--targets with --adapter: the adapter in {} fixes its targets",
+                    dir.display()
+                );
+            }
+            prov.input(
+                dir.join(mnemo::lora::WEIGHTS_FILE).display().to_string(),
+                mnemo::checkpoint::file_hash(&dir.join(mnemo::lora::WEIGHTS_FILE))?,
+            );
+            let mut config = prev.config.clone();
+            config.targets = modules.keys().cloned().collect();
+            if let Some(d) = args.dropout {
+                config.dropout = d;
+            }
+            (config, modules, Some(prev))
+        }
+        None => {
+            if args.targets.is_empty() {
+                anyhow::bail!("--targets is required (module names or globs, e.g. --targets 0,2)");
+            }
+            let modules = resolve_targets(&model.spec, &args.targets)?;
+            let config = LoraConfig {
+                targets: modules.keys().cloned().collect(),
+                rank: args.rank.unwrap_or(16),
+                alpha: args.alpha.unwrap_or(32.0),
+                dropout: args.dropout.unwrap_or(0.05),
+                rslora: args.rslora,
+            };
+            (config, modules, None)
+        }
+    };
+    if config.rank == 0 {
+        anyhow::bail!("--rank must be at least 1");
+    }
+    if !(0.0..1.0).contains(&config.dropout) {
+        anyhow::bail!("--dropout {}: must be in [0, 1)", config.dropout);
+    }
+    model.attach_lora(config.clone(), modules, init.as_ref(), args.engine.seed)?;
+
+    let score_of = |model: &mut Model| -> anyhow::Result<Vec<f64>> {
+        let s = evaluate_examples(model, &val, head.as_deref(), 256)?;
+        Ok(match args.metric {
+            Metric::NegLoss => s.loss.iter().map(|l| -l).collect(),
+            Metric::Accuracy => s.correct.iter().map(|&c| c as u8 as f64).collect(),
+        })
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let before = score_of(&mut model)?;
+    let start = std::time::Instant::now();
+    let mut log = match &args.log {
+        Some(p) => JsonLines::file(p)?,
+        None => JsonLines::sink(),
+    };
+    let settings = format!(
+        "lora={:?}|metric={:?}|threshold={}",
+        config, args.metric, args.threshold
+    );
+    let (mut model, outcome) = fit_with(
+        Fit {
+            command: "lora-gate",
+            model,
+            data: &data,
+            head: head.clone(),
+            penalty: Default::default(),
+            prov: prov.clone(),
+            settings,
+            metadata: Default::default(),
+            output: &args.output,
+            replay: None,
+        },
+        &args.engine,
+        g,
+        &mut log,
+        false,
+    )?;
+    let after = score_of(&mut model)?;
+    let (baseline, score) = (mean(&before), mean(&after));
+    let regression = baseline - score;
+    let test = args.significance.map(|_| match args.test {
+        PairedTestKind::T => paired_t_test(&before, &after),
+        PairedTestKind::Bootstrap => {
+            paired_bootstrap(&before, &after, args.resamples, args.engine.seed)
+        }
+    });
+    let significant = match (&test, args.significance) {
+        (Some(t), Some(alpha)) => t.p_value < alpha,
+        _ => true,
+    };
+    let accepted = !(regression > args.threshold && significant);
+    let mut line = json!({
+        "accepted": accepted,
+        "metric": match args.metric { Metric::NegLoss => "neg-loss", Metric::Accuracy => "accuracy" },
+        "baseline": num(baseline),
+        "score": num(score),
+        "delta": num(score - baseline),
+        "threshold": num(args.threshold),
+        "p_value": test.as_ref().map(|t| num(t.p_value)),
+        "n": val.len(),
+        "epochs": outcome.epochs_done,
+        "steps": outcome.steps,
+    });
+    if let Some(s) = args.significance {
+        line["significance"] = num(s);
+        line["test"] = json!(match args.test {
+            PairedTestKind::T => "t",
+            PairedTestKind::Bootstrap => "bootstrap",
+        });
+    }
+    if accepted {
+        prov.seed = Some(args.engine.seed);
+        let mut meta = prov.metadata();
+        if let Some(m) = &args.merged {
+            let mut mmeta = meta.clone();
+            mmeta.insert(ARCH_KEY.into(), model.spec.to_json());
+            write_checkpoint(m, model.merged_tensors()?, &mmeta)
+                .with_context(|| format!("writing {}", m.display()))?;
+            line["merged"] = json!(m.display().to_string());
+        }
+        meta.insert("mnemo.lora.base".into(), base_hash);
+        let adapter = model.adapter()?.expect("an adapter is attached");
+        adapter
+            .write_dir(&args.output, &meta)
+            .with_context(|| format!("writing the adapter to {}", args.output.display()))?;
+        line["adapter"] = json!(args.output.display().to_string());
+    } else {
+        g.say(format!(
+            "lora-gate: rejected: {} fell from {baseline:.6} to {score:.6} (threshold {}){}; nothing written",
+            line["metric"].as_str().unwrap_or(""),
+            args.threshold,
+            test.as_ref()
+                .map(|t| format!(", p = {:.4}", t.p_value))
+                .unwrap_or_default()
+        ));
+    }
+    line["seconds"] = num(start.elapsed().as_secs_f64());
+    JsonLines::stdout().emit(&line)?;
+    Ok(if accepted {
+        Status::Success
+    } else {
+        Status::Negative
+    })
+}

@@ -1,0 +1,527 @@
+//! LoRA adapters in PEFT's format: configuration, target selection, the adapter folder
+//! (`adapter_config.json` + `adapter_model.safetensors`), and folding an adapter into
+//! base weights (W += scale·B·A).
+//!
+//! A Linear module `m` of shape `[out, in]` gets `A` `[r, in]` and `B` `[out, r]`; a Conv2d
+//! `[out, in, k, k]` gets `A` `[r, in, k, k]` (same stride and padding) and `B`
+//! `[out, r, 1, 1]`, as PEFT builds them. In the adapter file they are named
+//! `base_model.model.<m>.lora_A.weight` and `base_model.model.<m>.lora_B.weight`.
+
+use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
+use crate::error::{MnemoError, Result};
+use crate::model::{ArchSpec, Layer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// PEFT's key prefix for a model wrapped by `get_peft_model`.
+pub const KEY_PREFIX: &str = "base_model.model.";
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// The adapter's hyper-parameters (PEFT's `LoraConfig` fields of the same names).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Module names the adapter applies to (resolved, exact).
+    pub targets: Vec<String>,
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Scale α/√r (rank-stabilised LoRA) instead of α/r.
+    pub rslora: bool,
+}
+
+impl LoraConfig {
+    /// The factor applied to B·A.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// `adapter_config.json` as PEFT writes it (the fields PEFT needs to load it).
+    pub fn to_peft_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": null,
+            "base_model_name_or_path": null,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.targets,
+            "bias": "none",
+            "use_rslora": self.rslora,
+            "fan_in_fan_out": false,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "inference_mode": true,
+        })
+    }
+
+    /// Reads PEFT's `adapter_config.json`, refusing settings this implementation does not
+    /// reproduce (bias training, DoRA, per-module ranks, fan_in_fan_out).
+    pub fn from_peft_json(path: &Path, text: &str) -> Result<LoraConfig> {
+        let bad = |reason: String| MnemoError::InvalidAdapter {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if v.get("peft_type").and_then(|t| t.as_str()) != Some("LORA") {
+            return Err(bad("'peft_type' is not \"LORA\"".into()));
+        }
+        let rank =
+            v.get("r")
+                .and_then(|r| r.as_u64())
+                .filter(|&r| r > 0)
+                .ok_or_else(|| bad("'r' must be a positive integer".into()))? as usize;
+        let alpha = v
+            .get("lora_alpha")
+            .and_then(|a| a.as_f64())
+            .ok_or_else(|| bad("'lora_alpha' must be a number".into()))?;
+        let dropout = v
+            .get("lora_dropout")
+            .and_then(|d| d.as_f64())
+            .unwrap_or(0.0);
+        let rslora = v
+            .get("use_rslora")
+            .and_then(|d| d.as_bool())
+            .unwrap_or(false);
+        let targets = match v.get("target_modules") {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|t| t.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("'target_modules' must be a list of names".into()))?,
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            _ => return Err(bad("'target_modules' is missing".into())),
+        };
+        let unsupported = |key: &str, allowed: &serde_json::Value| {
+            v.get(key)
+                .filter(|x| !x.is_null() && *x != allowed)
+                .cloned()
+        };
+        for (key, allowed) in [
+            ("bias", serde_json::json!("none")),
+            ("use_dora", serde_json::json!(false)),
+            ("fan_in_fan_out", serde_json::json!(false)),
+            ("lora_bias", serde_json::json!(false)),
+        ] {
+            if let Some(x) = unsupported(key, &allowed) {
+                return Err(bad(format!("'{key}' = {x} is not supported")));
+            }
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if v.get(key)
+                .is_some_and(|p| p.as_object().is_some_and(|o| !o.is_empty()))
+            {
+                return Err(bad(format!("'{key}' (per-module ranks) is not supported")));
+            }
+        }
+        Ok(LoraConfig {
+            targets,
+            rank,
+            alpha,
+            dropout,
+            rslora,
+        })
+    }
+}
+
+/// What kind of module a target is, with what `A` and `B` need.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetKind {
+    Linear {
+        in_features: usize,
+        out_features: usize,
+    },
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+    },
+}
+
+impl TargetKind {
+    pub fn a_shape(&self, r: usize) -> Vec<usize> {
+        match *self {
+            TargetKind::Linear { in_features, .. } => vec![r, in_features],
+            TargetKind::Conv2d {
+                in_channels,
+                kernel_size,
+                ..
+            } => vec![r, in_channels, kernel_size, kernel_size],
+        }
+    }
+
+    pub fn b_shape(&self, r: usize) -> Vec<usize> {
+        match *self {
+            TargetKind::Linear { out_features, .. } => vec![out_features, r],
+            TargetKind::Conv2d { out_channels, .. } => vec![out_channels, r, 1, 1],
+        }
+    }
+
+    /// Fan-in of `A` (its kaiming-uniform bound is 1/√fan_in).
+    pub fn a_fan_in(&self) -> usize {
+        match *self {
+            TargetKind::Linear { in_features, .. } => in_features,
+            TargetKind::Conv2d {
+                in_channels,
+                kernel_size,
+                ..
+            } => in_channels * kernel_size * kernel_size,
+        }
+    }
+}
+
+/// Tensor names of module `m`'s adapter weights inside a model (no PEFT prefix).
+pub fn a_name(m: &str) -> String {
+    format!("{m}.lora_A.weight")
+}
+
+pub fn b_name(m: &str) -> String {
+    format!("{m}.lora_B.weight")
+}
+
+/// `*` matches any run of characters, `?` one character; anything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+/// The Linear and Conv2d modules of `spec` that `patterns` select: a pattern matches a
+/// module whose name equals it, ends with `.pattern` (as PEFT matches names), or matches it
+/// as a glob. Every pattern must select something.
+pub fn resolve_targets(
+    spec: &ArchSpec,
+    patterns: &[String],
+) -> Result<BTreeMap<String, TargetKind>> {
+    let mut modules = Vec::new();
+    for (prefix, layers) in spec.groups() {
+        for (i, layer) in layers.iter().enumerate() {
+            let name = format!("{prefix}{i}");
+            match *layer {
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => modules.push((
+                    name,
+                    Some(TargetKind::Linear {
+                        in_features,
+                        out_features,
+                    }),
+                )),
+                Layer::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel_size,
+                    stride,
+                    padding,
+                    groups,
+                    ..
+                } => modules.push((
+                    name,
+                    (groups == 1).then_some(TargetKind::Conv2d {
+                        in_channels,
+                        out_channels,
+                        kernel_size,
+                        stride,
+                        padding,
+                    }),
+                )),
+                _ => {}
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for pat in patterns {
+        let mut hit = false;
+        for (name, kind) in &modules {
+            let matches =
+                name == pat || name.ends_with(&format!(".{pat}")) || glob_match(pat, name);
+            if !matches {
+                continue;
+            }
+            let kind = kind.clone().ok_or_else(|| MnemoError::InvalidTargets {
+                reason: format!("module '{name}' is a grouped conv2d; LoRA on grouped convolutions is not supported"),
+            })?;
+            out.insert(name.clone(), kind);
+            hit = true;
+        }
+        if !hit {
+            let names: Vec<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(MnemoError::InvalidTargets {
+                reason: format!(
+                    "'{pat}' matches no linear or conv2d module (the model has: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One module's adapter weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleAdapter {
+    pub a: Vec<f32>,
+    pub a_shape: Vec<usize>,
+    pub b: Vec<f32>,
+    pub b_shape: Vec<usize>,
+}
+
+/// An adapter: configuration and weights by module name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adapter {
+    pub config: LoraConfig,
+    pub modules: BTreeMap<String, ModuleAdapter>,
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> MnemoError {
+    MnemoError::InvalidAdapter {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Adapter {
+    /// Reads an adapter folder written by PEFT's `save_pretrained` or by mnemo.
+    pub fn read_dir(dir: &Path) -> Result<Adapter> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| MnemoError::io(&cfg_path, e))?;
+        let config = LoraConfig::from_peft_json(&cfg_path, &text)?;
+        let wpath = dir.join(WEIGHTS_FILE);
+        let ckpt = Checkpoint::open(&wpath)?;
+        let mut parts: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+        for name in ckpt.names() {
+            let rest = name.strip_prefix(KEY_PREFIX).ok_or_else(|| {
+                invalid(
+                    &wpath,
+                    format!("tensor '{name}' does not start with '{KEY_PREFIX}'"),
+                )
+            })?;
+            if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+                parts.entry(m.to_string()).or_default().0 = Some(name.to_string());
+            } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+                parts.entry(m.to_string()).or_default().1 = Some(name.to_string());
+            } else {
+                return Err(invalid(
+                    &wpath,
+                    format!("tensor '{name}' is not a LoRA A or B weight (biases, DoRA magnitudes and saved modules are not supported)"),
+                ));
+            }
+        }
+        if parts.is_empty() {
+            return Err(invalid(&wpath, "holds no LoRA weights"));
+        }
+        let mut modules = BTreeMap::new();
+        for (m, (a, b)) in parts {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(invalid(
+                    &wpath,
+                    format!("module '{m}' lacks its lora_A or lora_B weight"),
+                ));
+            };
+            let (ea, eb) = (ckpt.entry(&a)?, ckpt.entry(&b)?);
+            let r = config.rank;
+            let linear = ea.shape.len() == 2 && eb.shape.len() == 2;
+            let conv = ea.shape.len() == 4 && eb.shape.len() == 4 && eb.shape[2..] == [1, 1];
+            if !(linear || conv) || ea.shape[0] != r || eb.shape[1] != r {
+                return Err(invalid(
+                    &wpath,
+                    format!(
+                        "module '{m}': lora_A {:?} and lora_B {:?} are not a rank-{r} pair ([r, in] and [out, r], or conv [r, in, k, k] and [out, r, 1, 1])",
+                        ea.shape, eb.shape
+                    ),
+                ));
+            }
+            let (va, vb) = (ckpt.to_f32(&a)?, ckpt.to_f32(&b)?);
+            for (n, v) in [(&a, &va), (&b, &vb)] {
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(invalid(&wpath, format!("'{n}' element {i} is not finite")));
+                }
+            }
+            modules.insert(
+                m,
+                ModuleAdapter {
+                    a: va,
+                    a_shape: ea.shape.clone(),
+                    b: vb,
+                    b_shape: eb.shape.clone(),
+                },
+            );
+        }
+        Ok(Adapter { config, modules })
+    }
+
+    /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (created when
+    /// missing), each atomically; `metadata` goes into the weights file.
+    pub fn write_dir(&self, dir: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| MnemoError::io(dir, e))?;
+        let mut tensors = Vec::new();
+        for (m, w) in &self.modules {
+            tensors.push(OwnedTensor::f32(
+                format!("{KEY_PREFIX}{}", a_name(m)),
+                w.a_shape.clone(),
+                &w.a,
+            ));
+            tensors.push(OwnedTensor::f32(
+                format!("{KEY_PREFIX}{}", b_name(m)),
+                w.b_shape.clone(),
+                &w.b,
+            ));
+        }
+        write_checkpoint(dir.join(WEIGHTS_FILE), tensors, metadata)?;
+        let cfg = dir.join(CONFIG_FILE);
+        let mut text =
+            serde_json::to_string_pretty(&self.config.to_peft_json()).expect("config serialises");
+        text.push('\n');
+        let mut f = crate::checkpoint::AtomicFile::create(&cfg)?;
+        f.write_all(text.as_bytes())?;
+        f.commit()
+    }
+
+    /// Checks that every module exists in `spec` with the shapes the adapter implies.
+    pub fn check_against(
+        &self,
+        spec: &ArchSpec,
+        origin: &Path,
+    ) -> Result<BTreeMap<String, TargetKind>> {
+        let names: Vec<String> = self.modules.keys().cloned().collect();
+        let kinds = resolve_targets(spec, &names).map_err(|e| invalid(origin, e.to_string()))?;
+        for (m, w) in &self.modules {
+            let k = kinds
+                .get(m)
+                .ok_or_else(|| invalid(origin, format!("module '{m}' is not in the model")))?;
+            let r = self.config.rank;
+            if w.a_shape != k.a_shape(r) || w.b_shape != k.b_shape(r) {
+                return Err(invalid(
+                    origin,
+                    format!(
+                        "module '{m}': lora_A {:?} / lora_B {:?}, but the model needs {:?} / {:?}",
+                        w.a_shape,
+                        w.b_shape,
+                        k.a_shape(r),
+                        k.b_shape(r)
+                    ),
+                ));
+            }
+        }
+        Ok(kinds
+            .into_iter()
+            .filter(|(m, _)| self.modules.contains_key(m))
+            .collect())
+    }
+}
+
+/// W += scale·B·A for a weight `w` of `w_shape` ([out, in] or [out, in, k, k]), with
+/// `a` [r, in(·k·k)] and `b` [out, r]; products summed in f64, the result rounded once.
+pub fn fold(
+    w: &mut [f32],
+    w_shape: &[usize],
+    m: &ModuleAdapter,
+    scale: f64,
+    origin: &Path,
+    tensor: &str,
+) -> Result<()> {
+    let out = m.b_shape[0];
+    let r = m.b_shape[1];
+    let cols: usize = m.a_shape[1..].iter().product();
+    let want: Vec<usize> = std::iter::once(out)
+        .chain(m.a_shape[1..].iter().copied())
+        .collect();
+    if w_shape != want.as_slice() || m.a_shape[0] != r {
+        return Err(MnemoError::ShapeMismatch {
+            path: PathBuf::from(origin),
+            tensor: tensor.to_string(),
+            found: w_shape.to_vec(),
+            expected: want,
+        });
+    }
+    for o in 0..out {
+        let brow = &m.b[o * r..(o + 1) * r];
+        for c in 0..cols {
+            let mut s = 0f64;
+            for (k, &bv) in brow.iter().enumerate() {
+                s += bv as f64 * m.a[k * cols + c] as f64;
+            }
+            let i = o * cols + c;
+            w[i] = (w[i] as f64 + scale * s) as f32;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_targets() {
+        assert!(glob_match("*.q_proj", "blocks.0.q_proj"));
+        assert!(!glob_match("*.q_proj", "blocks.0.k_proj"));
+        assert!(glob_match("trunk.?", "trunk.2"));
+        let spec = ArchSpec::parse("mlp:4-8-8-3").unwrap();
+        let t = resolve_targets(&spec, &["0".into(), "4".into()]).unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["0", "4"]);
+        assert_eq!(t["0"].a_shape(2), vec![2, 4]);
+        assert_eq!(t["4"].b_shape(2), vec![3, 2]);
+        let e = resolve_targets(&spec, &["1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'1' matches no linear"), "{e}");
+        assert_eq!(resolve_targets(&spec, &["*".into()]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn fold_is_w_plus_scaled_ba() {
+        // W [2,3] = 0, B [2,1] = [1,2], A [1,3] = [1,0,-1], scale 0.5.
+        let m = ModuleAdapter {
+            a: vec![1.0, 0.0, -1.0],
+            a_shape: vec![1, 3],
+            b: vec![1.0, 2.0],
+            b_shape: vec![2, 1],
+        };
+        let mut w = vec![0.0; 6];
+        fold(&mut w, &[2, 3], &m, 0.5, Path::new("x"), "w").unwrap();
+        assert_eq!(w, vec![0.5, 0.0, -0.5, 1.0, 0.0, -1.0]);
+        assert!(fold(&mut w, &[3, 2], &m, 0.5, Path::new("x"), "w").is_err());
+    }
+
+    #[test]
+    fn config_round_trip_and_refusals() {
+        let c = LoraConfig {
+            targets: vec!["0".into(), "2".into()],
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            rslora: true,
+        };
+        let p = Path::new("adapter_config.json");
+        let back = LoraConfig::from_peft_json(p, &c.to_peft_json().to_string()).unwrap();
+        assert_eq!(back, c);
+        assert!((c.scale() - 4.0).abs() < 1e-12);
+        let mut v = c.to_peft_json();
+        v["use_dora"] = true.into();
+        let e = LoraConfig::from_peft_json(p, &v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use_dora"), "{e}");
+    }
+}
