@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean mnist cuda
+.PHONY: all build demo test lint fixtures interop man clean mnist cuda fuzz crash-test
 
 all: build
 
@@ -40,6 +40,21 @@ test: lint
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# Fuzzing (cargo-fuzz + libFuzzer; not part of `make test`): every target in fuzz/ for
+# FUZZ_SECONDS seconds, one after another, corpora seeded from the fixtures; works on the
+# stable toolchain (scripts/fuzz.sh sets RUSTC_BOOTSTRAP=1). FUZZ_SANITIZER=none is faster.
+# Findings land in fuzz/artifacts/; docs/fuzzing.md has the numbers.
+FUZZ_SECONDS ?= 60
+FUZZ_SANITIZER ?= address
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SANITIZER=$(FUZZ_SANITIZER) scripts/fuzz.sh
+
+# Crash safety: SIGKILL train-ewc, replay-train and merge at random moments, TRIALS in all;
+# checks outputs, buffers, temp files and exact resumption after every kill.
+TRIALS ?= 60
+crash-test: build
+	TRIALS=$(TRIALS) MNEMO=$(MNEMO) scripts/crash_test.sh
 
 # Regenerate the PyTorch reference fixtures (needs the ~5 GB torch venv; not part of `make test`).
 fixtures:

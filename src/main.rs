@@ -95,6 +95,24 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
     }
 }
 
+/// The error and its causes, joined by ": " as anyhow's `{:#}` does, without a cause whose
+/// text is already there (an I/O error's message repeats its source's: "f: No such file
+/// or directory (os error 2): No such file or directory (os error 2)").
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -157,7 +175,7 @@ fn main() {
         Ok(Status::Negative) => 1,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("mnemo: error: {e:#}");
+            eprintln!("mnemo: error: {}", message(&e));
             2
         }
     };

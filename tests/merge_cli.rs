@@ -235,6 +235,63 @@ fn sharded_output_and_output_dtype() {
     }
 }
 
+/// A sharded merge written over an earlier sharded output: the old index must not outlive
+/// it (readers open the index first, so a one-shard result beside a stale index read as the
+/// old model).
+#[test]
+fn sharded_output_replaces_an_older_sharded_output() {
+    let d = workdir();
+    let p = |s: &str| d.path().join(s).to_string_lossy().into_owned();
+    let (a, b) = (
+        fixture("merge/a.safetensors"),
+        fixture("merge/b.safetensors"),
+    );
+    let merge = |alpha: &str, shard: &str| {
+        ok(mnemo(&[
+            "merge",
+            "linear",
+            &a,
+            &b,
+            "--alpha",
+            alpha,
+            "--shard-size",
+            shard,
+            "-o",
+            &p("out"),
+        ]))
+    };
+    merge("0.9", "600B");
+    assert!(d.path().join("out/model.safetensors.index.json").exists());
+    // The same folder, now one shard (no index).
+    merge("0.1", "1GB");
+    assert!(!d.path().join("out/model.safetensors.index.json").exists());
+    ok(mnemo(&[
+        "merge",
+        "linear",
+        &a,
+        &b,
+        "--alpha",
+        "0.1",
+        "-o",
+        &p("one.st"),
+    ]));
+    let r = mnemo(&["diff", &p("out"), &p("one.st")]);
+    assert_eq!(r.code, 0, "the folder reads as the new merge: {}", r.stdout);
+    // And several shards over several shards.
+    merge("0.9", "600B");
+    ok(mnemo(&[
+        "merge",
+        "linear",
+        &a,
+        &b,
+        "--alpha",
+        "0.9",
+        "-o",
+        &p("nine.st"),
+    ]));
+    assert_eq!(mnemo(&["diff", &p("out"), &p("nine.st")]).code, 0);
+}
+
 #[test]
 fn skip_mismatched_merges_the_common_tensors() {
     use mnemo::checkpoint::{write_checkpoint, OwnedTensor};

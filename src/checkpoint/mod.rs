@@ -39,10 +39,7 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file truncated under us by another
         // process is outside what any mmap-based reader can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| MnemoError::io(path, e))?;
-        let header = header::parse(&mmap, len).map_err(invalid)?;
-        // Second opinion from the official crate: anything it refuses, we refuse.
-        safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| invalid(format!("rejected by the safetensors crate: {e}")))?;
+        let header = validate(&mmap).map_err(invalid)?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             mmap: Some(mmap),
@@ -67,6 +64,69 @@ impl SafetensorsFile {
     pub fn file_offset(&self, t: &TensorEntry) -> usize {
         self.data_start() + t.begin
     }
+}
+
+/// Validates the bytes of a whole safetensors file as [`SafetensorsFile::open`] does: our
+/// header checks ([`header::parse`]), then a second opinion from the official crate (anything
+/// it refuses, we refuse). Returns the header, whose offsets are then safe to slice with, or
+/// the reason the file is refused. Reads nothing but `bytes`; the entry point of the
+/// `safetensors` fuzz target (`fuzz/`).
+pub fn validate(bytes: &[u8]) -> std::result::Result<header::Header, String> {
+    let header = header::parse(bytes, bytes.len() as u64)?;
+    safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("rejected by the safetensors crate: {e}"))?;
+    Ok(header)
+}
+
+/// The parsed `*.safetensors.index.json` of an HF sharded checkpoint, before any shard is
+/// opened.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardIndex {
+    /// `weight_map` entries in document order: (tensor name, shard file relative to the
+    /// index's folder). Every shard path is a plain relative path (no `..`, no root).
+    pub weight_map: Vec<(String, String)>,
+    /// The index's `metadata` object, values as strings (non-strings as their JSON text).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Parses and checks the text of an HF `*.safetensors.index.json`: a JSON object with a
+/// `weight_map` object of string values, each a plain relative path (a hostile index must
+/// not make us read outside its folder). Returns the reason on failure. Touches no file;
+/// [`Checkpoint::open`] then opens the shards. The entry point of the `hf_index` fuzz target.
+pub fn parse_index(text: &str) -> std::result::Result<ShardIndex, String> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| "no \"weight_map\" object".to_string())?;
+    let mut weight_map = Vec::with_capacity(map.len());
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| format!("weight_map entry '{tensor}' is not a string"))?;
+        let rel = Path::new(shard);
+        if shard.is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(format!(
+                "shard path '{shard}' (tensor '{tensor}') must be a plain relative path inside the index's folder"
+            ));
+        }
+        weight_map.push((tensor.clone(), shard.to_string()));
+    }
+    let mut metadata = BTreeMap::new();
+    if let Some(m) = json.get("metadata").and_then(|m| m.as_object()) {
+        for (k, v) in m {
+            let v = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            metadata.insert(k.clone(), v);
+        }
+    }
+    Ok(ShardIndex {
+        weight_map,
+        metadata,
+    })
 }
 
 /// Where a tensor of a logical checkpoint lives.
@@ -122,31 +182,20 @@ impl Checkpoint {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| MnemoError::io(path, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
+        let parsed = parse_index(&text).map_err(invalid)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut files: Vec<SafetensorsFile> = Vec::new();
         let mut file_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut index = BTreeMap::new();
-        for (tensor, shard) in map {
-            let shard = shard
-                .as_str()
-                .ok_or_else(|| invalid(format!("weight_map entry '{tensor}' is not a string")))?;
-            // A hostile index must not make us read outside its folder.
-            let rel = Path::new(shard);
-            if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-                return Err(invalid(format!(
-                    "shard path '{shard}' (tensor '{tensor}') must be a plain relative path inside the index's folder"
-                )));
-            }
+        for (tensor, shard) in &parsed.weight_map {
             let fid = match file_ids.get(shard) {
                 Some(&i) => i,
                 None => {
-                    files.push(SafetensorsFile::open(&dir.join(rel))?);
+                    // The index is named too: the shard alone does not say which
+                    // checkpoint it belongs to.
+                    let f = SafetensorsFile::open(&dir.join(shard))
+                        .map_err(|e| invalid(format!("shard '{shard}': {e}")))?;
+                    files.push(f);
                     file_ids.insert(shard.to_string(), files.len() - 1);
                     files.len() - 1
                 }
@@ -167,15 +216,7 @@ impl Checkpoint {
             .first()
             .map(|f| f.header.metadata.clone())
             .unwrap_or_default();
-        if let Some(m) = json.get("metadata").and_then(|m| m.as_object()) {
-            for (k, v) in m {
-                let v = v
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string());
-                metadata.insert(k.clone(), v);
-            }
-        }
+        metadata.extend(parsed.metadata);
         Ok(Checkpoint {
             path: path.to_path_buf(),
             files,

@@ -111,7 +111,12 @@ pub fn tensor_stats(dtype: Dtype, bytes: &[u8]) -> TensorStats {
             decode_into(dtype, b, &mut buf);
             TensorStats::of_chunk(&buf)
         })
-        .reduce(TensorStats::empty, TensorStats::merge)
+        // Chunks in parallel, merged in order: rayon's `reduce` combines partial results
+        // in a tree shaped by work stealing, which would make the f64 sums depend on the
+        // thread count and timing; this order is fixed by CHUNK alone.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(TensorStats::empty(), TensorStats::merge)
 }
 
 /// How two same-shaped tensors differ.
@@ -165,7 +170,10 @@ pub fn tensor_diff(da: Dtype, a: &[u8], db: Dtype, b: &[u8]) -> TensorDiff {
             }
             acc
         })
-        .reduce(DiffAcc::default, |p, q| DiffAcc {
+        // Merged in chunk order (see `tensor_stats`): the same sums whatever the threads.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(DiffAcc::default(), |p, q| DiffAcc {
             max_abs: p.max_abs.max(q.max_abs),
             sq: p.sq + q.sq,
             dot: p.dot + q.dot,

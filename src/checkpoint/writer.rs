@@ -37,8 +37,10 @@ impl AtomicFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let prefix = format!(".{name}.");
+        remove_stale_temps(&dir, &prefix);
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&format!("{prefix}{}.", std::process::id()))
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(|e| MnemoError::io(&dir, e))?;
@@ -76,6 +78,42 @@ impl AtomicFile {
                 tmp.persist(&target).map_err(|e| io(e.error))?;
                 Ok(())
             }
+        }
+    }
+}
+
+/// Removes the temporary files that earlier writers of the same target could not remove
+/// because they were killed (SIGKILL, OOM killer) while writing: `.NAME.PID.XXXXXX.tmp`
+/// (`prefix` is `.NAME.`) whose process PID no longer exists. Linux only (a process exists
+/// while `/proc/PID` does); elsewhere, or for names of another form, nothing is removed.
+/// A writer in another PID namespace sharing the folder would look dead: its commit then
+/// fails loudly, it never publishes a partial file.
+fn remove_stale_temps(dir: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        // Exactly "PID.RANDOM": the target "a" must not touch the temp files of "a.5".
+        let Some((pid, random)) = rest.split_once('.') else {
+            continue;
+        };
+        let ours = !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !random.is_empty()
+            && random.bytes().all(|b| b.is_ascii_alphanumeric());
+        if ours && pid != std::process::id().to_string() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -225,5 +263,33 @@ mod tests {
         }
         // Nothing but the target is left in the folder.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temp_files_of_killed_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.safetensors");
+        // A writer killed mid-write (no such process: PIDs stop well below 2^31), a live
+        // writer (this process's parent), and temp files of other targets.
+        let dead = dir.path().join(".a.safetensors.2147483646.Ab3xYz.tmp");
+        let live = dir.path().join(format!(
+            ".a.safetensors.{}.Qw9eRt.tmp",
+            std::os::unix::process::parent_id()
+        ));
+        let other = dir.path().join(".a.safetensors.5.2147483646.Ab3xYz.tmp");
+        let plain = dir.path().join(".a.safetensors.Ab3xYz.tmp");
+        for f in [&dead, &live, &other, &plain] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        write_checkpoint(
+            &p,
+            vec![OwnedTensor::f32("w", vec![1], &[1.0])],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(!dead.exists());
+        for f in [&live, &other, &plain] {
+            assert!(f.exists(), "{f:?}");
+        }
     }
 }

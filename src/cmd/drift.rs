@@ -2,6 +2,7 @@
 
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
+use mnemo::drift::record::{line_value, record_value};
 use mnemo::drift::{build, Detector, DetectorParams, DETECTORS};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -134,173 +135,6 @@ impl clap::Args for DetectorFlags {
     }
 }
 
-/// The value at a dotted path of a JSON text without building the record: every other
-/// value is skipped by the parser (serde's `IgnoredAny`). For --events-only and -q, where
-/// the record itself is not written back.
-mod fast {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-    use std::fmt;
-
-    /// What sits at the path.
-    #[derive(Debug, PartialEq)]
-    pub enum Found {
-        Missing,
-        Number(f64),
-        Bool(bool),
-        Other,
-    }
-
-    pub struct Path<'a>(pub &'a [&'a str]);
-
-    impl<'de> DeserializeSeed<'de> for Path<'_> {
-        type Value = Found;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Path<'_> {
-        type Value = Found;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON value")
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Found, E> {
-            Ok(if self.0.is_empty() {
-                Found::Number(v)
-            } else {
-                Found::Missing
-            })
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Found, E> {
-            self.visit_f64(v as f64)
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Found, E> {
-            self.visit_f64(v as f64)
-        }
-        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Found, E> {
-            Ok(if self.0.is_empty() {
-                Found::Bool(v)
-            } else {
-                Found::Missing
-            })
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Found, E> {
-            Ok(Found::Missing)
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Found, E> {
-            Ok(if self.0.is_empty() {
-                Found::Other
-            } else {
-                Found::Missing
-            })
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Found, A::Error> {
-            let mut found = if self.0.is_empty() {
-                Found::Other
-            } else {
-                Found::Missing
-            };
-            while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
-                if !self.0.is_empty() && k == self.0[0] {
-                    found = m.next_value_seed(Path(&self.0[1..]))?;
-                } else {
-                    m.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(found)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Found, A::Error> {
-            let want = self.0.first().and_then(|k| k.parse::<usize>().ok());
-            let mut found = if self.0.is_empty() {
-                Found::Other
-            } else {
-                Found::Missing
-            };
-            let mut i = 0;
-            loop {
-                if Some(i) == want {
-                    match s.next_element_seed(Path(&self.0[1..]))? {
-                        Some(f) => found = f,
-                        None => break,
-                    }
-                } else if s.next_element::<IgnoredAny>()?.is_none() {
-                    break;
-                }
-                i += 1;
-            }
-            Ok(found)
-        }
-    }
-
-    /// Parses `line` and returns what is at `path` (a bare number line is its own value).
-    pub fn extract(line: &[u8], path: &[&str]) -> Result<Found, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_slice(line);
-        let top = DeserializeSeed::deserialize(Path(path), &mut de)?;
-        de.end()?;
-        Ok(match top {
-            Found::Missing => {
-                // A bare number line: the value itself.
-                let mut de = serde_json::Deserializer::from_slice(line);
-                match DeserializeSeed::deserialize(Path(&[]), &mut de)? {
-                    Found::Number(x) => Found::Number(x),
-                    _ => Found::Missing,
-                }
-            }
-            f => f,
-        })
-    }
-}
-
-/// A fast `field_value` from the raw line (see `fast`).
-fn line_value(line: &[u8], path: &[&str], field: &str, binary: bool) -> Result<f64, String> {
-    let x = match fast::extract(line, path) {
-        Err(e) => return Err(format!("not JSON ({e})")),
-        Ok(fast::Found::Number(x)) => x,
-        Ok(fast::Found::Bool(b)) if binary => f64::from(u8::from(b)),
-        Ok(fast::Found::Missing) => return Err(format!("no number at field '{field}'")),
-        Ok(_) => return Err(format!("field '{field}' is not a number")),
-    };
-    check_value(x, field, binary).map_err(|e| e.to_string())
-}
-
-fn check_value(x: f64, path: &str, binary: bool) -> Result<f64, String> {
-    if !x.is_finite() {
-        return Err(format!("field '{path}' is {x}"));
-    }
-    if binary && x != 0.0 && x != 1.0 {
-        return Err(format!(
-            "field '{path}' is {x}: this detector takes 0/1 (1 = an error)"
-        ));
-    }
-    Ok(x)
-}
-
-/// The value at a dotted path: `Some(None)` when absent or null, an error when not a number.
-fn field_value(record: &Value, path: &str, binary: bool) -> Result<Option<f64>, String> {
-    if let Some(x) = record.as_f64() {
-        return check_value(x, path, binary).map(Some);
-    }
-    let mut v = record;
-    for key in path.split('.') {
-        let next = match v {
-            Value::Object(o) => o.get(key),
-            Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
-            _ => None,
-        };
-        match next {
-            Some(n) => v = n,
-            None => return Ok(None),
-        }
-    }
-    let x = match v {
-        Value::Null => return Ok(None),
-        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-        Value::Bool(b) if binary => f64::from(u8::from(*b)),
-        other => return Err(format!("field '{path}' is {other}, not a number")),
-    };
-    check_value(x, path, binary).map(Some)
-}
-
 /// Reads every record of `inputs` in order and hands it over with its value at `field`:
 /// `Err(reason)` when the record has no usable value (missing, null, non-numeric, NaN).
 /// With `need_record` false the record is not built (`Value::Null` is passed) and the value
@@ -350,18 +184,7 @@ fn for_each_record(
                 }
                 continue;
             }
-            let line = String::from_utf8_lossy(bytes).into_owned();
-            let (record, x) = match serde_json::from_str::<Value>(&line) {
-                Ok(r) => {
-                    let x = match field_value(&r, field, binary) {
-                        Ok(Some(x)) => Ok(x),
-                        Ok(None) => Err(format!("no number at field '{field}'")),
-                        Err(e) => Err(e),
-                    };
-                    (r, x)
-                }
-                Err(e) => (Value::String(line.clone()), Err(format!("not JSON ({e})"))),
-            };
+            let (record, x) = record_value(bytes, field, binary);
             if !f(&name, lineno, record, x)? {
                 return Ok(());
             }
@@ -609,54 +432,4 @@ fn calibrate(args: &Args, g: &Global) -> anyhow::Result<Status> {
         "at_bound": value == if larger_is_quieter { lo } else { hi },
     }))?;
     Ok(Status::Success)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fast_extractor_agrees_with_the_full_parse() {
-        let lines = [
-            r#"{"a":{"b":[1.5,2]},"e":true,"s":"x","n":null,"loss":0.25}"#,
-            r#"{"loss":3,"x":[{"loss":9}]}"#,
-            r#"{"x":{"loss":1}}"#,
-            r#"0.5"#,
-            r#"{"loss":"high"}"#,
-            r#"{"loss":1} trailing"#,
-            r#"{"loss":1e400}"#,
-        ];
-        for line in lines {
-            for field in ["loss", "a.b.0", "a.b.1", "e", "x.0.loss", "n"] {
-                for binary in [false, true] {
-                    let keys: Vec<&str> = field.split('.').collect();
-                    let fast = line_value(line.as_bytes(), &keys, field, binary);
-                    let full = serde_json::from_str::<Value>(line)
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| field_value(&r, field, binary))
-                        .and_then(|x| x.ok_or_else(|| "missing".to_string()));
-                    assert_eq!(fast.is_ok(), full.is_ok(), "{line} {field} {binary}");
-                    if let (Ok(a), Ok(b)) = (fast, full) {
-                        assert_eq!(a, b, "{line} {field}");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn dotted_paths_and_binary_values() {
-        let r: Value =
-            serde_json::from_str(r#"{"a":{"b":[1.5,2]},"e":true,"s":"x","n":null}"#).unwrap();
-        assert_eq!(field_value(&r, "a.b.0", false), Ok(Some(1.5)));
-        assert_eq!(field_value(&r, "a.c", false), Ok(None));
-        assert_eq!(field_value(&r, "n", false), Ok(None));
-        assert!(field_value(&r, "s", false).is_err());
-        assert_eq!(field_value(&r, "e", true), Ok(Some(1.0)));
-        assert!(field_value(&r, "a.b.1", true).is_err(), "2 is not 0/1");
-        assert_eq!(
-            field_value(&serde_json::json!(0.25), "loss", false),
-            Ok(Some(0.25))
-        );
-    }
 }

@@ -357,6 +357,18 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     } else {
         std::fs::create_dir_all(&args.output)
             .with_context(|| format!("creating {}", args.output.display()))?;
+        // An earlier sharded checkpoint's index goes first: it would otherwise outlive a
+        // single-shard result (readers prefer the index) or, in a run killed between two
+        // shards, describe a mix of old and new shards. Without it, such a folder is refused
+        // when read (several .safetensors and no index), never silently mixed.
+        let old_index = args.output.join("model.safetensors.index.json");
+        if old_index.exists() {
+            std::fs::remove_file(&old_index)
+                .with_context(|| format!("removing the old {}", old_index.display()))?;
+            std::fs::File::open(&args.output)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", args.output.display()))?;
+        }
         let n = shards.len();
         let mut weight_map = serde_json::Map::new();
         let mut total_size = 0u64;

@@ -158,6 +158,12 @@ impl RawDataset {
 /// Reads a whole file, gunzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    gunzip_if_gz(path, raw)
+}
+
+/// `raw` itself, or its gunzipped content when it starts with the gzip magic; `path`
+/// names it in errors.
+fn gunzip_if_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(raw.as_slice())
@@ -169,8 +175,9 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Parses an IDX file of unsigned bytes: magic 0x0000 08 D (D dimensions), D big-endian
-/// u32 sizes, then the data. Returns the dimensions and the data.
-fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
+/// u32 sizes, then the data. Returns the dimensions and the data; `path` names the file in
+/// errors.
+pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad(
             path,
@@ -218,8 +225,26 @@ fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
 /// MNIST-style IDX images `[N, H, W]` (U8) and labels `[N]` as a dataset: `input` U8
 /// `[N, 1, H, W]` (torch's channel-first layout) or `[N, H·W]` with `flatten`.
 pub fn import_idx(images: &Path, labels: &Path, flatten: bool) -> Result<RawDataset> {
-    let (idims, input) = parse_idx(images, &read_maybe_gz(images)?)?;
-    let (ldims, lab) = parse_idx(labels, &read_maybe_gz(labels)?)?;
+    idx_dataset(
+        images,
+        read_maybe_gz(images)?,
+        labels,
+        read_maybe_gz(labels)?,
+        flatten,
+    )
+}
+
+/// [`import_idx`] from the files' bytes (each gzipped or not), read by the caller; `images`
+/// and `labels` name them in errors. The entry point of the `import_idx` fuzz target.
+pub fn idx_dataset(
+    images: &Path,
+    image_bytes: Vec<u8>,
+    labels: &Path,
+    label_bytes: Vec<u8>,
+    flatten: bool,
+) -> Result<RawDataset> {
+    let (idims, input) = parse_idx(images, &gunzip_if_gz(images, image_bytes)?)?;
+    let (ldims, lab) = parse_idx(labels, &gunzip_if_gz(labels, label_bytes)?)?;
     if idims.len() != 3 {
         return Err(bad(
             images,
@@ -231,6 +256,9 @@ pub fn import_idx(images: &Path, labels: &Path, flatten: bool) -> Result<RawData
             labels,
             format!("expected labels [N] (IDX with 1 dimension), found {ldims:?}"),
         ));
+    }
+    if idims[0] == 0 {
+        return Err(bad(images, "the images hold no examples (N = 0)"));
     }
     if idims[0] != ldims[0] {
         return Err(bad(
@@ -368,13 +396,30 @@ pub fn import_npy(x: &Path, y: &Path) -> Result<RawDataset> {
     from_arrays(read_npy(x)?, x, read_npy(y)?, y)
 }
 
+/// [`import_npy`] from the two files' bytes, read by the caller; `x` and `y` name them in
+/// errors. The entry point of the `import_npy` fuzz target.
+pub fn npy_dataset(x: &Path, x_bytes: &[u8], y: &Path, y_bytes: &[u8]) -> Result<RawDataset> {
+    from_arrays(parse_npy(x, x_bytes)?, x, parse_npy(y, y_bytes)?, y)
+}
+
 /// A dataset from two arrays of a NumPy `.npz` archive (`np.savez`: stored members, or
 /// `np.savez_compressed`: deflated). The arrays are `x_name` and `y_name` when given; else
 /// those named `x` and `y`; else, when the archive holds just two arrays and neither is named
 /// `x` or `y`, the first (X) and the second (Y) in archive order.
 pub fn import_npz(path: &Path, x_name: Option<&str>, y_name: Option<&str>) -> Result<RawDataset> {
     let file = std::fs::File::open(path).map_err(|e| MnemoError::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    npz_dataset(path, std::io::BufReader::new(file), x_name, y_name)
+}
+
+/// [`import_npz`] from any seekable reader of the archive's bytes; `path` names it in
+/// errors. The entry point of the `import_npz` fuzz target.
+pub fn npz_dataset<R: Read + std::io::Seek>(
+    path: &Path,
+    reader: R,
+    x_name: Option<&str>,
+    y_name: Option<&str>,
+) -> Result<RawDataset> {
+    let mut zip = zip::ZipArchive::new(reader)
         .map_err(|e| bad(path, format!("not a .npz archive (zip): {e}")))?;
     // Array names as np.load shows them: member names without their `.npy`.
     let members: Vec<String> = (0..zip.len())
@@ -468,6 +513,22 @@ fn from_arrays(xs: Npy, x: &Path, ys: Npy, y: &Path) -> Result<RawDataset> {
     }
     if xs.shape[0] == 0 {
         return Err(bad(x, "X has no examples (N = 0)"));
+    }
+    // A dataset holds finite inputs (`Dataset::open` refuses anything else), so importing
+    // one that holds NaN or inf would only write a file no other command opens.
+    if xs.dtype.is_float() {
+        let values = crate::checkpoint::decode(xs.dtype, &xs.data);
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let per = values.len() / xs.shape[0];
+            return Err(bad(
+                x,
+                format!(
+                    "X element {i} (example {}) is {} (as f32): inputs must be finite",
+                    i / per.max(1),
+                    values[i]
+                ),
+            ));
+        }
     }
     let sz = ys.dtype.size();
     let target: Vec<i64> = ys

@@ -55,6 +55,7 @@ mod num;
 mod page_hinkley;
 mod params;
 mod pyrandom;
+pub mod record;
 mod stepd;
 
 pub use adwin::{Adwin, AdwinConfig};

@@ -67,6 +67,18 @@ fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
 impl Model {
     /// A freshly initialised model with torch's default initialisation.
     pub fn init(spec: &ArchSpec, seed: u64, device: &Device) -> Result<Model> {
+        // A spec far beyond this machine's memory is an error, not an allocator abort.
+        let n: usize = spec
+            .params()
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        Vec::<f32>::new()
+            .try_reserve_exact(n)
+            .map_err(|e| MnemoError::InvalidArch {
+                origin: None,
+                reason: format!("{n} values do not fit in memory ({e})"),
+            })?;
         let mut rng = Rng::new(seed);
         let values = init::default_init(spec, &mut rng);
         Self::from_values(spec, values, BTreeMap::new(), device)
@@ -104,7 +116,19 @@ impl Model {
                         expected: "a floating-point dtype".into(),
                     });
                 }
-                values.insert(p.name.clone(), ckpt.to_f32(&p.name)?);
+                let v = ckpt.to_f32(&p.name)?;
+                // NaN or ±inf would flow silently into every output (relu even hides NaN
+                // from the loss), so a model with one is refused, not evaluated or trained.
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(MnemoError::NonFinite {
+                        path: ckpt.path.clone(),
+                        tensor: p.name.clone(),
+                        index: i,
+                        value: v[i],
+                        reason: "a model's weights must be finite (`mnemo inspect --stats` counts NaN and inf per tensor)".into(),
+                    });
+                }
+                values.insert(p.name.clone(), v);
             }
         }
         let known: std::collections::HashSet<&str> =

@@ -358,7 +358,7 @@ impl ArchSpec {
             Ok(())
         };
         match self {
-            ArchSpec::Sequential(l) => check("", l),
+            ArchSpec::Sequential(l) => check("", l)?,
             ArchSpec::MultiHead { trunk, heads } => {
                 check("trunk.", trunk)?;
                 if heads.is_empty() {
@@ -370,9 +370,26 @@ impl ArchSpec {
                     }
                     check(&format!("heads.{name}."), l)?;
                 }
-                Ok(())
             }
         }
+        // Sizes a machine can hold: every tensor's and the whole model's bytes in f32 fit in
+        // an allocation (isize::MAX bytes), so `num_parameters` and every product of a
+        // shape are safe to compute (found by fuzzing: `mlp:` sizes whose product overflows).
+        let limit = isize::MAX as usize / 4;
+        let mut total = 0usize;
+        for p in self.params() {
+            let n = p
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|&n| n <= limit)
+                .ok_or_else(|| format!("tensor '{}' {:?} is too large", p.name, p.shape))?;
+            total = total
+                .checked_add(n)
+                .filter(|&t| t <= limit)
+                .ok_or("the model has too many parameters to be held in memory")?;
+        }
+        Ok(())
     }
 
     /// Canonical JSON (defaults filled in): what goes into `mnemo.arch`.
@@ -520,5 +537,57 @@ mod tests {
         .to_string();
         assert!(e.contains("divisible"), "{e}");
         assert!(ArchSpec::parse("/nonexistent/spec.json").is_err());
+    }
+
+    /// Found by fuzzing (fuzz/regressions/arch_spec/float-round-trip): an eps whose
+    /// canonical JSON (what `mnemo.arch` stores) parsed back to the next double, so a model
+    /// rebuilt from its own metadata differed from the spec it was made with.
+    #[test]
+    fn canonical_json_parses_back_to_the_same_floats() {
+        let spec = ArchSpec::parse(
+            r#"[{"type":"layernorm","normalized_shape":4,"eps":1.3333333333333335},
+                {"type":"batchnorm1d","num_features":4,"momentum":0.30000000000000004},
+                {"type":"dropout","p":0.12345678901234567}]"#,
+        )
+        .unwrap();
+        assert_eq!(ArchSpec::parse(&spec.to_json()).unwrap(), spec);
+        let ArchSpec::Sequential(l) = &spec else {
+            panic!()
+        };
+        assert_eq!(
+            l[0],
+            Layer::LayerNorm {
+                normalized_shape: vec![4],
+                eps: 1.3333333333333335
+            }
+        );
+    }
+
+    /// Fuzzing found sizes whose products overflow (a panic in `num_parameters` in debug
+    /// builds, a wrong count in release): refused when the spec is parsed.
+    #[test]
+    fn sizes_beyond_memory_are_refused() {
+        let e = ArchSpec::parse(
+            "mlp:778844014400102-14414400102-14470-8-804004400102-1070-8-804004400102-10",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("too large"), "{e}");
+        let e = ArchSpec::parse("mlp:4294967296-4294967296-2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large"), "{e}");
+        let e = ArchSpec::parse(
+            r#"[{"type":"layernorm","normalized_shape":[4294967296,4294967296,4294967296]}]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("too large"), "{e}");
+        // Each tensor fits, the sum does not.
+        let e = ArchSpec::parse("mlp:1500000000-1000000000-1500000000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too many parameters"), "{e}");
+        assert!(ArchSpec::parse("mlp:784-400-10").is_ok());
     }
 }

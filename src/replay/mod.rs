@@ -293,6 +293,29 @@ impl ReservoirBuffer {
             .expect("class count in step with targets")
     }
 
+    /// Fails when a stored label is not a class of a model (or head) with `classes` outputs,
+    /// naming the buffer and the slot.
+    pub fn check_labels(&self, classes: usize, head: Option<&str>) -> Result<()> {
+        if let Some((i, &t)) = self
+            .targets
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t < 0 || t as u64 >= classes as u64)
+        {
+            let which = head
+                .map(|h| format!("head '{h}'"))
+                .unwrap_or_else(|| "model".into());
+            return Err(bad(
+                &self.path,
+                format!(
+                    "'target'[{i}] = {t} is out of range: the {which} has {classes} outputs \
+                     (a buffer from another model or task?)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Sets the example shape on first use, or checks it.
     pub fn expect_shape(&mut self, shape: &[usize], from: &Path) -> Result<()> {
         self.check_compatible(shape, from)?;

@@ -230,6 +230,8 @@ struct BatchOut {
     distill: f64,
     /// The logits, when asked for (row-major [b, classes]).
     logits: Option<Vec<f32>>,
+    /// The model's number of outputs (classes).
+    classes: usize,
 }
 
 /// One batch's loss; its gradients (scaled by `scale`) are added into `acc`. Dense
@@ -268,6 +270,7 @@ fn backward(
             loss: loss / b,
             distill: d,
             logits,
+            classes: c,
         });
     }
     let device = model.device.clone();
@@ -300,6 +303,7 @@ fn backward(
         loss: loss / b,
         distill: d,
         logits: want_logits.then_some(l),
+        classes: c,
     })
 }
 
@@ -395,6 +399,11 @@ fn update(
         out.loss_sum += b.loss;
         captured.push(b.logits);
         if let (Some(slots), Some((r, _, _))) = (draw, replay.as_ref()) {
+            if check_labels && i == 0 {
+                // Every stored label, once, against this model (a buffer from another model
+                // is named, with its slot).
+                r.buffer.check_labels(b.classes, cfg.head.as_deref())?;
+            }
             let rd = r.buffer.to_dataset(&slots);
             let stored = (r.distill > 0.0)
                 .then(|| r.buffer.logits_of(&slots))

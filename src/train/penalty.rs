@@ -10,6 +10,17 @@ use crate::model::Model;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
+/// An anchor's non-finite value: the penalty (and so every update) would be NaN.
+fn non_finite_anchor(anchor: &Checkpoint, name: &str, index: usize, value: f32) -> MnemoError {
+    MnemoError::NonFinite {
+        path: anchor.path.clone(),
+        tensor: name.to_string(),
+        index,
+        value,
+        reason: "an anchor's weights must be finite".into(),
+    }
+}
+
 /// One (Fisher, anchor) pair: values by parameter name.
 pub struct PenaltyTerm {
     pub fisher: BTreeMap<String, Vec<f32>>,
@@ -61,8 +72,12 @@ impl PenaltyTerm {
                     ),
                 });
             }
+            let av = anchor.to_f32(name)?;
+            if let Some(i) = av.iter().position(|x| !x.is_finite()) {
+                return Err(non_finite_anchor(anchor, name, i, av[i]));
+            }
             f.insert(name.to_string(), fv);
-            a.insert(name.to_string(), anchor.to_f32(name)?);
+            a.insert(name.to_string(), av);
         }
         if f.is_empty() {
             return Err(MnemoError::InvalidSafetensors {
@@ -99,6 +114,10 @@ impl EwcPenalty {
                     }
                     s
                 })
+                // Summed in chunk order, not by rayon's stealing-shaped tree: the reported
+                // penalty is then the same whatever the number of threads.
+                .collect::<Vec<f64>>()
+                .iter()
                 .sum::<f64>();
         }
         self.lambda * value
@@ -126,7 +145,11 @@ impl AnchorPull {
                     expected: shape.to_vec(),
                 });
             }
-            a.insert(name.clone(), anchor.to_f32(name)?);
+            let av = anchor.to_f32(name)?;
+            if let Some(i) = av.iter().position(|x| !x.is_finite()) {
+                return Err(non_finite_anchor(anchor, name, i, av[i]));
+            }
+            a.insert(name.clone(), av);
         }
         Ok(AnchorPull {
             anchor: a,
@@ -151,6 +174,8 @@ impl AnchorPull {
                 }
                 s
             })
+            .collect::<Vec<f64>>()
+            .iter()
             .sum::<f64>();
         self.strength * value
     }

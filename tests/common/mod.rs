@@ -99,3 +99,22 @@ pub fn raw_safetensors(path: &Path, header: &str, data: &[u8]) {
     v.extend(data);
     std::fs::write(path, v).unwrap();
 }
+
+/// Runs mnemo in `dir` with extra environment variables (`None`: removed).
+pub fn mnemo_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mnemo"));
+    c.args(args).current_dir(dir).stdin(Stdio::null());
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out: Output = c.output().expect("run mnemo");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        raw_stdout: out.stdout,
+    }
+}
