@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod provenance;
 pub mod replay;
+pub mod report;
 pub mod rng;
 pub mod train;
 

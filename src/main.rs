@@ -48,6 +48,12 @@ enum Command {
     LoraGate(Box<cmd::lora_gate::Args>),
     /// LoRA adapter tools: fold an adapter (ours or PEFT's) into a checkpoint.
     Lora(cmd::lora::Args),
+    /// Figures (PNG/SVG) and Markdown tables: loss curves per stage, accuracy matrices with
+    /// average accuracy, backward/forward transfer and forgetting.
+    Report(cmd::report::Args),
+    /// The forgetting criterion: every task's final metric within --max-drop points of its
+    /// baseline; exit 1 when not.
+    Check(cmd::check::Args),
     /// Streaming drift detection over JSON Lines (river's detectors, index for index);
     /// exit 0 when drift is found (as grep finds a match), 1 when not.
     Drift(cmd::drift::Args),
@@ -87,6 +93,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::ReplayTrain(a) => cmd::replay_train::run(*a, g),
         Command::LoraGate(a) => cmd::lora_gate::run(*a, g),
         Command::Lora(a) => cmd::lora::run(a, g),
+        Command::Report(a) => cmd::report::run(a, g),
+        Command::Check(a) => cmd::check::run(a, g),
         Command::Drift(a) => cmd::drift::run(a, g),
         Command::Merge(a) => cmd::merge::run(a, g),
         Command::Data(a) => cmd::data::run(a, g),

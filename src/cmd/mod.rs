@@ -2,6 +2,7 @@
 //! share: global flags, the JSON Lines writer, the progress bar and the
 //! exit-status convention.
 
+pub mod check;
 pub mod completions;
 pub mod data;
 pub mod diff;
@@ -16,6 +17,7 @@ pub mod lora_gate;
 pub mod man;
 pub mod merge;
 pub mod replay_train;
+pub mod report;
 pub mod train_ewc;
 
 use anyhow::Context;
@@ -167,6 +169,8 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("drift", &drift::HELP),
     ("merge", &merge::HELP),
     ("data", &data::HELP),
+    ("report", &report::HELP),
+    ("check", &check::HELP),
     ("completions", &completions::HELP),
 ];
 
