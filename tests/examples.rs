@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -54,4 +55,52 @@ fn split_mnist_pipeline_runs_at_ci_size() {
         t.contains("| replay, 1100 examples |") && t.contains("(n=1)"),
         "{t}"
     );
+}
+
+/// The drift loop at CI size: no update while the stream is stable, an update once the
+/// digits are rotated, every decision logged.
+#[test]
+fn drift_loop_updates_after_the_rotation() {
+    let d = workdir();
+    let out = d.path().join("out");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = Command::new("bash")
+        .arg(format!("{root}/examples/drift-loop/loop.sh"))
+        .env("MNEMO", env!("CARGO_BIN_EXE_mnemo"))
+        .env("DATA", format!("{root}/fixtures/mnist-small"))
+        .env("OUT", &out)
+        .envs([
+            ("TRAIN_N", "500"),
+            ("CHUNK", "50"),
+            ("CHUNKS", "10"),
+            ("DRIFT_AT", "5"),
+        ])
+        .envs([
+            ("CAPACITY", "500"),
+            ("EVAL_BATCH", "10"),
+            ("CALIB_N", "500"),
+        ])
+        .current_dir(d.path())
+        .output()
+        .expect("run the loop");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let decisions: Vec<serde_json::Value> = std::fs::read_to_string(out.join("decisions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 10);
+    for d in &decisions[..5] {
+        assert_eq!(d["action"], "none", "{d}");
+    }
+    assert!(
+        decisions[5..].iter().any(|d| d["action"] == "update"),
+        "{decisions:?}"
+    );
+    let updated = decisions.iter().find(|d| d["action"] == "update").unwrap();
+    assert!(Path::new(updated["model"].as_str().unwrap()).exists());
 }
