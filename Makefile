@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean mnist cuda
+.PHONY: all build demo test lint fixtures interop man clean mnist cuda mlflow-check
 
 all: build
 
@@ -87,6 +87,11 @@ interop: build
 	  $(MNEMO) init --arch fixtures/$$m.arch.json -o $(OUT)/$$m.safetensors && \
 	  $$(scripts/venv.sh) scripts/torch_check.py $(OUT)/$$m.safetensors fixtures/$$m.arch.json || exit 1; \
 	done
+
+# `mnemo log mlflow` against a real MLflow server from PyPI (its own venv, .mlflow-venv; a
+# temporary store on 127.0.0.1): a train-ewc run piped through, metrics and tags read back.
+mlflow-check: build
+	MNEMO=$(MNEMO) scripts/mlflow_check.sh
 
 man:
 	$(CARGO) run --quiet -- man --out man
