@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean mnist cuda fuzz crash-test
+.PHONY: all build demo test lint fixtures interop man clean mnist cuda mlflow-check fuzz crash-test
 
 all: build
 
@@ -12,25 +12,22 @@ build:
 
 $(MNEMO): build
 
-# The main job on shipped data: init, eval (torch-made CNN), inspect, then fisher → train-ewc → eval.
+# The main job on shipped data: a short Split-MNIST (five tasks, domain- and class-incremental;
+# fine-tuning, EWC, online EWC, replay, joint) on the 1,500-image MNIST subset in
+# fixtures/mnist-small/, then the table, the forgetting check and the accuracy-matrix figure.
+DEMO_OUT := $(OUT)/split-mnist
 demo: build
-	@mkdir -p $(OUT)
-	@echo "== mnemo init: a fresh 20-16-16-5 MLP with torch's default initialisation"
-	$(MNEMO) init --arch mlp:20-16-16-5 --seed 1 -o $(OUT)/fresh.safetensors
-	@echo "== mnemo eval: the fresh model on the fixture dataset"
-	$(MNEMO) eval $(OUT)/fresh.safetensors --data fixtures/mlp_data.safetensors
-	@echo "== mnemo eval: a CNN with batchnorm made by PyTorch (torch's numbers are in fixtures/expected.json)"
-	$(MNEMO) eval fixtures/cnn.safetensors --arch fixtures/cnn.arch.json --data fixtures/img_data.safetensors
-	@echo "== mnemo inspect"
-	$(MNEMO) inspect $(OUT)/fresh.safetensors --stats
-	@echo "== mnemo fisher → train-ewc → eval: learn a second task while holding the first"
-	$(MNEMO) fisher fixtures/mlp.safetensors --arch mlp:20-16-16-5 --data fixtures/mlp_data.safetensors -o $(OUT)/fisher1.safetensors
-	$(MNEMO) train-ewc fixtures/mlp.safetensors --arch mlp:20-16-16-5 --data fixtures/mh_b_data.safetensors \
-	  --penalty $(OUT)/fisher1.safetensors:fixtures/mlp.safetensors --lambda 100 --epochs 3 --batch-size 16 --lr 0.01 \
-	  -o $(OUT)/model2.safetensors
-	$(MNEMO) eval $(OUT)/model2.safetensors --data fixtures/mlp_data.safetensors
-	@echo "== mnemo diff: how far did training move the weights? (exit 1 means they differ)"
-	$(MNEMO) diff fixtures/mlp.safetensors $(OUT)/model2.safetensors || test $$? -eq 1
+	@rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
+	@echo "== Split-MNIST on fixtures/mnist-small (100 training images per digit), 5 epochs per task, seed 1"
+	OUT=$(DEMO_OUT) MNEMO=$(MNEMO) DATA=fixtures/mnist-small EPOCHS=5 SEEDS=1 examples/split-mnist/run.sh
+	@echo "== average accuracy after the five tasks (the full-size reproduction: make -C examples/split-mnist)"
+	@examples/split-mnist/table.sh $(DEMO_OUT)/results.jsonl
+	@echo "== mnemo check: did any task lose more than 5 points? (exit 1: yes, as fine-tuning does)"
+	@$(MNEMO) check $(DEMO_OUT)/results.jsonl -q > $(DEMO_OUT)/check.json; \
+	  echo "mnemo check exit status: $$? (1 = some task forgot more than 5 points)"
+	$(MNEMO) report $(DEMO_OUT)/results.jsonl --markdown > $(DEMO_OUT)/metrics.md
+	$(MNEMO) report $(DEMO_OUT)/results.jsonl -o $(DEMO_OUT)/matrix.png --title "Split-MNIST (demo size): accuracy after each task"
+	@echo "== tables: $(DEMO_OUT)/metrics.md  check: $(DEMO_OUT)/check.json  figure: $(DEMO_OUT)/matrix.png"
 
 # What CI runs: formatting, lints, unit and integration tests (the real binary on fixtures).
 test: lint
@@ -105,6 +102,11 @@ interop: build
 	  $(MNEMO) init --arch fixtures/$$m.arch.json -o $(OUT)/$$m.safetensors && \
 	  $$(scripts/venv.sh) scripts/torch_check.py $(OUT)/$$m.safetensors fixtures/$$m.arch.json || exit 1; \
 	done
+
+# `mnemo log mlflow` against a real MLflow server from PyPI (its own venv, .mlflow-venv; a
+# temporary store on 127.0.0.1): a train-ewc run piped through, metrics and tags read back.
+mlflow-check: build
+	MNEMO=$(MNEMO) scripts/mlflow_check.sh
 
 man:
 	$(CARGO) run --quiet -- man --out man

@@ -136,6 +136,16 @@ pub enum MnemoError {
         value: f32,
         reason: String,
     },
+
+    /// A setting from a `--config` file, an `MNEMO_*` environment variable or `--set` that
+    /// names no flag or holds a value of the wrong type. `origin` names the file, table and
+    /// key, the variable, or the `--set` word.
+    #[error("{origin}: {reason}")]
+    Config { origin: String, reason: String },
+
+    /// An MLflow tracking server could not be reached or answered with an error.
+    #[error("MLflow server {uri}: {reason}")]
+    Mlflow { uri: String, reason: String },
 }
 
 pub type Result<T, E = MnemoError> = std::result::Result<T, E>;

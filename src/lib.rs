@@ -3,15 +3,18 @@
 //! maps arguments onto it. See ARCHITECTURE.md for the map.
 
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod drift;
 pub mod error;
 pub mod lora;
 pub mod merge;
 pub mod metrics;
+pub mod mlflow;
 pub mod model;
 pub mod provenance;
 pub mod replay;
+pub mod report;
 pub mod rng;
 pub mod train;
 

@@ -48,6 +48,12 @@ enum Command {
     LoraGate(Box<cmd::lora_gate::Args>),
     /// LoRA adapter tools: fold an adapter (ours or PEFT's) into a checkpoint.
     Lora(cmd::lora::Args),
+    /// Figures (PNG/SVG) and Markdown tables: loss curves per stage, accuracy matrices with
+    /// average accuracy, backward/forward transfer and forgetting.
+    Report(cmd::report::Args),
+    /// The forgetting criterion: every task's final metric within --max-drop points of its
+    /// baseline; exit 1 when not.
+    Check(cmd::check::Args),
     /// Streaming drift detection over JSON Lines (river's detectors, index for index);
     /// exit 0 when drift is found (as grep finds a match), 1 when not.
     Drift(cmd::drift::Args),
@@ -56,6 +62,25 @@ enum Command {
     Merge(cmd::merge::Args),
     /// Dataset tools: import (IDX, NumPy, image folders), split, permute, rotate, shuffle, take, concat, stats.
     Data(cmd::data::Args),
+    /// Forward a JSON Lines metric stream to a tracking server (MLflow), optionally passing
+    /// it through.
+    Log(cmd::log::Args),
+    /// Configuration files and MNEMO_* variables: show a subcommand's effective settings
+    /// and where each came from.
+    ///
+    /// Every subcommand reads its settings from `--config FILE.toml` (a table per subcommand
+    /// named as typed, nested ones joined by dashes: [train-ewc], [data-split], [log-mlflow];
+    /// [global] for --device and --quiet), from environment variables
+    /// MNEMO_<SUBCOMMAND>_<FLAG> (MNEMO_TRAIN_EWC_LAMBDA, MNEMO_GLOBAL_DEVICE) and from `--set
+    /// FLAG=VALUE`. Precedence, lowest first: default, file, environment, command line, --set.
+    /// Keys are flag names without dashes (positional arguments by their name: model, inputs,
+    /// files); several values are a TOML array or comma-separated; flags without a value take
+    /// true/false (also 1/0 in the environment and --set). Relative paths are relative to the
+    /// working folder. Every table and key of the file and every MNEMO_* variable is checked:
+    /// an unknown one is an error naming it (exit 2). When a layer contributed a setting, the
+    /// command runs as its effective command line (recorded as the provenance's
+    /// mnemo.command).
+    Config(cmd::config::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
     /// Write the man pages (used to keep man/ current).
@@ -87,9 +112,13 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::ReplayTrain(a) => cmd::replay_train::run(*a, g),
         Command::LoraGate(a) => cmd::lora_gate::run(*a, g),
         Command::Lora(a) => cmd::lora::run(a, g),
+        Command::Report(a) => cmd::report::run(a, g),
+        Command::Check(a) => cmd::check::run(a, g),
         Command::Drift(a) => cmd::drift::run(a, g),
         Command::Merge(a) => cmd::merge::run(a, g),
         Command::Data(a) => cmd::data::run(a, g),
+        Command::Log(a) => cmd::log::run(a, g),
+        Command::Config(a) => cmd::config::run(a, g),
         Command::Completions(a) => cmd::completions::run(a, g),
         Command::Man(a) => cmd::man::run(a, g),
     }
@@ -155,13 +184,10 @@ fn main() {
     configure_threads();
     #[cfg(feature = "mimalloc")]
     tune_allocator();
-    let matches = match command().try_get_matches() {
+    // clap, with the --config file, MNEMO_* variables and --set layered in (cmd/config.rs).
+    let matches = match cmd::config::parse(std::env::args_os().collect()) {
         Ok(m) => m,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
+        Err(code) => std::process::exit(code),
     };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -5,11 +5,12 @@
 # lr 1e-3, batch 128. Methods: fine-tuning, EWC (a penalty per earlier task), online EWC
 # (one accumulated Fisher), replay (a 1100-example reservoir buffer), joint training.
 #
-# Every model after every task is evaluated on every task's test set; each evaluation is one
-# JSON line in $OUT/results.jsonl:
-#   {"scenario":"domain","method":"ewc","seed":1,"after":3,"accuracy":[a1,a2,a3,a4,a5]}
-# (joint training has only after = 5). The settings come from the environment (see the
-# Makefile beside this file).
+# Every model after every task is evaluated on every task's test set (and the initial model,
+# stage 0, for forward transfer); each evaluation is one JSON line in $OUT/results.jsonl, as
+# `mnemo eval --stage --label` writes them:
+#   {"loss":..,"accuracy":..,"task":2,"stage":3,"scenario":"domain","method":"ewc","seed":1,...}
+# (joint training has only stage 5). `mnemo report` and `mnemo check` read them. The
+# settings come from the environment (see the Makefile beside this file).
 set -euo pipefail
 
 MNEMO=${MNEMO:-mnemo}
@@ -56,14 +57,12 @@ done
 results="$OUT/results.jsonl"
 : > "$results"
 
-# record SCENARIO METHOD SEED AFTER MODEL: evaluates MODEL on every task's test set.
+# record SCENARIO METHOD SEED STAGE MODEL: evaluates MODEL on every task's test set.
 record() {
-  local sc=$1 method=$2 seed=$3 after=$4 model=$5 tests=()
+  local sc=$1 method=$2 seed=$3 stage=$4 model=$5 tests=()
   for t in $TASKS; do tests+=("$OUT/data/$sc-${t/,/-}-test.safetensors"); done
-  local accs
-  accs=$("$MNEMO" eval "$model" --data "${tests[@]}" -q | grep '"task"' |
-    sed 's/.*"accuracy":\([^,]*\),.*/\1/' | paste -sd, -)
-  echo "{\"scenario\":\"$sc\",\"method\":\"$method\",\"seed\":$seed,\"after\":$after,\"accuracy\":[$accs]}" >> "$results"
+  "$MNEMO" eval "$model" --data "${tests[@]}" --stage "$stage" -q \
+    --label "scenario=$sc" --label "method=$method" --label "seed=$seed" | grep '"task"' >> "$results"
 }
 
 for seed in $SEEDS; do
@@ -77,6 +76,7 @@ for seed in $SEEDS; do
       say "seed $seed, $sc-incremental, $method"
       d="$dir/$method"
       rm -rf "$d" && mkdir -p "$d"
+      [ "$method" != joint ] && record "$sc" "$method" "$seed" 0 "$m0"
       if [ "$method" = joint ]; then
         parts=()
         for t in $TASKS; do parts+=("$OUT/data/$sc-${t/,/-}-train.safetensors"); done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Markdown table of final average accuracies (after task 5, mean over the five tasks' test
 # sets), mean ± sample std over seeds, beside Hsu et al. 2018 (Table 2, mean of 10 runs).
-# Usage: table.sh results.jsonl
+# Usage: table.sh results.jsonl (records of `mnemo eval --stage --label`, as run.sh writes them)
 set -euo pipefail
 awk '
 BEGIN {
@@ -13,16 +13,24 @@ BEGIN {
   name["finetune"] = "fine-tuning (Adam)"; name["ewc"] = "EWC"; name["online-ewc"] = "online EWC"
   name["replay"] = "replay, 1100 examples"; name["joint"] = "joint training"
 }
-/"after":5,/ {
+/"stage":5,/ {
   match($0, /"scenario":"[a-z]+"/); sc = substr($0, RSTART + 12, RLENGTH - 13)
   match($0, /"method":"[a-z-]+"/); m = substr($0, RSTART + 10, RLENGTH - 11)
-  match($0, /"accuracy":\[[^]]*\]/); a = substr($0, RSTART + 12, RLENGTH - 13)
-  k = split(a, v, ","); s = 0
-  for (i = 1; i <= k; i++) s += v[i]
-  x = 100 * s / k
-  n[sc, m]++; sum[sc, m] += x; sq[sc, m] += x * x
+  match($0, /"seed":[0-9]+/); seed = substr($0, RSTART + 7, RLENGTH - 7)
+  match($0, /"accuracy":[0-9.eE+-]+/); a = substr($0, RSTART + 11, RLENGTH - 11)
+  k = sc SUBSEP m
+  if (!((k, seed) in acc)) { seeds[k] = seeds[k] " " seed }
+  acc[k, seed] += a; cnt[k, seed]++
 }
 END {
+  for (k in seeds) {
+    split(k, parts, SUBSEP); sc = parts[1]; m = parts[2]
+    ns = split(seeds[k], list, " ")
+    for (i = 1; i <= ns; i++) {
+      x = 100 * acc[k, list[i]] / cnt[k, list[i]]
+      n[sc, m]++; sum[sc, m] += x; sq[sc, m] += x * x
+    }
+  }
   print "| method | domain-IL (mnemo) | domain-IL (Hsu et al.) | class-IL (mnemo) | class-IL (Hsu et al.) |"
   print "|---|---:|---:|---:|---:|"
   for (j = 1; j <= 5; j++) {

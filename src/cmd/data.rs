@@ -201,7 +201,7 @@ fn write(
     inputs: &[&Path],
     extra: &[(&str, String)],
 ) -> anyhow::Result<()> {
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     for p in inputs {
         prov.input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
     }

@@ -419,7 +419,7 @@ pub fn fit_with(
     }
     let last = outcome.reports.last();
     let mut summary = json!({
-        "event": "summary", "output": f.output.display().to_string(),
+        "event": "summary", "output": f.output.display().to_string(), "command": f.prov.command,
         "epochs": outcome.epochs_done, "steps": outcome.steps,
         "task_loss": last.map(|r| num(r.task_loss)), "penalty": last.map(|r| num(r.penalty)),
     });

@@ -1,6 +1,7 @@
 //! `mnemo eval`: mean cross-entropy, accuracy and top-5 of a classifier on a dataset.
 
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
+use anyhow::Context;
 use mnemo::data::Dataset;
 use mnemo::metrics::{score, ClassificationTotals};
 use mnemo::model::{Mode, Model};
@@ -22,6 +23,10 @@ pub const HELP: HelpExtra = HelpExtra {
         (
             "every task's test set after training on task 3 (one line each, then the mean)",
             "mnemo eval model3.safetensors --data t1-test.safetensors t2-test.safetensors t3-test.safetensors",
+        ),
+        (
+            "records for an accuracy matrix: after stage 2 of an EWC run, seed 1",
+            "mnemo eval model2.safetensors --data t1.safetensors t2.safetensors t3.safetensors --stage 2 --label method=ewc --label seed=1 >> results.jsonl",
         ),
         (
             "per-batch losses as JSON Lines, for monitoring",
@@ -50,14 +55,34 @@ pub struct Args {
     /// Also print one line per batch before the summary: {"batch","n","loss","accuracy"}.
     #[arg(long)]
     pub stream: bool,
+    /// Mark each result line with "stage": N (the training stage the model comes from) and
+    /// its "task" number: the records `report` and `check` build accuracy matrices from.
+    #[arg(long, value_name = "N")]
+    pub stage: Option<usize>,
+    /// Add KEY=VALUE to every result line (repeatable), e.g. --label method=ewc --label seed=1;
+    /// values that parse as numbers are written as numbers.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let device = g.device()?;
     let (mut model, _ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
+    let mut labels = serde_json::Map::new();
+    for l in &args.label {
+        let (k, v) = l
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--label '{l}': expected KEY=VALUE"))?;
+        let value = match v.parse::<i64>() {
+            Ok(i) => json!(i),
+            Err(_) => v.parse::<f64>().map(num).unwrap_or_else(|_| json!(v)),
+        };
+        labels.insert(k.to_string(), value);
+    }
     let mut out = JsonLines::stdout();
-    let several = args.data.len() > 1;
+    let several = args.data.len() > 1 || args.stage.is_some();
     let mut accuracies = Vec::new();
     for (task, path) in args.data.iter().enumerate() {
         let data = Dataset::open(path)?;
@@ -72,10 +97,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             line["task"] = json!(task + 1);
             line["data"] = json!(path.display().to_string());
         }
+        if let Some(s) = args.stage {
+            line["stage"] = json!(s);
+        }
+        for (k, v) in &labels {
+            line[k] = v.clone();
+        }
         out.emit(&line)?;
         accuracies.push(totals.accuracy());
     }
-    if several {
+    if args.data.len() > 1 {
         out.emit(&json!({
             "tasks": accuracies.len(),
             "mean_accuracy": num(accuracies.iter().sum::<f64>() / accuracies.len() as f64),

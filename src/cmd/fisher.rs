@@ -77,7 +77,7 @@ fn run_reduce(args: &Args) -> anyhow::Result<Status> {
         .map(Checkpoint::open)
         .collect::<Result<_, _>>()?;
     let (tensors, samples) = reduce(&files)?;
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     for f in &files {
         prov.input(f.path.display().to_string(), f.content_hash()?);
     }
@@ -154,7 +154,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         tensors.push(OwnedTensor::f32(name.clone(), t.dims().to_vec(), &v));
     }
     let model_hash = ckpt.content_hash()?;
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     prov.input(model_path.display().to_string(), model_hash.clone());
     prov.input(
         data_path.display().to_string(),

@@ -38,7 +38,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let spec = ArchSpec::parse(&args.arch)?;
     // Initial values are drawn on the host from mnemo's RNG; the device does not change them.
     let model = Model::init(&spec, args.seed, &candle_core::Device::Cpu)?;
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     prov.seed = Some(args.seed);
     let mut meta = prov.metadata();
     meta.insert(ARCH_KEY.into(), spec.to_json());

@@ -96,7 +96,7 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                     data,
                 });
             }
-            let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+            let mut prov = Provenance::from_args(&super::argv());
             prov.input(base.display().to_string(), ckpt.content_hash()?);
             let wfile = adapter.join(mnemo::lora::WEIGHTS_FILE);
             prov.input(

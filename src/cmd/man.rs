@@ -14,6 +14,16 @@ pub struct Args {
     pub out: PathBuf,
 }
 
+/// The root page's guide to the methods, by update frequency, data volume and forgetting risk.
+pub const CHOOSING: &[(&str, &str)] = &[
+    ("When to update: drift", "Decide when to update before deciding how: mnemo drift watches a metric stream (eval --stream) and exits 0 when it has changed. Updating on a schedule without a change spends compute and risks forgetting for nothing."),
+    ("Clear task boundaries, old data gone: EWC (fisher, train-ewc)", "Tasks arrive as batches and earlier data cannot be kept (privacy, storage). One Fisher file per task (or one accumulated file, online EWC) holds the weights that mattered. Cheap: one extra pass per task and an O(parameters) penalty. Works when tasks share an output space (domain-incremental); it does not stop a shared head from forgetting earlier classes (class-incremental Split-MNIST: EWC stays near fine-tuning)."),
+    ("Streams, blurred boundaries, new classes: replay (replay-train)", "When you may keep a small sample of past data, replay is the strongest guard against forgetting, and the only one of these that handles new classes (class-incremental). The buffer lives on disk and grows with nothing but its capacity; class-balanced keeps skewed streams fair; --distill adds the old model's outputs for labels that change meaning. Cost: about twice the compute per update."),
+    ("Large base model, frequent small updates: LoRA gating (lora-gate)", "Train a small adapter per update and deploy it only when validation holds; a rejected update writes nothing, so automation is safe, and removing an adapter undoes it. The gate detects regressions on what the validation set covers; it does not prevent forgetting of what it does not cover. Use --significance with small validation sets."),
+    ("Several models trained apart: merging (merge)", "Sites or tasks fine-tuned separately from one initialisation combine without data or training: Fisher-weighted averaging when Fisher files exist, TIES, DARE or task arithmetic otherwise. Quality falls when the models drifted far apart or did not share an initialisation."),
+    ("Forgetting risk", "Check what you keep: eval every task's test set after every stage (eval --stage), and let mnemo check fail the pipeline when a task falls more than --max-drop points below where it was."),
+];
+
 fn page(cmd: clap::Command, extra: Option<&HelpExtra>) -> std::io::Result<Vec<u8>> {
     // The examples and exit codes get their own sections below, not clap's EXTRA.
     let cmd = cmd.after_help("").after_long_help("");
@@ -50,6 +60,10 @@ fn page(cmd: clap::Command, extra: Option<&HelpExtra>) -> std::io::Result<Vec<u8
             r.text([roman(
                 "0 success; 1 a negative decision, documented per command (differences found, drift absent, update rejected); 2 an error, whose message names the file, tensor or line.",
             )]);
+            r.control("SH", ["CHOOSING AN APPROACH"]);
+            for (what, text) in CHOOSING {
+                r.control("TP", []).text([bold(*what)]).text([roman(*text)]);
+            }
             r.control("SH", ["SEE ALSO"]);
             let names: Vec<String> = cmd
                 .get_subcommands()

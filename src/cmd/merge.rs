@@ -295,7 +295,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let inputs: Vec<Checkpoint> = args.inputs.iter().map(open).collect::<Result<_, _>>()?;
     let base = args.base.as_ref().map(open).transpose()?;
     let fishers: Vec<Checkpoint> = args.fisher.iter().map(open).collect::<Result<_, _>>()?;
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     for c in inputs.iter().chain(base.as_ref()).chain(&fishers) {
         prov.input(c.path.display().to_string(), c.content_hash()?);
     }

@@ -2,7 +2,9 @@
 //! share: global flags, the JSON Lines writer, the progress bar and the
 //! exit-status convention.
 
+pub mod check;
 pub mod completions;
+pub mod config;
 pub mod data;
 pub mod diff;
 pub mod drift;
@@ -11,11 +13,13 @@ pub mod eval;
 pub mod fisher;
 pub mod init;
 pub mod inspect;
+pub mod log;
 pub mod lora;
 pub mod lora_gate;
 pub mod man;
 pub mod merge;
 pub mod replay_train;
+pub mod report;
 pub mod train_ewc;
 
 use anyhow::Context;
@@ -30,6 +34,36 @@ pub struct Global {
     /// No progress bars or human messages on stderr (errors are still printed).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Settings from a TOML file: a table per subcommand ([train-ewc], [data-split]) and
+    /// [global]; below MNEMO_<SUBCOMMAND>_<FLAG> variables and the command line (see `mnemo
+    /// config --help`).
+    #[arg(long, global = true, value_name = "FILE.toml")]
+    pub config: Option<std::path::PathBuf>,
+    /// Override a setting of this subcommand, above everything else (repeatable; lists
+    /// comma-separated, switches true/false), e.g. --set lambda=100.
+    #[arg(long, global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+static ARGV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Records the effective command line (with the settings of --config, MNEMO_* variables and
+/// --set written out as flags), for `argv()`.
+pub fn set_argv(argv: &[std::ffi::OsString]) {
+    let _ = ARGV.set(
+        argv.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+    );
+}
+
+/// The command line to record in provenance: the effective one when configuration layers
+/// contributed settings, else the process's own.
+pub fn argv() -> Vec<String> {
+    match ARGV.get() {
+        Some(a) => a.clone(),
+        None => std::env::args().collect(),
+    }
 }
 
 impl Global {
@@ -167,6 +201,10 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("drift", &drift::HELP),
     ("merge", &merge::HELP),
     ("data", &data::HELP),
+    ("report", &report::HELP),
+    ("check", &check::HELP),
+    ("log", &log::HELP),
+    ("config", &config::HELP),
     ("completions", &completions::HELP),
 ];
 

@@ -119,7 +119,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             args.buffer.display()
         );
     }
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     prov.input(args.model.display().to_string(), ckpt.content_hash()?);
     prov.input(
         args.data.display().to_string(),

@@ -49,7 +49,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
     let data = Dataset::open(&args.data)?;
-    let mut prov = Provenance::from_args(&std::env::args().collect::<Vec<_>>());
+    let mut prov = Provenance::from_args(&super::argv());
     prov.input(args.model.display().to_string(), ckpt.content_hash()?);
     prov.input(
         args.data.display().to_string(),

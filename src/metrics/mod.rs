@@ -1,6 +1,7 @@
 //! Classification metrics computed from logits on the host in f64, so that
 //! mean cross-entropy matches torch's to well within 1e-5.
 
+pub mod continual;
 pub mod paired;
 
 use serde::Serialize;

@@ -1,0 +1,270 @@
+//! `mnemo report`: figures and tables from JSON Lines — loss curves of training runs (one
+//! panel per stage) and accuracy matrices with average accuracy, BWT, FWT and forgetting.
+
+use super::{print_text, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
+use anyhow::Context;
+use mnemo::metrics::continual::{matrices, mean_matrix, mean_std, parse_records, AccuracyMatrix};
+use mnemo::report::{plot_matrices, plot_panels, Curve, Panel};
+use serde_json::json;
+use std::path::PathBuf;
+
+pub const HELP: HelpExtra = HelpExtra {
+    examples: &[
+        (
+            "loss curves of a three-stage sequence, one panel per stage",
+            "mnemo report stage1.jsonl stage2.jsonl stage3.jsonl -o curves.png",
+        ),
+        (
+            "accuracy-matrix heatmaps from eval --stage records",
+            "mnemo report results.jsonl --kind matrix -o matrix.svg",
+        ),
+        (
+            "the tables: average accuracy, BWT, FWT, forgetting (mean ± std over seeds)",
+            "mnemo report results.jsonl --markdown",
+        ),
+    ],
+    exit_status: EXIT_PLAIN,
+};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// matrix when the files hold stage/task records, else curves.
+    Auto,
+    /// Training and validation loss per epoch (step lines when there is one epoch), one panel
+    /// per file (stage).
+    Curves,
+    /// Heatmap of R[stage][task] per run (mean over seeds).
+    Matrix,
+}
+
+/// Figures (PNG or SVG by the extension of -o) and Markdown tables from mnemo's JSON Lines.
+/// Runs are told apart by the string fields of the records (method, scenario, ...); records
+/// with a numeric "seed" are replicates, averaged.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// JSON Lines files: training runs (curves) or eval --stage records (matrix); `-` is stdin.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The figure to write (.png or .svg).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Kind::Auto)]
+    pub kind: Kind,
+    /// Print the tables as Markdown on stdout.
+    #[arg(long)]
+    pub markdown: bool,
+    /// The record field the matrix holds.
+    #[arg(long, default_value = "accuracy", value_name = "FIELD")]
+    pub metric: String,
+    /// The figure's title.
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}", 100.0 * v)
+}
+
+fn pm(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    let (m, s) = mean_std(v);
+    if v.len() > 1 {
+        format!("{} ± {}", pct(m), pct(s))
+    } else {
+        pct(m)
+    }
+}
+
+fn matrix_table(m: &AccuracyMatrix) -> String {
+    let mut s = String::from("| after stage |");
+    for j in 1..=m.tasks {
+        s.push_str(&format!(" task {j} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(m.tasks));
+    s.push('\n');
+    for (i, row) in m.r.iter().enumerate() {
+        if row.iter().all(|v| v.is_none()) {
+            continue;
+        }
+        s.push_str(&format!(
+            "| {} |",
+            if i == 0 { "init".into() } else { i.to_string() }
+        ));
+        for v in row {
+            s.push_str(&format!(" {} |", v.map(pct).unwrap_or_else(|| "–".into())));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
+    if args.output.is_none() && !args.markdown {
+        anyhow::bail!("nothing to do: give -o FILE.png|FILE.svg and/or --markdown");
+    }
+    let mut texts = Vec::new();
+    for f in &args.files {
+        texts.push((f.clone(), read(f)?));
+    }
+    let mut records = Vec::new();
+    for (f, t) in &texts {
+        records.extend(parse_records(t, f, &args.metric)?);
+    }
+    let kind = match args.kind {
+        Kind::Auto if !records.is_empty() => Kind::Matrix,
+        Kind::Auto => Kind::Curves,
+        k => k,
+    };
+    let mut out = JsonLines::stdout();
+    match kind {
+        Kind::Matrix => {
+            if records.is_empty() {
+                anyhow::bail!("no records with 'stage', 'task' and '{}' (write them with `mnemo eval --stage`)", args.metric);
+            }
+            let runs = matrices(&records);
+            let mut figs = Vec::new();
+            let mut md = String::from("| run | seeds | average | BWT | FWT | forgetting |\n|---|---:|---:|---:|---:|---:|\n");
+            let mut detail = String::new();
+            for (name, reps) in &runs {
+                let ms: Vec<&AccuracyMatrix> = reps.iter().map(|(_, m)| m).collect();
+                let metrics: Vec<_> = ms.iter().filter_map(|m| m.metrics()).collect();
+                let col =
+                    |f: &dyn Fn(&mnemo::metrics::continual::ContinualMetrics) -> Option<f64>| {
+                        pm(&metrics.iter().filter_map(f).collect::<Vec<_>>())
+                    };
+                let label = if name.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    name.clone()
+                };
+                md.push_str(&format!(
+                    "| {label} | {} | {} | {} | {} | {} |\n",
+                    reps.len(),
+                    col(&|m| Some(m.average)),
+                    col(&|m| m.bwt),
+                    col(&|m| m.fwt),
+                    col(&|m| m.mean_forgetting),
+                ));
+                let mean = mean_matrix(&ms);
+                detail.push_str(&format!(
+                    "\n{label} (R[stage][task], mean of {} seed(s)):\n\n{}",
+                    reps.len(),
+                    matrix_table(&mean)
+                ));
+                figs.push((label, mean));
+            }
+            if args.markdown {
+                print_text(&format!("{md}{detail}"))?;
+            }
+            if let Some(o) = &args.output {
+                let title = args
+                    .title
+                    .clone()
+                    .unwrap_or_else(|| format!("{} after each stage", args.metric));
+                plot_matrices(o, &title, &figs)?;
+                if !args.markdown {
+                    out.emit(&json!({"figure": o.display().to_string(), "kind": "matrix", "panels": figs.len()}))?;
+                }
+            }
+        }
+        Kind::Curves | Kind::Auto => {
+            let mut panels = Vec::new();
+            let mut md = String::from("| stage | file | epochs | final train loss | final val loss | final val accuracy |\n|---:|---|---:|---:|---:|---:|\n");
+            for (i, (f, t)) in texts.iter().enumerate() {
+                let mut epochs = Vec::new();
+                let mut steps = Vec::new();
+                for (n, line) in t.lines().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("{}:{}: not JSON", f.display(), n + 1))?;
+                    match v.get("event").and_then(|e| e.as_str()) {
+                        Some("epoch") => epochs.push(v),
+                        Some("step") => steps.push(v),
+                        _ => {}
+                    }
+                }
+                if epochs.is_empty() && steps.is_empty() {
+                    anyhow::bail!("{}: no epoch or step lines (the JSON Lines of train-ewc, replay-train or lora-gate --log)", f.display());
+                }
+                let field = |rows: &[serde_json::Value], x: &str, y: &str| -> Vec<(f64, f64)> {
+                    rows.iter()
+                        .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(y)?.as_f64()?)))
+                        .collect()
+                };
+                let (rows, x, x_label) = if epochs.len() > 1 || steps.is_empty() {
+                    (&epochs, "epoch", "epoch")
+                } else {
+                    (&steps, "step", "update")
+                };
+                let mut curves = vec![Curve {
+                    label: "train".into(),
+                    points: field(rows, x, "task_loss"),
+                }];
+                for (key, label) in [("val_loss", "validation"), ("replay_loss", "replay")] {
+                    let pts = field(&epochs, if x == "epoch" { "epoch" } else { "steps" }, key);
+                    if !pts.is_empty() && x == "epoch" {
+                        curves.push(Curve {
+                            label: label.into(),
+                            points: pts,
+                        });
+                    }
+                }
+                let stem = f
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                panels.push(Panel {
+                    title: format!("stage {}: {stem}", i + 1),
+                    x_label: x_label.into(),
+                    y_label: "loss".into(),
+                    curves,
+                });
+                let last = epochs.last();
+                let get = |k: &str| {
+                    last.and_then(|l| l.get(k))
+                        .and_then(|v| v.as_f64())
+                        .map(|v| format!("{v:.4}"))
+                        .unwrap_or_else(|| "–".into())
+                };
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    i + 1,
+                    f.display(),
+                    epochs.len(),
+                    get("task_loss"),
+                    get("val_loss"),
+                    get("val_accuracy")
+                ));
+            }
+            if args.markdown {
+                print_text(&md)?;
+            }
+            if let Some(o) = &args.output {
+                plot_panels(
+                    o,
+                    args.title.as_deref().unwrap_or("loss per stage"),
+                    &panels,
+                )?;
+                if !args.markdown {
+                    out.emit(&json!({"figure": o.display().to_string(), "kind": "curves", "panels": panels.len()}))?;
+                }
+            }
+        }
+    }
+    Ok(Status::Success)
+}
