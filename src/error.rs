@@ -26,6 +26,11 @@ pub enum MnemoError {
     #[error("{path}: {reason}")]
     InvalidState { path: PathBuf, reason: String },
 
+    /// An `--init-optimizer` file is not an optimizer state, is for another optimizer, or
+    /// does not fit the model's trainable parameters.
+    #[error("{path}: {reason}")]
+    InvalidOptimizerState { path: PathBuf, reason: String },
+
     /// A tensor that was asked for does not exist in the file.
     #[error("{path}: no tensor named '{tensor}'")]
     MissingTensor { path: PathBuf, tensor: String },

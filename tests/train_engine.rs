@@ -270,3 +270,130 @@ fn sigkill_at_any_moment_then_resume_gives_the_same_weights() {
     ok(run(d.path(), &resumable));
     same_tensors(&d.path().join("full.st"), &d.path().join("out.st"));
 }
+
+/// Two invocations chained by --save-optimizer / --init-optimizer take exactly the
+/// updates of one run over both datasets (Adam's moments and bias-correction step carry
+/// over); without them the second run restarts Adam and ends elsewhere.
+#[test]
+fn optimizer_state_carries_across_invocations() {
+    let d = workdir();
+    let data = fixture("mlp_data.safetensors");
+    for (name, skip) in [("d1.st", "0"), ("d2.st", "16")] {
+        ok(mnemo_in(
+            d.path(),
+            &["data", "take", &data, "16", "--skip", skip, "-o", name],
+        ));
+    }
+    ok(mnemo_in(
+        d.path(),
+        &["data", "take", &data, "32", "-o", "both.st"],
+    ));
+    let train = |input: &str, data: &str, out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "train-ewc",
+            input,
+            "--arch",
+            MLP,
+            "--data",
+            data,
+            "-o",
+            out,
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--no-shuffle",
+            "-q",
+        ];
+        a.extend_from_slice(extra);
+        ok(mnemo_in(d.path(), &a))
+    };
+    let m0 = fixture("mlp.safetensors");
+    train(&m0, "both.st", "one.st", &[]);
+    train(&m0, "d1.st", "a.st", &["--save-optimizer", "opt.st"]);
+    train(
+        "a.st",
+        "d2.st",
+        "b.st",
+        &["--init-optimizer", "opt.st", "--save-optimizer", "opt2.st"],
+    );
+    same_tensors(&d.path().join("one.st"), &d.path().join("b.st"));
+    let opt = Checkpoint::open(d.path().join("opt2.st")).unwrap();
+    assert_eq!(opt.metadata()["mnemo.optimizer.step"], "4");
+    assert_eq!(opt.metadata()["mnemo.optimizer"], "adam");
+    assert!(opt.names().any(|n| n == "exp_avg_sq/0.weight"));
+    // The same second run with a fresh Adam does not reach the single run's weights.
+    train("a.st", "d2.st", "fresh.st", &[]);
+    let (x, y) = (
+        Checkpoint::open(d.path().join("one.st")).unwrap(),
+        Checkpoint::open(d.path().join("fresh.st")).unwrap(),
+    );
+    assert_ne!(x.bytes("0.weight").unwrap(), y.bytes("0.weight").unwrap());
+
+    // Refusals name the file: a model is not an optimizer state; Adam moments do not
+    // start SGD; another model's moments do not fit.
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "train-ewc",
+            "a.st",
+            "--data",
+            "d2.st",
+            "-o",
+            "x.st",
+            "--init-optimizer",
+            "a.st",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a.st") && r.stderr.contains("not an optimizer state"),
+        "{}",
+        r.stderr
+    );
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "train-ewc",
+            "a.st",
+            "--data",
+            "d2.st",
+            "-o",
+            "x.st",
+            "--optimizer",
+            "sgd",
+            "--momentum",
+            "0.9",
+            "--init-optimizer",
+            "opt.st",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("holds adam moments"), "{}", r.stderr);
+    ok(mnemo_in(
+        d.path(),
+        &["init", "--arch", "mlp:20-8-5", "-o", "small.st"],
+    ));
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "train-ewc",
+            "small.st",
+            "--data",
+            "d2.st",
+            "-o",
+            "x.st",
+            "--init-optimizer",
+            "opt.st",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("opt.st") && r.stderr.contains("has shape"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.path().join("x.st").exists());
+}

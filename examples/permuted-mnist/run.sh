@@ -3,7 +3,9 @@
 # domain-incremental): ten tasks, each MNIST under its own fixed pixel permutation
 # (`mnemo data permute --seed k`); an MLP 784-1000-1000-10, Adam lr 1e-4, batch 128, ITERS
 # updates per task. Methods: none (fine-tuning), EWC (a penalty per earlier task), online
-# EWC (one accumulated Fisher, γ = GAMMA). Records as in examples/split-mnist: one
+# EWC (one accumulated Fisher, γ = GAMMA). As in van de Ven & Tolias's code, Adam's moments
+# carry from task to task (--save-optimizer / --init-optimizer); OPTIMIZER=reset starts a
+# fresh Adam at every task instead, as Avalanche does. Records as in examples/split-mnist: one
 # `mnemo eval --stage --label` line per (stage, task) in $OUT/results.jsonl.
 set -euo pipefail
 
@@ -21,6 +23,7 @@ HIDDEN=${HIDDEN:-1000}
 LAMBDA=${LAMBDA:-2500}
 ONLINE_LAMBDA=${ONLINE_LAMBDA:-2500}
 GAMMA=${GAMMA:-1.0}
+OPTIMIZER=${OPTIMIZER:-carry}
 
 mkdir -p "$OUT/data"
 say() { echo "permuted-mnist: $*" >&2; }
@@ -49,7 +52,7 @@ tests=()
 for k in $(seq 1 "$TASKS"); do tests+=("$OUT/data/task$k-test.safetensors"); done
 record() {
   "$MNEMO" eval "$5" --data "${tests[@]}" --stage "$4" -q \
-    --label "scenario=domain" --label "method=$2" --label "seed=$3" | grep '"task"' >> "$results"
+    --label "scenario=domain" --label "method=$2" --label "optimizer=$OPTIMIZER" --label "seed=$3" | grep '"task"' >> "$results"
 }
 
 for seed in $SEEDS; do
@@ -66,16 +69,21 @@ for seed in $SEEDS; do
     for k in $(seq 1 "$TASKS"); do
       train="$OUT/data/task$k-train.safetensors"
       out="$d/model$k.safetensors"
+      optim=()
+      if [ "$OPTIMIZER" = carry ]; then
+        [ "$k" -gt 1 ] && optim=(--init-optimizer "$d/adam$((k - 1)).safetensors")
+        optim+=(--save-optimizer "$d/adam$k.safetensors")
+      fi
       case $method in
-        none) "$MNEMO" train-ewc "$prev" --data "$train" $TRAIN --seed "$seed" -o "$out" >/dev/null ;;
+        none) "$MNEMO" train-ewc "$prev" --data "$train" $TRAIN ${optim[@]+"${optim[@]}"} --seed "$seed" -o "$out" >/dev/null ;;
         ewc)
           "$MNEMO" train-ewc "$prev" --data "$train" ${penalties[@]+"${penalties[@]}"} --lambda "$LAMBDA" \
-            $TRAIN --seed "$seed" -o "$out" >/dev/null
+            $TRAIN ${optim[@]+"${optim[@]}"} --seed "$seed" -o "$out" >/dev/null
           "$MNEMO" fisher "$out" --data "$train" -o "$d/fisher$k.safetensors" >/dev/null
           penalties+=(--penalty "$d/fisher$k.safetensors:$out") ;;
         online-ewc)
           "$MNEMO" train-ewc "$prev" --data "$train" ${penalties[@]+"${penalties[@]}"} --lambda "$ONLINE_LAMBDA" \
-            $TRAIN --seed "$seed" -o "$out" >/dev/null
+            $TRAIN ${optim[@]+"${optim[@]}"} --seed "$seed" -o "$out" >/dev/null
           acc=()
           [ "$k" -gt 1 ] && acc=(--accumulate "$d/fisher$((k - 1)).safetensors" --gamma "$GAMMA")
           "$MNEMO" fisher "$out" --data "$train" ${acc[@]+"${acc[@]}"} -o "$d/fisher$k.safetensors" >/dev/null

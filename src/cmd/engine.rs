@@ -9,8 +9,9 @@ use mnemo::data::Dataset;
 use mnemo::model::{Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
 use mnemo::train::{
-    self, AnchorPull, Event, EwcPenalty, Job, Optimizer, OptimizerConfig, OptimizerKind, Outcome,
-    Penalty, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit, StateFile, TrainConfig,
+    self, optim_file, AnchorPull, Event, EwcPenalty, Job, Optimizer, OptimizerConfig,
+    OptimizerKind, Outcome, Penalty, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit,
+    StateFile, TrainConfig,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -141,6 +142,14 @@ pub struct EngineArgs {
     /// With --state, also save every N updates.
     #[arg(long, value_name = "N", requires = "state")]
     pub save_every: Option<u64>,
+    /// Start the optimizer from moments saved by an earlier run's --save-optimizer (torch's
+    /// exp_avg, exp_avg_sq or momentum_buffer, and the step count for Adam's bias correction)
+    /// instead of from zero: a task sequence continues one optimizer, as in one PyTorch loop.
+    #[arg(long, value_name = "FILE")]
+    pub init_optimizer: Option<PathBuf>,
+    /// Write the optimizer's moments and step count here at the end (for --init-optimizer).
+    #[arg(long, value_name = "FILE")]
+    pub save_optimizer: Option<PathBuf>,
     /// Also emit a {"event":"step"} line every N updates.
     #[arg(long, value_name = "N")]
     pub log_every: Option<usize>,
@@ -279,7 +288,7 @@ pub struct Fit<'a> {
 /// atomically, a summary line last.
 pub fn fit(f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
     let mut out = JsonLines::stdout();
-    let (_, outcome) = fit_with(f, e, g, &mut out, true)?;
+    let (_, outcome, _) = fit_with(f, e, g, &mut out, true)?;
     Ok(outcome)
 }
 
@@ -292,7 +301,7 @@ pub fn fit_with(
     g: &Global,
     out: &mut JsonLines,
     write: bool,
-) -> anyhow::Result<(Model, Outcome)> {
+) -> anyhow::Result<(Model, Outcome, Optimizer)> {
     let cfg = e.train_config(f.head.clone())?;
     let opt_cfg = e.optimizer();
     f.prov.seed = Some(e.seed);
@@ -313,6 +322,10 @@ pub fn fit_with(
         }
         None => None,
     };
+    if let Some(p) = &e.init_optimizer {
+        f.prov
+            .input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
+    }
     let state = e.state.as_ref().map(|path| {
         // Inputs by content and every setting: not paths, not the hidden test hook.
         let mut h = blake3::Hasher::new();
@@ -338,6 +351,10 @@ pub fn fit_with(
         }
     });
     let mut opt = Optimizer::new(opt_cfg);
+    if let Some(p) = &e.init_optimizer {
+        optim_file::load(p, &mut opt, &f.model)
+            .with_context(|| format!("--init-optimizer {}", p.display()))?;
+    }
     let pb = g.progress(e.epochs as u64, f.command);
     let start = std::time::Instant::now();
     // The buffer is recorded as an input after the fingerprint: a finished run resumed
@@ -403,13 +420,17 @@ pub fn fit_with(
         );
     }
     if !write {
-        return Ok((model, outcome));
+        return Ok((model, outcome, opt));
     }
     let mut meta = f.prov.metadata();
     meta.insert(ARCH_KEY.into(), model.spec.to_json());
     meta.extend(f.metadata);
     write_checkpoint(f.output, model.tensors()?, &meta)
         .with_context(|| format!("writing {}", f.output.display()))?;
+    if let Some(p) = &e.save_optimizer {
+        optim_file::save(p, &opt, &model, &f.prov.metadata())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     // After the output: a run killed in between leaves the old buffer, so running the
     // command again (or resuming with --state) does not offer the data twice.
     if let Some(r) = &f.replay {
@@ -437,5 +458,5 @@ pub fn fit_with(
     }
     summary["seconds"] = num(start.elapsed().as_secs_f64());
     out.emit(&summary)?;
-    Ok((model, outcome))
+    Ok((model, outcome, opt))
 }

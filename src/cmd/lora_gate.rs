@@ -211,7 +211,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         "lora={:?}|metric={:?}|threshold={}",
         config, args.metric, args.threshold
     );
-    let (mut model, outcome) = fit_with(
+    let (mut model, outcome, opt) = fit_with(
         Fit {
             command: "lora-gate",
             model,
@@ -278,6 +278,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             .write_dir(&args.output, &meta)
             .with_context(|| format!("writing the adapter to {}", args.output.display()))?;
         line["adapter"] = json!(args.output.display().to_string());
+        if let Some(p) = &args.engine.save_optimizer {
+            mnemo::train::optim_file::save(p, &opt, &model, &prov.metadata())
+                .with_context(|| format!("writing {}", p.display()))?;
+            line["optimizer"] = json!(p.display().to_string());
+        }
     } else {
         g.say(format!(
             "lora-gate: rejected: {} fell from {baseline:.6} to {score:.6} (threshold {}){}; nothing written",

@@ -7,6 +7,7 @@
 pub mod dense;
 pub mod fisher;
 pub mod optim;
+pub mod optim_file;
 pub mod penalty;
 pub mod schedule;
 pub mod state;

@@ -30,6 +30,9 @@ pub struct OptimizerConfig {
 pub struct Optimizer {
     pub config: Option<OptimizerConfig>,
     pub step: u64,
+    /// Updates taken by earlier runs whose moments this one continues (`--init-optimizer`):
+    /// Adam's bias correction counts them, as torch's does after `load_state_dict`.
+    pub carried_steps: u64,
     /// First moment (Adam) or momentum buffer (SGD), by parameter name.
     pub m: BTreeMap<String, Vec<f32>>,
     /// Second moment (Adam), by parameter name.
@@ -101,7 +104,7 @@ impl Optimizer {
             OptimizerKind::Adam { beta1, beta2, eps }
             | OptimizerKind::AdamW { beta1, beta2, eps } => {
                 let decoupled = matches!(c.kind, OptimizerKind::AdamW { .. });
-                let t = self.step as i32;
+                let t = (self.carried_steps + self.step).min(i32::MAX as u64) as i32;
                 let bc1 = 1.0 - (beta1 as f64).powi(t);
                 let bc2_sqrt = (1.0 - (beta2 as f64).powi(t)).sqrt() as f32;
                 let step_size = (lr / bc1) as f32;
