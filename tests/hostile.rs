@@ -434,6 +434,68 @@ fn non_finite_weights() {
     }
 }
 
+/// `lora merge` folds W + scale·B·A: a NaN or ±inf in an adapted module's base weight (or a
+/// fold beyond the dtype's range) is refused unless --allow-nonfinite; tensors the adapter
+/// does not touch are copied as they are.
+#[test]
+fn lora_merge_refuses_non_finite_folds() {
+    let d = setup(&["mlp.safetensors"]);
+    let p = d.path();
+    copy_dir(&fixtures().join("lora/peft_mlp"), &p.join("ad"));
+    // The PEFT fixture adapts modules 0 and 4.
+    std::fs::write(
+        p.join("nan.safetensors"),
+        poke(&p.join("mlp.safetensors"), "0.weight", 5, f32::NAN),
+    )
+    .unwrap();
+    refused(
+        p,
+        &[
+            "lora",
+            "merge",
+            "nan.safetensors",
+            "ad",
+            "-o",
+            "m.safetensors",
+        ],
+        &[
+            "nan.safetensors",
+            "'0.weight'",
+            "element 5",
+            "NaN",
+            "--allow-nonfinite",
+        ],
+    );
+    ok(mnemo_in(
+        p,
+        &[
+            "lora",
+            "merge",
+            "nan.safetensors",
+            "ad",
+            "--allow-nonfinite",
+            "-o",
+            "m.safetensors",
+        ],
+    ));
+    std::fs::write(
+        p.join("untouched.safetensors"),
+        poke(&p.join("mlp.safetensors"), "2.weight", 5, f32::NAN),
+    )
+    .unwrap();
+    ok(mnemo_in(
+        p,
+        &[
+            "lora",
+            "merge",
+            "untouched.safetensors",
+            "ad",
+            "-o",
+            "u.safetensors",
+        ],
+    ));
+}
+
 fn dataset(path: &Path, n: usize, labels: &[i64]) {
     let mut data = vec![0u8; n * 20 * 4];
     for t in labels {

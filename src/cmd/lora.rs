@@ -42,6 +42,10 @@ pub enum LoraCommand {
         adapter: PathBuf,
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
+        /// Write folded weights that are NaN or ±inf (a NaN in the base, or a value beyond
+        /// the dtype's range) instead of refusing them, as `merge --allow-nonfinite` does.
+        #[arg(long)]
+        allow_nonfinite: bool,
     },
 }
 
@@ -51,6 +55,7 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
             base,
             adapter,
             output,
+            allow_nonfinite,
         } => {
             let ckpt = Checkpoint::open(&base)?;
             let ad = Adapter::read_dir(&adapter)?;
@@ -77,16 +82,37 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                 fold(&mut v, &e.shape, w, scale, &base, &name).with_context(|| {
                     format!("folding {} into {}", adapter.display(), base.display())
                 })?;
-                folded.insert(name, (e.dtype, e.shape.clone(), v));
+                let data = encode(e.dtype, &v)
+                    .with_context(|| format!("'{name}': cannot write {} values", e.dtype))?;
+                // Checked as written: a finite f32 sum can still overflow f16's ±65504.
+                if !allow_nonfinite {
+                    let written = mnemo::checkpoint::decode(e.dtype, &data);
+                    if let Some(i) = written.iter().position(|x| !x.is_finite()) {
+                        return Err(mnemo::MnemoError::NonFinite {
+                            path: base.clone(),
+                            tensor: name,
+                            index: i,
+                            value: written[i],
+                            reason: format!(
+                                "the folded weight is not finite ({} the base); \
+                                 --allow-nonfinite writes it anyway",
+                                if ckpt.to_f32(&format!("{m}.weight"))?[i].is_finite() {
+                                    "an overflow of"
+                                } else {
+                                    "as in"
+                                }
+                            ),
+                        }
+                        .into());
+                    }
+                }
+                folded.insert(name, (e.dtype, e.shape.clone(), data));
             }
             let mut tensors = Vec::new();
             for name in ckpt.names() {
                 let e = ckpt.entry(name)?;
-                let data = match folded.get(name) {
-                    Some((dtype, _, v)) => Cow::Owned(
-                        encode(*dtype, v)
-                            .with_context(|| format!("'{name}': cannot write {dtype} values"))?,
-                    ),
+                let data = match folded.remove(name) {
+                    Some((_, _, bytes)) => Cow::Owned(bytes),
                     None => Cow::Borrowed(ckpt.bytes(name)?),
                 };
                 tensors.push(OwnedTensor {
