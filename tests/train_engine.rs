@@ -334,66 +334,31 @@ fn optimizer_state_carries_across_invocations() {
 
     // Refusals name the file: a model is not an optimizer state; Adam moments do not
     // start SGD; another model's moments do not fit.
-    let r = mnemo_in(
-        d.path(),
-        &[
-            "train-ewc",
-            "a.st",
-            "--data",
-            "d2.st",
-            "-o",
-            "x.st",
-            "--init-optimizer",
-            "a.st",
-        ],
-    );
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("a.st") && r.stderr.contains("not an optimizer state"),
-        "{}",
-        r.stderr
-    );
-    let r = mnemo_in(
-        d.path(),
-        &[
-            "train-ewc",
-            "a.st",
-            "--data",
-            "d2.st",
-            "-o",
-            "x.st",
-            "--optimizer",
-            "sgd",
-            "--momentum",
-            "0.9",
-            "--init-optimizer",
-            "opt.st",
-        ],
-    );
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("holds adam moments"), "{}", r.stderr);
     ok(mnemo_in(
         d.path(),
         &["init", "--arch", "mlp:20-8-5", "-o", "small.st"],
     ));
-    let r = mnemo_in(
-        d.path(),
-        &[
-            "train-ewc",
-            "small.st",
-            "--data",
-            "d2.st",
-            "-o",
-            "x.st",
-            "--init-optimizer",
+    let refusals: [(&str, &str, &[&str], &str); 3] = [
+        ("a.st", "a.st", &[], "not an optimizer state"),
+        (
+            "a.st",
             "opt.st",
-        ],
-    );
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("opt.st") && r.stderr.contains("has shape"),
-        "{}",
-        r.stderr
-    );
+            &["--optimizer", "sgd", "--momentum", "0.9"],
+            "holds adam moments",
+        ),
+        ("small.st", "opt.st", &[], "has shape"),
+    ];
+    for (model, state, extra, says) in refusals {
+        let mut a = vec!["train-ewc", model, "--data", "d2.st", "-o", "x.st"];
+        a.extend_from_slice(extra);
+        a.extend(["--init-optimizer", state]);
+        let r = mnemo_in(d.path(), &a);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            r.stderr.contains(state) && r.stderr.contains(says),
+            "{}",
+            r.stderr
+        );
+    }
     assert!(!d.path().join("x.st").exists());
 }
