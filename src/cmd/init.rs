@@ -17,13 +17,18 @@ pub const HELP: HelpExtra = HelpExtra {
             "a CNN described by a JSON layer list",
             "mnemo init --arch cnn.json -o cnn.safetensors",
         ),
+        (
+            "torchvision's ResNet-18 for 10 classes (its state_dict names, so torchvision weights load)",
+            "mnemo init --arch resnet18:num_classes=10 -o resnet.safetensors",
+        ),
     ],
     exit_status: EXIT_PLAIN,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Architecture: `mlp:IN-H1-...-OUT`, inline JSON layer list, or a JSON file.
+    /// Architecture: `mlp:IN-H1-...-OUT`, a zoo name (`resnet18`, `efficientnet_b0`, `vit`,
+    /// options after a colon: `resnet18:num_classes=10`), inline JSON, or a JSON file.
     #[arg(long, value_name = "SPEC")]
     pub arch: String,
     /// Seed of the initialisation; the same seed gives the same bytes.

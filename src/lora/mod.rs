@@ -207,44 +207,41 @@ pub fn resolve_targets(
     spec: &ArchSpec,
     patterns: &[String],
 ) -> Result<BTreeMap<String, TargetKind>> {
+    // Every Linear and Conv2d, containers' children included, by its full dotted name
+    // (`layer1.0.conv1`, `encoder.layers.0.self_attention.q_proj`).
     let mut modules = Vec::new();
-    for (prefix, layers) in spec.groups() {
-        for (i, layer) in layers.iter().enumerate() {
-            let name = format!("{prefix}{i}");
-            match *layer {
-                Layer::Linear {
-                    in_features,
-                    out_features,
-                    ..
-                } => modules.push((
-                    name,
-                    Some(TargetKind::Linear {
-                        in_features,
-                        out_features,
-                    }),
-                )),
-                Layer::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel_size,
-                    stride,
-                    padding,
-                    groups,
-                    ..
-                } => modules.push((
-                    name,
-                    (groups == 1).then_some(TargetKind::Conv2d {
-                        in_channels,
-                        out_channels,
-                        kernel_size,
-                        stride,
-                        padding,
-                    }),
-                )),
-                _ => {}
-            }
-        }
-    }
+    spec.visit(&mut |name, layer| match *layer {
+        Layer::Linear {
+            in_features,
+            out_features,
+            ..
+        } => modules.push((
+            name.to_string(),
+            Some(TargetKind::Linear {
+                in_features,
+                out_features,
+            }),
+        )),
+        Layer::Conv2d {
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            groups,
+            ..
+        } => modules.push((
+            name.to_string(),
+            (groups == 1).then_some(TargetKind::Conv2d {
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+            }),
+        )),
+        _ => {}
+    });
     let mut out = BTreeMap::new();
     for pat in patterns {
         let mut hit = false;

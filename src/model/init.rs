@@ -1,8 +1,10 @@
 //! torch's default initialisation, drawn from mnemo's seeded RNG:
 //! Linear/Conv2d weights kaiming_uniform(a=√5), i.e. U(−1/√fan_in, 1/√fan_in),
 //! biases U(−1/√fan_in, 1/√fan_in); norms weight 1, bias 0; running mean 0, var 1.
+//! A patch embedding's class token starts at 0 and its position embedding at N(0, 0.02²),
+//! as torchvision's ViT. Tensors are drawn in state-dict order.
 
-use super::spec::{ArchSpec, Layer};
+use super::spec::{join, ArchSpec, Layer};
 use crate::rng::Rng;
 use std::collections::BTreeMap;
 
@@ -10,61 +12,81 @@ fn uniform(rng: &mut Rng, n: usize, bound: f64) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
 }
 
+/// N(0, std²) by Box–Muller, one pair of uniforms per value.
+fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            // 1 − u ∈ (0, 1]: the logarithm is finite.
+            let u1 = 1.0 - rng.next_f64();
+            let u2 = rng.next_f64();
+            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
+
 /// Values for every float tensor of the spec, by name.
 pub fn default_init(spec: &ArchSpec, rng: &mut Rng) -> BTreeMap<String, Vec<f32>> {
     let mut out = BTreeMap::new();
-    for (prefix, layers) in spec.groups() {
-        for (i, layer) in layers.iter().enumerate() {
-            let name = |n: &str| format!("{prefix}{i}.{n}");
-            match *layer {
-                Layer::Linear {
-                    in_features,
-                    out_features,
-                    bias,
-                } => {
-                    let bound = 1.0 / (in_features as f64).sqrt();
-                    out.insert(
-                        name("weight"),
-                        uniform(rng, in_features * out_features, bound),
-                    );
-                    if bias {
-                        out.insert(name("bias"), uniform(rng, out_features, bound));
-                    }
+    spec.visit(&mut |prefix, layer| {
+        let name = |n: &str| join(prefix, n);
+        match *layer {
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
+                let bound = 1.0 / (in_features as f64).sqrt();
+                out.insert(
+                    name("weight"),
+                    uniform(rng, in_features * out_features, bound),
+                );
+                if bias {
+                    out.insert(name("bias"), uniform(rng, out_features, bound));
                 }
-                Layer::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel_size,
-                    groups,
-                    bias,
-                    ..
-                } => {
-                    let fan_in = in_channels / groups * kernel_size * kernel_size;
-                    let bound = 1.0 / (fan_in as f64).sqrt();
-                    out.insert(name("weight"), uniform(rng, out_channels * fan_in, bound));
-                    if bias {
-                        out.insert(name("bias"), uniform(rng, out_channels, bound));
-                    }
-                }
-                Layer::BatchNorm1d { num_features, .. }
-                | Layer::BatchNorm2d { num_features, .. } => {
-                    out.insert(name("weight"), vec![1.0; num_features]);
-                    out.insert(name("bias"), vec![0.0; num_features]);
-                    out.insert(name("running_mean"), vec![0.0; num_features]);
-                    out.insert(name("running_var"), vec![1.0; num_features]);
-                }
-                Layer::LayerNorm {
-                    ref normalized_shape,
-                    ..
-                } => {
-                    let n = normalized_shape.iter().product();
-                    out.insert(name("weight"), vec![1.0; n]);
-                    out.insert(name("bias"), vec![0.0; n]);
-                }
-                _ => {}
             }
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel_size,
+                groups,
+                bias,
+                ..
+            } => {
+                let fan_in = in_channels / groups * kernel_size * kernel_size;
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                out.insert(name("weight"), uniform(rng, out_channels * fan_in, bound));
+                if bias {
+                    out.insert(name("bias"), uniform(rng, out_channels, bound));
+                }
+            }
+            Layer::BatchNorm1d { num_features, .. } | Layer::BatchNorm2d { num_features, .. } => {
+                out.insert(name("weight"), vec![1.0; num_features]);
+                out.insert(name("bias"), vec![0.0; num_features]);
+                out.insert(name("running_mean"), vec![0.0; num_features]);
+                out.insert(name("running_var"), vec![1.0; num_features]);
+            }
+            Layer::LayerNorm {
+                ref normalized_shape,
+                ..
+            } => {
+                let n = normalized_shape.iter().product();
+                out.insert(name("weight"), vec![1.0; n]);
+                out.insert(name("bias"), vec![0.0; n]);
+            }
+            Layer::PatchEmbedding { .. } => {
+                for (p, shape, _) in layer.own_params() {
+                    let n: usize = shape.iter().product();
+                    let v = if p == "class_token" {
+                        vec![0.0; n]
+                    } else {
+                        normal(rng, n, 0.02)
+                    };
+                    out.insert(name(p), v);
+                }
+            }
+            _ => {}
         }
-    }
+    });
     out
 }
 
@@ -84,5 +106,23 @@ mod tests {
         assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.02, "{var}");
         assert_eq!(v["0.bias"].len(), 300);
         assert_ne!(default_init(&spec, &mut Rng::new(1))["0.weight"], *w);
+    }
+
+    #[test]
+    fn every_float_tensor_of_a_tree_is_initialised() {
+        for arch in ["resnet18:num_classes=10", "vit:depth=1"] {
+            let spec = ArchSpec::parse(arch).unwrap();
+            let v = default_init(&spec, &mut Rng::new(0));
+            for p in spec.params() {
+                if p.kind != crate::model::ParamKind::Counter {
+                    let n: usize = p.shape.iter().product();
+                    assert_eq!(v[&p.name].len(), n, "{arch} {}", p.name);
+                }
+            }
+        }
+        let spec = ArchSpec::parse("vit:depth=1,dim=64").unwrap();
+        let pos = &default_init(&spec, &mut Rng::new(3))["embedding.pos_embedding"];
+        let var = pos.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / pos.len() as f64;
+        assert!((var.sqrt() / 0.02 - 1.0).abs() < 0.05, "{}", var.sqrt());
     }
 }

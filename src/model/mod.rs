@@ -5,8 +5,9 @@
 
 mod init;
 pub mod spec;
+pub mod zoo;
 
-pub use spec::{ArchSpec, Layer, ParamKind, ParamSpec};
+pub use spec::{join, ArchSpec, Children, Layer, ParamKind, ParamSpec};
 
 use crate::checkpoint::{Checkpoint, Dtype, OwnedTensor};
 use crate::error::{MnemoError, Result};
@@ -248,6 +249,10 @@ impl Model {
     ) -> Result<Tensor> {
         let groups: Vec<(String, Vec<Layer>)> = match (&self.spec, head) {
             (ArchSpec::Sequential(l), _) => vec![(String::new(), l.clone())],
+            // A module tree is one root layer, named ''.
+            (ArchSpec::Tree(root), _) => {
+                return self.layer_forward("", &root.clone(), x, mode, rng);
+            }
             (ArchSpec::MultiHead { trunk, heads }, Some(h)) => {
                 let hl = heads.get(h).ok_or_else(|| MnemoError::InvalidArch {
                     origin: None,
@@ -307,12 +312,12 @@ impl Model {
         mode: Mode,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        let ctx = || format!("layer {name} ({})", layer_kind(layer));
+        let ctx = || format!("layer {name} ({})", layer.kind());
         let c = |e: candle_core::Error| MnemoError::Compute {
             context: format!("{}: input shape {:?}", ctx(), x.dims()),
             source: e,
         };
-        let w = |s: &Self, n: &str| s.var(&format!("{name}.{n}")).cloned();
+        let w = |s: &Self, n: &str| s.var(&join(name, n)).cloned();
         Ok(match *layer {
             Layer::Linear { bias, .. } => {
                 let wt = w(self, "weight")?;
@@ -433,7 +438,165 @@ impl Model {
                 .map_err(c)?,
             Layer::Flatten => x.flatten_from(1).map_err(c)?,
             Layer::Dropout { p } => dropout(x, p, mode, rng).map_err(c)?,
+            Layer::Silu => x.silu().map_err(c)?,
+            Layer::Hardswish => {
+                let relu6 = (x + 3.0)
+                    .map_err(c)?
+                    .relu()
+                    .map_err(c)?
+                    .minimum(6.0)
+                    .map_err(c)?;
+                (x * relu6).map_err(c)?.affine(1.0 / 6.0, 0.0).map_err(c)?
+            }
+            Layer::Sequential { .. } | Layer::Module { .. } => {
+                self.children_forward(name, &layer.children(), x, mode, rng)?
+            }
+            Layer::Residual {
+                ref body,
+                ref shortcut,
+                ref post,
+                stochastic_depth: p,
+            } => {
+                let b = self.children_forward(name, &pairs(body), x, mode, rng)?;
+                let b = stochastic_depth(&b, p, mode, rng).map_err(c)?;
+                let s = self.children_forward(name, &pairs(shortcut), x, mode, rng)?;
+                let y = (b + s).map_err(c)?;
+                self.children_forward(name, &pairs(post), &y, mode, rng)?
+            }
+            Layer::SqueezeExcitation { activation, .. } => {
+                let kids = layer.children();
+                let s = x
+                    .mean_keepdim(D::Minus1)
+                    .map_err(c)?
+                    .mean_keepdim(D::Minus2)
+                    .map_err(c)?;
+                let s = self.layer_forward(&join(name, "fc1"), &kids[0].1, &s, mode, rng)?;
+                let s = match activation {
+                    spec::Activation::Relu => s.relu(),
+                    spec::Activation::Silu => s.silu(),
+                }
+                .map_err(c)?;
+                let s = self.layer_forward(&join(name, "fc2"), &kids[1].1, &s, mode, rng)?;
+                let s = candle_nn::ops::sigmoid(&s).map_err(c)?;
+                x.broadcast_mul(&s).map_err(c)?
+            }
+            Layer::PatchEmbedding {
+                image_size, dim, ..
+            } => {
+                let (b, _, h, wd) = x.dims4().map_err(c)?;
+                if h != image_size || wd != image_size {
+                    return Err(MnemoError::ShapeMismatch {
+                        path: name.into(),
+                        tensor: format!("{name} (patch-embedding input)"),
+                        found: x.dims().to_vec(),
+                        expected: vec![b, x.dim(1).map_err(c)?, image_size, image_size],
+                    });
+                }
+                let kids = layer.children();
+                let y = self.layer_forward(&join(name, "conv_proj"), &kids[0].1, x, mode, rng)?;
+                // [B, D, h, w] -> [B, h·w, D], patches in row-major order as torchvision.
+                let y = y
+                    .flatten_from(2)
+                    .and_then(|y| y.transpose(1, 2))
+                    .and_then(|y| y.contiguous())
+                    .map_err(c)?;
+                let cls = w(self, "class_token")?
+                    .broadcast_as((b, 1, dim))
+                    .map_err(c)?;
+                let pos = w(self, "pos_embedding")?;
+                Tensor::cat(&[&cls, &y], 1)
+                    .and_then(|y| y.broadcast_add(&pos))
+                    .map_err(c)?
+            }
+            Layer::SelfAttention {
+                num_heads,
+                dropout: p,
+                ..
+            } => self.attention(name, layer, x, num_heads, p, mode, rng)?,
+            Layer::EncoderBlock { .. } => {
+                let kids = layer.children();
+                let mut run = |s: &mut Self, i: usize, h: &Tensor| {
+                    s.layer_forward(&join(name, &kids[i].0), &kids[i].1, h, mode, rng)
+                };
+                // ln_1, self_attention, dropout, + x; ln_2, mlp, + x.
+                let h = run(self, 0, x)?;
+                let h = run(self, 1, &h)?;
+                let h = run(self, 2, &h)?;
+                let x1 = (x + h).map_err(c)?;
+                let h = run(self, 3, &x1)?;
+                let h = run(self, 4, &h)?;
+                (x1 + h).map_err(c)?
+            }
+            Layer::ClassToken => x.narrow(1, 0, 1).and_then(|t| t.squeeze(1)).map_err(c)?,
         })
+    }
+
+    /// Runs `children` (named under `name`) one after another; no children is the identity.
+    fn children_forward(
+        &mut self,
+        name: &str,
+        children: &[(Cow<'_, str>, Cow<'_, Layer>)],
+        x: &Tensor,
+        mode: Mode,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (child_name, child) in children {
+            h = self.layer_forward(&join(name, child_name), child, &h, mode, rng)?;
+        }
+        Ok(h)
+    }
+
+    /// Multi-head self-attention on x [B, N, D]: softmax(q·kᵀ/√d_head)·v per head, then
+    /// `o_proj`. The softmax is written out (max-shifted exp over the sum) so it has a
+    /// backward; the projections go through `layer_forward`, so LoRA applies to them.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        name: &str,
+        layer: &Layer,
+        x: &Tensor,
+        num_heads: usize,
+        p: f64,
+        mode: Mode,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let c = |e: candle_core::Error| MnemoError::Compute {
+            context: format!("layer {name} (self-attention): input shape {:?}", x.dims()),
+            source: e,
+        };
+        let (b, n, d) = x.dims3().map_err(c)?;
+        let dh = d / num_heads;
+        let kids = layer.children();
+        let proj = |s: &mut Self, i: usize, h: &Tensor, rng: &mut Rng| {
+            s.layer_forward(&join(name, &kids[i].0), &kids[i].1, h, mode, rng)
+        };
+        let heads = |t: Tensor| {
+            t.reshape((b, n, num_heads, dh))
+                .and_then(|t| t.transpose(1, 2))
+                .and_then(|t| t.contiguous())
+        };
+        let q = heads(proj(self, 0, x, rng)?).map_err(c)?;
+        let k = heads(proj(self, 1, x, rng)?).map_err(c)?;
+        let v = heads(proj(self, 2, x, rng)?).map_err(c)?;
+        let kt = k.transpose(2, 3).and_then(|t| t.contiguous()).map_err(c)?;
+        let scores = (q.matmul(&kt).map_err(c)? / (dh as f64).sqrt()).map_err(c)?;
+        let max = scores.max_keepdim(D::Minus1).map_err(c)?.detach();
+        let e = scores
+            .broadcast_sub(&max)
+            .and_then(|t| t.exp())
+            .map_err(c)?;
+        let attn = e
+            .broadcast_div(&e.sum_keepdim(D::Minus1).map_err(c)?)
+            .map_err(c)?;
+        let attn = dropout(&attn, p, mode, rng).map_err(c)?;
+        let out = attn
+            .matmul(&v)
+            .and_then(|t| t.transpose(1, 2))
+            .and_then(|t| t.contiguous())
+            .and_then(|t| t.reshape((b, n, d)))
+            .map_err(c)?;
+        proj(self, 3, &out, rng)
     }
 
     /// `y` plus the LoRA term scale·B(A(dropout(x))) when module `name` is adapted.
@@ -494,10 +657,10 @@ impl Model {
                 .cloned()
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))
         };
-        let weight = lookup(format!("{name}.weight"))?;
-        let bias = lookup(format!("{name}.bias"))?;
-        let rm_key = format!("{name}.running_mean");
-        let rv_key = format!("{name}.running_var");
+        let weight = lookup(join(name, "weight"))?;
+        let bias = lookup(join(name, "bias"))?;
+        let rm_key = join(name, "running_mean");
+        let rv_key = join(name, "running_var");
         let c = weight.dim(0)?;
         // Statistics over every dim but the channel dim (1): [B,C] or [B,C,H,W].
         let shape: Vec<usize> = (0..x.rank()).map(|d| if d == 1 { c } else { 1 }).collect();
@@ -532,7 +695,7 @@ impl Model {
                 self.buffers.insert(rv_key, rv);
                 *self
                     .counters
-                    .entry(format!("{name}.num_batches_tracked"))
+                    .entry(join(name, "num_batches_tracked"))
                     .or_insert(0) += 1;
                 (mean, var)
             }
@@ -789,23 +952,11 @@ pub fn resolve_arch(ckpt: &Checkpoint, arch: Option<&str>) -> Result<ArchSpec> {
     }
 }
 
-fn layer_kind(l: &Layer) -> &'static str {
-    match l {
-        Layer::Linear { .. } => "linear",
-        Layer::Conv2d { .. } => "conv2d",
-        Layer::BatchNorm1d { .. } => "batchnorm1d",
-        Layer::BatchNorm2d { .. } => "batchnorm2d",
-        Layer::LayerNorm { .. } => "layernorm",
-        Layer::Relu => "relu",
-        Layer::Gelu => "gelu",
-        Layer::Tanh => "tanh",
-        Layer::Sigmoid => "sigmoid",
-        Layer::MaxPool2d { .. } => "maxpool2d",
-        Layer::AvgPool2d { .. } => "avgpool2d",
-        Layer::AdaptiveAvgPool => "adaptive-avg-pool",
-        Layer::Flatten => "flatten",
-        Layer::Dropout { .. } => "dropout",
-    }
+/// Named children as `Layer::children` gives them.
+fn pairs(c: &spec::Children) -> Vec<(Cow<'_, str>, Cow<'_, Layer>)> {
+    c.0.iter()
+        .map(|(n, l)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(l)))
+        .collect()
 }
 
 /// Inverted dropout with masks from `rng` (identity in eval mode or for p = 0).
@@ -824,6 +975,29 @@ fn dropout(x: &Tensor, p: f64, mode: Mode, rng: &mut Rng) -> candle_core::Result
         })
         .collect();
     x * Tensor::from_vec(mask, x.dims(), x.device())?
+}
+
+/// torchvision's `StochasticDepth(p, "row")`: in train mode each example (row) is zeroed
+/// with probability p and the others scaled by 1/(1 − p); the identity in eval mode or
+/// for p = 0. The draws come from `rng`, one per row.
+fn stochastic_depth(x: &Tensor, p: f64, mode: Mode, rng: &mut Rng) -> candle_core::Result<Tensor> {
+    if mode == Mode::Eval || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let rows = x.dim(0)?;
+    let mask: Vec<f32> = (0..rows)
+        .map(|_| {
+            if rng.next_f64() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut shape = vec![1usize; x.rank()];
+    shape[0] = rows;
+    x.broadcast_mul(&Tensor::from_vec(mask, shape.as_slice(), x.device())?.to_dtype(x.dtype())?)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -1004,5 +1178,45 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(gx, vec![0.25, 0.25, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn stochastic_depth_drops_whole_rows_and_rescales_the_rest() {
+        let x = Tensor::ones((64, 3, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let y = stochastic_depth(&x, 0.25, Mode::Train, &mut Rng::new(5)).unwrap();
+        let rows: Vec<Vec<f32>> = y.flatten_from(1).unwrap().to_vec2().unwrap();
+        let mut dropped = 0;
+        for r in &rows {
+            // Each row is all 0 or all 1/(1 − p).
+            assert!(r.iter().all(|v| *v == r[0]), "{r:?}");
+            if r[0] == 0.0 {
+                dropped += 1;
+            } else {
+                assert!((r[0] - 1.0 / 0.75).abs() < 1e-6);
+            }
+        }
+        assert!((5..=30).contains(&dropped), "{dropped}");
+        let again = stochastic_depth(&x, 0.25, Mode::Train, &mut Rng::new(5)).unwrap();
+        assert_eq!(flat(&again), flat(&y), "the seed decides");
+        let eval = stochastic_depth(&x, 0.25, Mode::Eval, &mut Rng::new(5)).unwrap();
+        assert_eq!(flat(&eval), flat(&x));
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn silu_and_hardswish_values() {
+        let spec = ArchSpec::parse(r#"[{"type":"silu"},{"type":"hardswish"}]"#).unwrap();
+        let mut m = Model::init(&spec, 0, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[-4f32, -1.0, 0.0, 1.0, 4.0]], &Device::Cpu).unwrap();
+        let mut rng = Rng::new(0);
+        let silu = |v: f32| v / (1.0 + (-v).exp());
+        let hardswish = |v: f32| v * (v + 3.0).clamp(0.0, 6.0) / 6.0;
+        let got = flat(&m.forward(&x, None, Mode::Eval, &mut rng).unwrap());
+        for (g, v) in got.iter().zip([-4f32, -1.0, 0.0, 1.0, 4.0]) {
+            assert!((g - hardswish(silu(v))).abs() < 1e-6, "{v}: {g}");
+        }
     }
 }

@@ -2,11 +2,24 @@
 //! stored in a checkpoint's metadata under `mnemo.arch`. Layer kinds and field
 //! names are torch's constructor arguments, and parameter names follow
 //! `nn.Sequential` / `nn.ModuleDict` indexing exactly.
+//!
+//! Container kinds (`sequential`, `module`, `residual`, and the fixed-structure blocks
+//! `squeeze-excitation`, `patch-embedding`, `self-attention`, `encoder-block`) make a spec a
+//! module tree: every tensor is named by its dotted module path, as torch's `state_dict()`
+//! names it. `zoo.rs` builds torchvision's ResNet-18 and EfficientNet-B0 and a small ViT
+//! from such trees.
 
 use crate::error::{MnemoError, Result};
-use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::BTreeMap;
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+
+/// The deepest nesting of container layers a spec may have: deeper trees are refused
+/// before anything recurses over them (parsing, manifests, forward passes).
+pub const MAX_DEPTH: usize = 64;
 
 fn yes() -> bool {
     true
@@ -22,6 +35,79 @@ fn momentum() -> f64 {
 }
 fn half() -> f64 {
     0.5
+}
+fn vit_eps() -> f64 {
+    1e-6
+}
+
+/// `prefix.name`, or `name` at the root (empty prefix).
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Named child layers in order: a JSON object whose key order is the module order
+/// (torch's registration order, hence state-dict order). Names are unique.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Children(pub Vec<(String, Layer)>);
+
+impl Children {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Children {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, layer) in &self.0 {
+            m.serialize_entry(name, layer)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Children {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Children;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of named child layers")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Children, A::Error> {
+                let mut out = Vec::new();
+                let mut seen = HashSet::new();
+                while let Some((name, layer)) = m.next_entry::<String, Layer>()? {
+                    if !seen.insert(name.clone()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate child name '{name}'"
+                        )));
+                    }
+                    out.push((name, layer));
+                }
+                Ok(Children(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The activation inside a squeeze-excitation block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// torchvision's default.
+    #[default]
+    Relu,
+    /// What EfficientNet uses.
+    Silu,
 }
 
 fn int_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<usize>, D::Error> {
@@ -119,6 +205,80 @@ pub enum Layer {
         #[serde(default = "half")]
         p: f64,
     },
+    /// `nn.SiLU`: x·sigmoid(x).
+    #[serde(rename = "silu")]
+    Silu,
+    /// `nn.Hardswish`: x·relu6(x + 3)/6.
+    #[serde(rename = "hardswish")]
+    Hardswish,
+    /// A nested `nn.Sequential`: children named `0`, `1`, ...
+    #[serde(rename = "sequential")]
+    Sequential { layers: Vec<Layer> },
+    /// A module with named children, run in order (`{"conv1": {...}, "bn1": {...}}`).
+    #[serde(rename = "module")]
+    Module { children: Children },
+    /// y = post(stochastic_depth(body(x)) + shortcut(x)); an empty shortcut is the identity.
+    /// Body, shortcut and post children share the block's namespace (torchvision's
+    /// BasicBlock: body conv1 bn1 relu conv2 bn2, shortcut downsample, post relu).
+    /// Stochastic depth is torchvision's `StochasticDepth(p, "row")`: in train mode each
+    /// example's body output is zeroed with probability p and the others scaled by 1/(1−p).
+    #[serde(rename = "residual")]
+    Residual {
+        body: Children,
+        #[serde(default)]
+        shortcut: Children,
+        #[serde(default)]
+        post: Children,
+        #[serde(default)]
+        stochastic_depth: f64,
+    },
+    /// torchvision's `SqueezeExcitation`: x·sigmoid(fc2(act(fc1(avgpool(x))))), with
+    /// fc1/fc2 1×1 convolutions (`fc1.weight [S,C,1,1]`).
+    #[serde(rename = "squeeze-excitation")]
+    SqueezeExcitation {
+        input_channels: usize,
+        squeeze_channels: usize,
+        #[serde(default)]
+        activation: Activation,
+    },
+    /// ViT patch embedding: `conv_proj` (kernel = stride = patch_size) to [B, N, dim], the
+    /// learnt `class_token [1,1,dim]` prepended, `pos_embedding [1,N+1,dim]` added.
+    #[serde(rename = "patch-embedding")]
+    PatchEmbedding {
+        in_channels: usize,
+        dim: usize,
+        patch_size: usize,
+        image_size: usize,
+    },
+    /// Multi-head self-attention on [B, N, embed_dim] with separate `q_proj`, `k_proj`,
+    /// `v_proj`, `o_proj` linear children (what `--targets '*.q_proj'` selects); dropout
+    /// on the attention weights in train mode, as `nn.MultiheadAttention`.
+    #[serde(rename = "self-attention")]
+    SelfAttention {
+        embed_dim: usize,
+        num_heads: usize,
+        #[serde(default)]
+        dropout: f64,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// torchvision's ViT `EncoderBlock` (pre-norm): x + dropout(self_attention(ln_1(x))),
+    /// then + mlp(ln_2(·)) with mlp = [linear, gelu, dropout, linear, dropout].
+    #[serde(rename = "encoder-block")]
+    EncoderBlock {
+        dim: usize,
+        num_heads: usize,
+        mlp_dim: usize,
+        #[serde(default)]
+        dropout: f64,
+        #[serde(default)]
+        attention_dropout: f64,
+        #[serde(default = "vit_eps")]
+        eps: f64,
+    },
+    /// x[:, 0]: the class token of a [B, N, D] sequence.
+    #[serde(rename = "class-token")]
+    ClassToken,
 }
 
 /// What a named tensor of a model is.
@@ -140,8 +300,30 @@ pub struct ParamSpec {
     pub kind: ParamKind,
 }
 
+fn probability(p: f64, what: &str) -> std::result::Result<(), String> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(format!("{what} must be in [0, 1), got {p}"));
+    }
+    Ok(())
+}
+
 impl Layer {
-    fn check(&self) -> std::result::Result<(), String> {
+    /// Checks the layer and, recursively, its children (`depth` containers above it).
+    fn check(&self, depth: usize) -> std::result::Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("containers are nested more than {MAX_DEPTH} deep"));
+        }
+        self.check_own()?;
+        for (name, child) in self.children() {
+            if name.is_empty() || name.contains('.') {
+                return Err(format!("child name '{name}' must be non-empty without '.'"));
+            }
+            child.check(depth + 1).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn check_own(&self) -> std::result::Result<(), String> {
         let pos = |n: usize, what: &str| {
             if n == 0 {
                 Err(format!("{what} must be positive"))
@@ -209,18 +391,252 @@ impl Layer {
                 }
                 Ok(())
             }
-            Layer::Dropout { p } => {
-                if !(0.0..1.0).contains(&p) {
-                    return Err(format!("dropout p must be in [0, 1), got {p}"));
+            Layer::Dropout { p } => probability(p, "dropout p"),
+            Layer::Residual {
+                stochastic_depth, ..
+            } => probability(stochastic_depth, "residual stochastic_depth"),
+            Layer::SqueezeExcitation {
+                input_channels,
+                squeeze_channels,
+                ..
+            } => {
+                pos(input_channels, "squeeze-excitation input_channels")?;
+                pos(squeeze_channels, "squeeze-excitation squeeze_channels")
+            }
+            Layer::PatchEmbedding {
+                in_channels,
+                dim,
+                patch_size,
+                image_size,
+            } => {
+                pos(in_channels, "patch-embedding in_channels")?;
+                pos(dim, "patch-embedding dim")?;
+                pos(patch_size, "patch-embedding patch_size")?;
+                pos(image_size, "patch-embedding image_size")?;
+                if !image_size.is_multiple_of(patch_size) {
+                    return Err(format!(
+                        "patch-embedding image_size ({image_size}) must be divisible by patch_size ({patch_size})"
+                    ));
                 }
                 Ok(())
+            }
+            Layer::SelfAttention {
+                embed_dim,
+                num_heads,
+                dropout,
+                ..
+            } => {
+                pos(embed_dim, "self-attention embed_dim")?;
+                pos(num_heads, "self-attention num_heads")?;
+                if !embed_dim.is_multiple_of(num_heads) {
+                    return Err(format!(
+                        "self-attention embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+                    ));
+                }
+                probability(dropout, "self-attention dropout")
+            }
+            Layer::EncoderBlock {
+                dim,
+                num_heads,
+                mlp_dim,
+                dropout,
+                attention_dropout,
+                ..
+            } => {
+                pos(dim, "encoder-block dim")?;
+                pos(num_heads, "encoder-block num_heads")?;
+                pos(mlp_dim, "encoder-block mlp_dim")?;
+                if !dim.is_multiple_of(num_heads) {
+                    return Err(format!(
+                        "encoder-block dim ({dim}) must be divisible by num_heads ({num_heads})"
+                    ));
+                }
+                probability(dropout, "encoder-block dropout")?;
+                probability(attention_dropout, "encoder-block attention_dropout")
             }
             _ => Ok(()),
         }
     }
 
-    /// The layer's tensors, named relative to the layer (`weight`, `bias`, ...), in torch's order.
-    pub fn params(&self) -> Vec<(&'static str, Vec<usize>, ParamKind)> {
+    /// The torch kind name (`"conv2d"`, `"residual"`, ...) used in messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Linear { .. } => "linear",
+            Layer::Conv2d { .. } => "conv2d",
+            Layer::BatchNorm1d { .. } => "batchnorm1d",
+            Layer::BatchNorm2d { .. } => "batchnorm2d",
+            Layer::LayerNorm { .. } => "layernorm",
+            Layer::Relu => "relu",
+            Layer::Gelu => "gelu",
+            Layer::Tanh => "tanh",
+            Layer::Sigmoid => "sigmoid",
+            Layer::MaxPool2d { .. } => "maxpool2d",
+            Layer::AvgPool2d { .. } => "avgpool2d",
+            Layer::AdaptiveAvgPool => "adaptive-avg-pool",
+            Layer::Flatten => "flatten",
+            Layer::Dropout { .. } => "dropout",
+            Layer::Silu => "silu",
+            Layer::Hardswish => "hardswish",
+            Layer::Sequential { .. } => "sequential",
+            Layer::Module { .. } => "module",
+            Layer::Residual { .. } => "residual",
+            Layer::SqueezeExcitation { .. } => "squeeze-excitation",
+            Layer::PatchEmbedding { .. } => "patch-embedding",
+            Layer::SelfAttention { .. } => "self-attention",
+            Layer::EncoderBlock { .. } => "encoder-block",
+            Layer::ClassToken => "class-token",
+        }
+    }
+
+    /// The layer's child modules, named relative to it, in torch's registration order.
+    /// Fixed-structure blocks synthesise theirs (`fc1`, `q_proj`, `ln_1`, ...), so LoRA
+    /// targets, initialisation and the manifest see them as ordinary leaves.
+    pub fn children(&self) -> Vec<(Cow<'_, str>, Cow<'_, Layer>)> {
+        let owned = |v: Vec<(&'static str, Layer)>| -> Vec<(Cow<'_, str>, Cow<'_, Layer>)> {
+            v.into_iter()
+                .map(|(n, l)| (Cow::Borrowed(n), Cow::Owned(l)))
+                .collect()
+        };
+        let linear = |i: usize, o: usize, bias: bool| Layer::Linear {
+            in_features: i,
+            out_features: o,
+            bias,
+        };
+        let conv = |i: usize, o: usize, k: usize| Layer::Conv2d {
+            in_channels: i,
+            out_channels: o,
+            kernel_size: k,
+            stride: k,
+            padding: 0,
+            groups: 1,
+            bias: true,
+        };
+        match *self {
+            Layer::Sequential { ref layers } => layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (Cow::Owned(i.to_string()), Cow::Borrowed(l)))
+                .collect(),
+            Layer::Module { ref children } => children
+                .0
+                .iter()
+                .map(|(n, l)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(l)))
+                .collect(),
+            Layer::Residual {
+                ref body,
+                ref shortcut,
+                ref post,
+                ..
+            } => body
+                .0
+                .iter()
+                .chain(&shortcut.0)
+                .chain(&post.0)
+                .map(|(n, l)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(l)))
+                .collect(),
+            Layer::SqueezeExcitation {
+                input_channels: c,
+                squeeze_channels: s,
+                ..
+            } => owned(vec![("fc1", conv(c, s, 1)), ("fc2", conv(s, c, 1))]),
+            Layer::PatchEmbedding {
+                in_channels,
+                dim,
+                patch_size,
+                ..
+            } => owned(vec![("conv_proj", conv(in_channels, dim, patch_size))]),
+            Layer::SelfAttention {
+                embed_dim: d, bias, ..
+            } => owned(vec![
+                ("q_proj", linear(d, d, bias)),
+                ("k_proj", linear(d, d, bias)),
+                ("v_proj", linear(d, d, bias)),
+                ("o_proj", linear(d, d, bias)),
+            ]),
+            Layer::EncoderBlock {
+                dim,
+                num_heads,
+                mlp_dim,
+                dropout,
+                attention_dropout,
+                eps,
+            } => {
+                let ln = || Layer::LayerNorm {
+                    normalized_shape: vec![dim],
+                    eps,
+                };
+                owned(vec![
+                    ("ln_1", ln()),
+                    (
+                        "self_attention",
+                        Layer::SelfAttention {
+                            embed_dim: dim,
+                            num_heads,
+                            dropout: attention_dropout,
+                            bias: true,
+                        },
+                    ),
+                    ("dropout", Layer::Dropout { p: dropout }),
+                    ("ln_2", ln()),
+                    (
+                        "mlp",
+                        Layer::Sequential {
+                            layers: vec![
+                                linear(dim, mlp_dim, true),
+                                Layer::Gelu,
+                                Layer::Dropout { p: dropout },
+                                linear(mlp_dim, dim, true),
+                                Layer::Dropout { p: dropout },
+                            ],
+                        },
+                    ),
+                ])
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Whether the layer holds other layers (its tensors are its children's).
+    pub fn is_container(&self) -> bool {
+        matches!(
+            self,
+            Layer::Sequential { .. }
+                | Layer::Module { .. }
+                | Layer::Residual { .. }
+                | Layer::SqueezeExcitation { .. }
+                | Layer::PatchEmbedding { .. }
+                | Layer::SelfAttention { .. }
+                | Layer::EncoderBlock { .. }
+        )
+    }
+
+    /// Calls `f(name, layer)` on this layer and every descendant, in state-dict order
+    /// (a layer before its children), with full dotted names under `name`.
+    pub fn visit(&self, name: &str, f: &mut dyn FnMut(&str, &Layer)) {
+        f(name, self);
+        for (child_name, child) in self.children() {
+            child.visit(&join(name, &child_name), f);
+        }
+    }
+
+    /// Every tensor of the layer and its descendants, named relative to the layer
+    /// (`weight`, `block.0.0.weight`, ...), in torch's state-dict order.
+    pub fn params(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        self.visit("", &mut |name, layer| {
+            for (p, shape, kind) in layer.own_params() {
+                out.push(ParamSpec {
+                    name: join(name, p),
+                    shape,
+                    kind,
+                });
+            }
+        });
+        out
+    }
+
+    /// The layer's own tensors (not its children's), named relative to it, in torch's order.
+    pub fn own_params(&self) -> Vec<(&'static str, Vec<usize>, ParamKind)> {
         use ParamKind::*;
         match *self {
             Layer::Linear {
@@ -268,12 +684,31 @@ impl Layer {
                 ("weight", normalized_shape.clone(), Trainable),
                 ("bias", normalized_shape.clone(), Trainable),
             ],
+            // Parameters registered on the module itself come before its children's.
+            Layer::PatchEmbedding {
+                dim,
+                patch_size,
+                image_size,
+                ..
+            } => {
+                let side = image_size / patch_size.max(1);
+                vec![
+                    ("class_token", vec![1, 1, dim], Trainable),
+                    (
+                        "pos_embedding",
+                        vec![1, side.saturating_mul(side).saturating_add(1), dim],
+                        Trainable,
+                    ),
+                ]
+            }
             _ => vec![],
         }
     }
 }
 
-/// A whole model: one `nn.Sequential`, or a shared trunk with named heads.
+/// A whole model: one `nn.Sequential`, a shared trunk with named heads, or a module tree
+/// (one container layer at the root, its tensors named by their module paths from there:
+/// `conv1.weight`, `layer1.0.bn1.running_mean`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ArchSpec {
@@ -282,6 +717,7 @@ pub enum ArchSpec {
         trunk: Vec<Layer>,
         heads: BTreeMap<String, Vec<Layer>>,
     },
+    Tree(Layer),
 }
 
 impl ArchSpec {
@@ -290,6 +726,9 @@ impl ArchSpec {
         let s = spec.trim();
         if let Some(dims) = s.strip_prefix("mlp:") {
             return Self::mlp(dims);
+        }
+        if let Some(spec) = super::zoo::parse(s)? {
+            return Ok(spec);
         }
         if s.starts_with('[') || s.starts_with('{') {
             return Self::from_json(s, None);
@@ -347,13 +786,13 @@ impl ArchSpec {
         Ok(spec)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         let check = |prefix: &str, layers: &[Layer]| -> std::result::Result<(), String> {
             if layers.is_empty() {
                 return Err(format!("{prefix}: empty layer list"));
             }
             for (i, l) in layers.iter().enumerate() {
-                l.check().map_err(|e| format!("layer {prefix}{i}: {e}"))?;
+                l.check(1).map_err(|e| format!("layer {prefix}{i}: {e}"))?;
             }
             Ok(())
         };
@@ -371,13 +810,30 @@ impl ArchSpec {
                     check(&format!("heads.{name}."), l)?;
                 }
             }
+            ArchSpec::Tree(root) => {
+                // A leaf at the root would have tensors named `weight` and a module named
+                // '' (no LoRA target could name it): wrap it.
+                if !root.is_container() {
+                    return Err(format!(
+                        "a single {} layer cannot be the whole model; wrap it in a sequential or module",
+                        root.kind()
+                    ));
+                }
+                root.check(1)?;
+            }
         }
         // Sizes a machine can hold: every tensor's and the whole model's bytes in f32 fit in
         // an allocation (isize::MAX bytes), so `num_parameters` and every product of a
         // shape are safe to compute (found by fuzzing: `mlp:` sizes whose product overflows).
         let limit = isize::MAX as usize / 4;
         let mut total = 0usize;
-        for p in self.params() {
+        let params = self.params();
+        // Each tensor once: two modules of one namespace must not both hold a 'weight'.
+        let mut seen = HashSet::new();
+        if let Some(p) = params.iter().find(|p| !seen.insert(p.name.as_str())) {
+            return Err(format!("two tensors are named '{}'", p.name));
+        }
+        for p in params {
             let n = p
                 .shape
                 .iter()
@@ -397,42 +853,61 @@ impl ArchSpec {
         serde_json::to_string(self).expect("spec serialises")
     }
 
-    /// Layer groups with their name prefixes, in state-dict order.
-    pub fn groups(&self) -> Vec<(String, &[Layer])> {
+    /// The top-level layers with their full names (`0`, `trunk.1`, `heads.a.0`; the root
+    /// of a tree is named ''), in state-dict order.
+    pub fn roots(&self) -> Vec<(String, &Layer)> {
         match self {
-            ArchSpec::Sequential(l) => vec![(String::new(), l.as_slice())],
+            ArchSpec::Sequential(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l))
+                .collect(),
             ArchSpec::MultiHead { trunk, heads } => {
-                let mut v = vec![("trunk.".to_string(), trunk.as_slice())];
-                v.extend(
-                    heads
-                        .iter()
-                        .map(|(n, l)| (format!("heads.{n}."), l.as_slice())),
-                );
+                let mut v: Vec<(String, &Layer)> = trunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("trunk.{i}"), l))
+                    .collect();
+                for (n, layers) in heads {
+                    v.extend(
+                        layers
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| (format!("heads.{n}.{i}"), l)),
+                    );
+                }
                 v
             }
+            ArchSpec::Tree(root) => vec![(String::new(), root)],
+        }
+    }
+
+    /// Calls `f(full name, layer)` on every layer and container of the model, in
+    /// state-dict order (a container before its children).
+    pub fn visit(&self, f: &mut dyn FnMut(&str, &Layer)) {
+        for (name, layer) in self.roots() {
+            layer.visit(&name, f);
         }
     }
 
     /// The full state dict manifest in torch's order.
     pub fn params(&self) -> Vec<ParamSpec> {
         let mut out = Vec::new();
-        for (prefix, layers) in self.groups() {
-            for (i, layer) in layers.iter().enumerate() {
-                for (name, shape, kind) in layer.params() {
-                    out.push(ParamSpec {
-                        name: format!("{prefix}{i}.{name}"),
-                        shape,
-                        kind,
-                    });
-                }
+        self.visit(&mut |name, layer| {
+            for (p, shape, kind) in layer.own_params() {
+                out.push(ParamSpec {
+                    name: join(name, p),
+                    shape,
+                    kind,
+                });
             }
-        }
+        });
         out
     }
 
     pub fn head_names(&self) -> Vec<String> {
         match self {
-            ArchSpec::Sequential(_) => vec![],
+            ArchSpec::Sequential(_) | ArchSpec::Tree(_) => vec![],
             ArchSpec::MultiHead { heads, .. } => heads.keys().cloned().collect(),
         }
     }
@@ -450,6 +925,14 @@ impl ArchSpec {
 fn explain_json_error(text: &str, e: serde_json::Error) -> String {
     let base = e.to_string();
     if base.contains("did not match any variant") {
+        // A module tree: the root layer's own message says what is wrong inside.
+        let is_tree = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            .is_ok_and(|m| m.contains_key("type"));
+        if is_tree {
+            if let Err(inner) = serde_json::from_str::<Layer>(text) {
+                return inner.to_string();
+            }
+        }
         // Untagged ArchSpec hides the inner message: retry as a plain layer list to get it.
         if let Err(inner) = serde_json::from_str::<Vec<Layer>>(text) {
             if !inner.to_string().contains("invalid type: map") {
@@ -589,5 +1072,106 @@ mod tests {
             .to_string();
         assert!(e.contains("too many parameters"), "{e}");
         assert!(ArchSpec::parse("mlp:784-400-10").is_ok());
+    }
+
+    #[test]
+    fn module_trees_name_tensors_by_module_path() {
+        let spec = ArchSpec::parse(
+            r#"{"type":"module","children":{
+                "conv1":{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3,"bias":false},
+                "layer1":{"type":"sequential","layers":[
+                    {"type":"residual",
+                     "body":{"conv1":{"type":"conv2d","in_channels":4,"out_channels":4,"kernel_size":1},
+                             "bn1":{"type":"batchnorm2d","num_features":4},
+                             "relu":{"type":"relu"}},
+                     "shortcut":{"downsample":{"type":"sequential","layers":[
+                         {"type":"conv2d","in_channels":4,"out_channels":4,"kernel_size":1}]}},
+                     "post":{"relu":{"type":"relu"}}}]},
+                "se":{"type":"squeeze-excitation","input_channels":4,"squeeze_channels":2},
+                "flatten":{"type":"flatten"}}}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = spec
+            .params()
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect();
+        let want: Vec<(&str, Vec<usize>)> = vec![
+            ("conv1.weight", vec![4, 3, 3, 3]),
+            ("layer1.0.conv1.weight", vec![4, 4, 1, 1]),
+            ("layer1.0.conv1.bias", vec![4]),
+            ("layer1.0.bn1.weight", vec![4]),
+            ("layer1.0.bn1.bias", vec![4]),
+            ("layer1.0.bn1.running_mean", vec![4]),
+            ("layer1.0.bn1.running_var", vec![4]),
+            ("layer1.0.bn1.num_batches_tracked", vec![]),
+            ("layer1.0.downsample.0.weight", vec![4, 4, 1, 1]),
+            ("layer1.0.downsample.0.bias", vec![4]),
+            ("se.fc1.weight", vec![2, 4, 1, 1]),
+            ("se.fc1.bias", vec![2]),
+            ("se.fc2.weight", vec![4, 2, 1, 1]),
+            ("se.fc2.bias", vec![4]),
+        ];
+        let want: Vec<(String, Vec<usize>)> =
+            want.into_iter().map(|(n, s)| (n.to_string(), s)).collect();
+        assert_eq!(names, want);
+        // Child order survives the canonical JSON (`mnemo.arch`).
+        assert_eq!(ArchSpec::parse(&spec.to_json()).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_trees_say_why() {
+        let err = |s: &str| ArchSpec::parse(s).unwrap_err().to_string();
+        let e = err(r#"{"type":"module","children":{"a":{"type":"relu"},"a":{"type":"tanh"}}}"#);
+        assert!(e.contains("duplicate child name 'a'"), "{e}");
+        let e = err(
+            r#"{"type":"residual","body":{"fc":{"type":"linear","in_features":2,"out_features":2}},
+                "shortcut":{"fc":{"type":"linear","in_features":2,"out_features":2}}}"#,
+        );
+        assert!(e.contains("two tensors are named 'fc.weight'"), "{e}");
+        let e = err(r#"{"type":"module","children":{"a.b":{"type":"relu"}}}"#);
+        assert!(e.contains("'a.b'"), "{e}");
+        let e = err(r#"{"type":"linear","in_features":2,"out_features":2}"#);
+        assert!(e.contains("wrap it"), "{e}");
+        let e = err(r#"{"type":"module","children":{"a":{"type":"linear","in_features":2}}}"#);
+        assert!(e.contains("out_features"), "{e}");
+        let e = err(r#"{"type":"residual","body":{},"stochastic_depth":1.0}"#);
+        assert!(e.contains("stochastic_depth"), "{e}");
+        let e = err(
+            r#"{"type":"sequential","layers":[{"type":"self-attention","embed_dim":6,"num_heads":4}]}"#,
+        );
+        assert!(e.contains("divisible by num_heads"), "{e}");
+    }
+
+    /// Deep nesting is refused, never a stack overflow: JSON deeper than serde_json's
+    /// recursion limit fails to parse, and trees built in code are capped at MAX_DEPTH.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let n = 5000;
+        let json = format!(
+            "{}{{\"type\":\"relu\"}}{}",
+            r#"{"type":"sequential","layers":["#.repeat(n),
+            "]}".repeat(n)
+        );
+        assert!(ArchSpec::parse(&json).is_err());
+        // As deep as serde_json allows: parses, with the whole tree walked, on a test
+        // thread's small stack.
+        let n = 60;
+        let json = format!(
+            "{}{{\"type\":\"relu\"}}{}",
+            r#"{"type":"sequential","layers":["#.repeat(n),
+            "]}".repeat(n)
+        );
+        let spec = ArchSpec::parse(&json).unwrap();
+        assert!(spec.params().is_empty());
+        assert_eq!(ArchSpec::parse(&spec.to_json()).unwrap(), spec);
+        let mut layer = Layer::Relu;
+        for _ in 0..MAX_DEPTH + 5 {
+            layer = Layer::Sequential {
+                layers: vec![layer],
+            };
+        }
+        let e = ArchSpec::Tree(layer).validate().unwrap_err();
+        assert!(e.contains("nested more than 64"), "{e}");
     }
 }

@@ -329,6 +329,17 @@ mod tests {
         )
         .unwrap();
         assert!(DenseNet::plan(&double, None).is_none());
+        // Containers go through autograd, even when they hold only a linear chain.
+        let nested = ArchSpec::parse(
+            r#"[{"type":"sequential","layers":[{"type":"linear","in_features":2,"out_features":2}]}]"#,
+        )
+        .unwrap();
+        assert!(DenseNet::plan(&nested, None).is_none());
+        let tree = ArchSpec::parse(
+            r#"{"type":"module","children":{"fc":{"type":"linear","in_features":2,"out_features":2}}}"#,
+        )
+        .unwrap();
+        assert!(DenseNet::plan(&tree, None).is_none());
     }
 
     #[test]

@@ -50,12 +50,14 @@ fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
     }
 }
 
-/// True when every layer holding parameters is linear (the fast path applies).
+/// True when the model is a flat list of layers (no module tree, no containers) whose
+/// layers holding parameters are all linear: the fast path and the per-layer probes apply.
 fn linear_only(spec: &ArchSpec) -> bool {
-    spec.groups()
-        .iter()
-        .flat_map(|(_, l)| l.iter())
-        .all(|l| matches!(l, Layer::Linear { .. }) || l.params().is_empty())
+    let roots = spec.roots();
+    !matches!(spec, ArchSpec::Tree(_))
+        && roots.iter().all(|(_, l)| {
+            matches!(l, Layer::Linear { .. }) || (!l.is_container() && l.own_params().is_empty())
+        })
 }
 
 /// Output-gradient weightings G [n, c] (rows: dℓ/dlogits per example) for one Fisher pass each.

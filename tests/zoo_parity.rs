@@ -1,0 +1,505 @@
+//! The model zoo against torchvision (fixtures/model_zoo/gen.py): tensor names, shapes and
+//! order of `resnet18` and `efficientnet_b0` equal torchvision's `state_dict()`; forward
+//! passes in eval and train mode and one SGD step equal torch's, with every tensor filled
+//! from a formula both sides compute (full-size weights are too big to commit).
+
+mod common;
+use candle_core::{Device, Tensor};
+use common::*;
+use mnemo::checkpoint::{write_checkpoint, Checkpoint, Dtype, OwnedTensor};
+use mnemo::data::Dataset;
+use mnemo::lora::resolve_targets;
+use mnemo::model::{ArchSpec, Mode, Model, ParamKind, ARCH_KEY};
+use mnemo::rng::Rng;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn zoo(name: &str) -> PathBuf {
+    fixtures().join("model_zoo").join(name)
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(zoo(name)).unwrap()).unwrap()
+}
+
+/// `ArchSpec::params()` as `[name, dtype, shape]`, the fixture's layout.
+fn manifest(spec: &ArchSpec) -> Vec<Value> {
+    spec.params()
+        .into_iter()
+        .map(|p| {
+            let dtype = if p.kind == ParamKind::Counter {
+                "I64"
+            } else {
+                "F32"
+            };
+            serde_json::json!([p.name, dtype, p.shape])
+        })
+        .collect()
+}
+
+#[test]
+fn names_shapes_and_order_equal_torchvision() {
+    let keys = json("state_dict_keys.json");
+    let keys = keys.as_object().unwrap();
+    assert_eq!(keys.len(), 6);
+    for (arch, want) in keys {
+        let spec = ArchSpec::parse(arch).unwrap();
+        let got = manifest(&spec);
+        let want = want.as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{arch}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g, w, "{arch}");
+        }
+    }
+}
+
+/// gen.py's `fill_value`: tensor `i` of the state dict, element k.
+fn fill_value(i: usize, name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let fan_in = if shape.len() >= 2 { n / shape[0] } else { 1 };
+    (0..n)
+        .map(|k| {
+            let k = k as f64;
+            let base = (0.37 * k + 1.1 * i as f64 + 0.0011 * (k * k)).sin();
+            let v = if name.ends_with("running_mean") {
+                0.1 * base
+            } else if name.ends_with("running_var") {
+                1.0 + 0.5 * base.abs()
+            } else if name.ends_with("weight") && shape.len() >= 2 {
+                base * (3.0 / fan_in as f64).sqrt()
+            } else if name.ends_with("weight") {
+                1.0 + 0.1 * base
+            } else if name.ends_with("bias") {
+                0.05 * base
+            } else {
+                0.1 * base
+            };
+            v as f32
+        })
+        .collect()
+}
+
+/// The formula's checkpoint for `spec`, with `mnemo.arch`, written to `path`.
+fn write_formula(spec: &ArchSpec, path: &Path) {
+    let tensors = spec
+        .params()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match p.kind {
+            ParamKind::Counter => OwnedTensor {
+                name: p.name.clone(),
+                dtype: Dtype::I64,
+                shape: vec![],
+                data: Cow::Owned(3i64.to_le_bytes().to_vec()),
+            },
+            _ => OwnedTensor::f32(
+                p.name.clone(),
+                p.shape.clone(),
+                &fill_value(i, &p.name, &p.shape),
+            ),
+        })
+        .collect();
+    let meta = BTreeMap::from([(ARCH_KEY.to_string(), spec.to_json())]);
+    write_checkpoint(path, tensors, &meta).unwrap();
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// (max |a − b|, that over max |b|).
+fn errors(got: &[f32], want: &[f32]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len());
+    let abs = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max);
+    let scale = want.iter().map(|b| (*b as f64).abs()).fold(0.0, f64::max);
+    (abs, abs / scale.max(1e-12))
+}
+
+struct Case {
+    name: String,
+    spec: ArchSpec,
+    data: Dataset,
+    train_stats: bool,
+    step: bool,
+}
+
+fn cases() -> Vec<Case> {
+    json("cases.json")
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, c)| Case {
+            name: name.clone(),
+            spec: ArchSpec::parse(c["arch"].as_str().unwrap()).unwrap(),
+            data: Dataset::open(zoo(c["data"].as_str().unwrap())).unwrap(),
+            train_stats: c["train_stats"].as_bool().unwrap(),
+            step: c["step"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+const TOLERANCE: f64 = 1e-4;
+
+/// Checks logits against torch's float32 result, allowing `TOLERANCE` relative plus twice
+/// torch's own float32 error (its distance from the float64 result): batchnorm over 4
+/// examples of 1×1 maps amplifies rounding, in torch as here. Returns (abs, rel) vs torch.
+fn check_logits(what: &str, got: &[f32], expected: &Checkpoint, key: &str) -> (f64, f64) {
+    let f32_ref = expected.to_f32(key).unwrap();
+    let f64_ref = expected.to_f32(&format!("{key}_f64")).unwrap();
+    let (abs, rel) = errors(got, &f32_ref);
+    let (_, rel_exact) = errors(got, &f64_ref);
+    let (_, torch_own) = errors(&f32_ref, &f64_ref);
+    eprintln!(
+        "{what}: vs torch max abs {abs:.2e}, rel {rel:.2e}; vs float64 rel {rel_exact:.2e} (torch's own float32: {torch_own:.2e})"
+    );
+    assert!(
+        rel < TOLERANCE + 2.0 * torch_own,
+        "{what}: rel {rel} (torch's own {torch_own})"
+    );
+    (abs, rel)
+}
+
+#[test]
+fn forward_matches_torch_in_eval_and_train_mode() {
+    let expected = Checkpoint::open(zoo("expected.safetensors")).unwrap();
+    let want = |n: &str| expected.to_f32(n).unwrap();
+    let d = workdir();
+    for case in cases() {
+        let path = d.path().join(format!("{}.safetensors", case.name));
+        write_formula(&case.spec, &path);
+        let (x, _) = case.data.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();
+
+        // Train mode: batch statistics, running statistics updated as torch does.
+        let (mut model, _) = Model::open(&path, None, &Device::Cpu).unwrap();
+        let logits = model
+            .forward(&x, None, Mode::Train, &mut Rng::new(0))
+            .unwrap();
+        check_logits(
+            &format!("{} train logits", case.name),
+            &flat(&logits),
+            &expected,
+            &format!("{}.train_logits", case.name),
+        );
+        if case.train_stats {
+            let mut worst = (0.0f64, 0.0f64);
+            for (name, t) in &model.buffers {
+                let (a, r) = errors(&flat(t), &want(&format!("{}.train.{name}", case.name)));
+                worst = (worst.0.max(a), worst.1.max(r));
+            }
+            eprintln!(
+                "{} running stats after train pass: max abs {:.2e}, rel {:.2e}",
+                case.name, worst.0, worst.1
+            );
+            assert!(worst.1 < TOLERANCE, "{}: {worst:?}", case.name);
+            assert!(model.counters.values().all(|&c| c == 4));
+        }
+
+        // Eval mode with torch's calibrated running statistics.
+        let (mut model, _) = Model::open(&path, None, &Device::Cpu).unwrap();
+        let names: Vec<String> = model.buffers.keys().cloned().collect();
+        for name in names {
+            let v = want(&format!("{}.calibrated.{name}", case.name));
+            let t = Tensor::from_vec(v, model.buffers[&name].dims(), &Device::Cpu).unwrap();
+            model.buffers.insert(name, t);
+        }
+        let logits = model
+            .forward(&x, None, Mode::Eval, &mut Rng::new(0))
+            .unwrap();
+        check_logits(
+            &format!("{} eval logits", case.name),
+            &flat(&logits),
+            &expected,
+            &format!("{}.eval_logits", case.name),
+        );
+    }
+}
+
+/// `mnemo train-ewc`, one SGD step of the whole batch, against torch's step.
+#[test]
+fn one_sgd_step_matches_torch() {
+    let expected = Checkpoint::open(zoo("expected.safetensors")).unwrap();
+    let d = workdir();
+    for case in cases().into_iter().filter(|c| c.step) {
+        let init = d.path().join(format!("{}.safetensors", case.name));
+        let out = d.path().join(format!("{}-step.safetensors", case.name));
+        write_formula(&case.spec, &init);
+        let data = zoo(
+            if case.name.starts_with("vit") || case.name.ends_with("small") {
+                "data_16.safetensors"
+            } else {
+                "data_32.safetensors"
+            },
+        );
+        let r = mnemo_in(
+            d.path(),
+            &[
+                "train-ewc",
+                init.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--no-shuffle",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "-q",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}: {}", case.name, r.stderr);
+        let before = Checkpoint::open(&init).unwrap();
+        let after = Checkpoint::open(&out).unwrap();
+        let (mut update_err, mut update_scale, mut stat_rel) = (0.0f64, 0.0f64, 0.0f64);
+        // The worst tensor's own relative error: a parameter with a small gradient must
+        // not hide behind the largest update.
+        let mut worst_tensor = (0.0f64, String::new());
+        for p in case.spec.params() {
+            let want_name = format!("{}.step.{}", case.name, p.name);
+            match p.kind {
+                ParamKind::Counter => {
+                    assert_eq!(after.to_i64(&p.name).unwrap(), vec![4], "{}", p.name);
+                }
+                ParamKind::RunningStat => {
+                    let (_, r) = errors(
+                        &after.to_f32(&p.name).unwrap(),
+                        &expected.to_f32(&want_name).unwrap(),
+                    );
+                    stat_rel = stat_rel.max(r);
+                }
+                ParamKind::Trainable => {
+                    // Compare updates, not weights: the weights barely move in one step.
+                    let w0 = before.to_f32(&p.name).unwrap();
+                    let ours: Vec<f32> = after
+                        .to_f32(&p.name)
+                        .unwrap()
+                        .iter()
+                        .zip(&w0)
+                        .map(|(a, b)| a - b)
+                        .collect();
+                    let theirs: Vec<f32> = expected
+                        .to_f32(&want_name)
+                        .unwrap()
+                        .iter()
+                        .zip(&w0)
+                        .map(|(a, b)| a - b)
+                        .collect();
+                    let (abs, rel) = errors(&ours, &theirs);
+                    let scale_t = theirs.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+                    if scale_t < 1e-4 {
+                        // Gradient zero in exact arithmetic (a bias right before a
+                        // batchnorm, the key bias under softmax): both sides' updates are
+                        // rounding noise, which must stay noise.
+                        let ours_max = ours.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+                        assert!(
+                            ours_max < 1e-4,
+                            "{}: {} moved by {ours_max}",
+                            case.name,
+                            p.name
+                        );
+                    } else if rel > worst_tensor.0 {
+                        worst_tensor = (rel, p.name.clone());
+                    }
+                    update_err = update_err.max(abs);
+                    update_scale =
+                        update_scale.max(theirs.iter().map(|v| v.abs() as f64).fold(0.0, f64::max));
+                }
+            }
+        }
+        let rel = update_err / update_scale;
+        eprintln!(
+            "{} one SGD step: update max abs err {update_err:.2e} (largest update {update_scale:.2e}, rel {rel:.2e}); worst tensor rel {:.2e} ({}); running stats rel {stat_rel:.2e}",
+            case.name, worst_tensor.0, worst_tensor.1
+        );
+        assert!(
+            update_scale > 1e-3,
+            "{}: the step changed nothing",
+            case.name
+        );
+        assert!(rel < 1e-3, "{}: update error {rel}", case.name);
+        assert!(
+            worst_tensor.0 < 5e-3,
+            "{}: update of {} off by {}",
+            case.name,
+            worst_tensor.1,
+            worst_tensor.0
+        );
+        assert!(
+            stat_rel < TOLERANCE,
+            "{}: running stats {stat_rel}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn lora_targets_pick_exactly_the_vits_q_and_v_projections() {
+    let spec = ArchSpec::parse("vit:depth=3").unwrap();
+    let picked: Vec<String> = resolve_targets(&spec, &["*.q_proj".into(), "*.v_proj".into()])
+        .unwrap()
+        .into_keys()
+        .collect();
+    let mut want = Vec::new();
+    for i in 0..3 {
+        for p in ["q_proj", "v_proj"] {
+            want.push(format!("encoder.layers.{i}.self_attention.{p}"));
+        }
+    }
+    want.sort();
+    assert_eq!(picked, want);
+    // Convolutions inside containers are targets too, by their full names.
+    let spec = ArchSpec::parse("resnet18:num_classes=10").unwrap();
+    let picked = resolve_targets(&spec, &["layer4.1.conv2".into(), "fc".into()]).unwrap();
+    assert_eq!(picked.len(), 2);
+}
+
+#[test]
+fn lora_gate_adapts_the_vits_attention() {
+    let d = workdir();
+    let spec = ArchSpec::parse(
+        "vit:image_size=16,patch_size=4,dim=32,depth=2,heads=4,mlp_dim=64,num_classes=5",
+    )
+    .unwrap();
+    let model = d.path().join("vit.safetensors");
+    write_formula(&spec, &model);
+    let data = zoo("data_16.safetensors");
+    let data = data.to_str().unwrap();
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "lora-gate",
+            model.to_str().unwrap(),
+            "--data",
+            data,
+            "--val",
+            data,
+            "--targets",
+            "*.q_proj,*.v_proj",
+            "--rank",
+            "2",
+            "--threshold",
+            "1000",
+            "-o",
+            "adapter",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let adapter = Checkpoint::open(d.path().join("adapter/adapter_model.safetensors")).unwrap();
+    let mut modules: Vec<String> = adapter
+        .names()
+        .filter(|n| n.contains("lora_A"))
+        .map(str::to_string)
+        .collect();
+    modules.sort();
+    assert_eq!(modules.len(), 4, "{modules:?}");
+    assert!(modules
+        .iter()
+        .all(|m| m.contains("self_attention.q_proj") || m.contains("self_attention.v_proj")));
+}
+
+#[test]
+fn init_inspect_eval_and_train_on_a_zoo_model() {
+    let d = workdir();
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "init",
+            "--arch",
+            "resnet18:num_classes=10",
+            "-o",
+            "m.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.last_json()["parameters"], 11_181_642);
+    // The file is self-describing: its tensors are torchvision's, its arch the module tree.
+    let ck = Checkpoint::open(d.path().join("m.safetensors")).unwrap();
+    let spec = ArchSpec::from_json(&ck.metadata()[ARCH_KEY], None).unwrap();
+    assert_eq!(spec, ArchSpec::parse("resnet18:num_classes=10").unwrap());
+    let keys = json("state_dict_keys.json");
+    for entry in keys["resnet18:num_classes=10"].as_array().unwrap() {
+        let e = ck.entry(entry[0].as_str().unwrap()).unwrap();
+        assert_eq!(serde_json::json!(e.shape), entry[2]);
+    }
+    let r = mnemo_in(d.path(), &["inspect", "m.safetensors"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let data = zoo("data_32.safetensors");
+    let r = mnemo_in(
+        d.path(),
+        &["eval", "m.safetensors", "--data", data.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.last_json()["n"], 4);
+    // Train a small EfficientNet with stochastic depth and dropout on: runs, deterministic.
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "init",
+            "--arch",
+            "efficientnet_b0:num_classes=5,width_mult=0.1,depth_mult=0.5,stochastic_depth=0.5",
+            "-o",
+            "e.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let small = zoo("data_16.safetensors");
+    let mut outputs: Vec<Vec<Vec<f32>>> = Vec::new();
+    for out in ["e1.safetensors", "e2.safetensors"] {
+        let r = mnemo_in(
+            d.path(),
+            &[
+                "train-ewc",
+                "e.safetensors",
+                "--data",
+                small.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "2",
+                "--seed",
+                "7",
+                "-o",
+                out,
+                "-q",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let ck = Checkpoint::open(d.path().join(out)).unwrap();
+        let names: Vec<String> = ck.names().map(str::to_string).collect();
+        outputs.push(
+            names
+                .iter()
+                .filter(|n| !n.ends_with("num_batches_tracked"))
+                .map(|n| ck.to_f32(n).unwrap())
+                .collect(),
+        );
+    }
+    assert!(outputs[0] == outputs[1], "same seed, same weights");
+}
+
+#[test]
+fn bad_zoo_options_exit_2_with_a_reason() {
+    let d = workdir();
+    for (arch, words) in [
+        ("resnet18:classes=10", "unknown option 'classes'"),
+        ("vit:image_size=30,patch_size=4", "divisible"),
+        (
+            "efficientnet_b0:width_mult=0",
+            "width_mult must be positive",
+        ),
+    ] {
+        let r = mnemo_in(d.path(), &["init", "--arch", arch, "-o", "m.safetensors"]);
+        assert_eq!(r.code, 2, "{arch}");
+        assert!(r.stderr.contains(words), "{arch}: {}", r.stderr);
+    }
+}
