@@ -104,3 +104,50 @@ fn drift_loop_updates_after_the_rotation() {
     let updated = decisions.iter().find(|d| d["action"] == "update").unwrap();
     assert!(Path::new(updated["model"].as_str().unwrap()).exists());
 }
+
+/// Permuted MNIST at CI size: three permutations, 20 updates each, every method; Adam's
+/// moments carry from task to task (the step count adds up), and a reset run differs.
+#[test]
+fn permuted_mnist_pipeline_runs_at_ci_size() {
+    let d = workdir();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = |out: &str, optimizer: &str| {
+        let r = Command::new("bash")
+            .arg(format!("{root}/examples/permuted-mnist/run.sh"))
+            .env("MNEMO", env!("CARGO_BIN_EXE_mnemo"))
+            .env("DATA", format!("{root}/fixtures/mnist-small"))
+            .env("OUT", d.path().join(out))
+            .envs([("TASKS", "3"), ("ITERS", "20"), ("HIDDEN", "32")])
+            .env("OPTIMIZER", optimizer)
+            .current_dir(d.path())
+            .output()
+            .expect("run the pipeline");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        std::fs::read_to_string(d.path().join(out).join("results.jsonl")).unwrap()
+    };
+    let carried = run("carry", "carry");
+    // Three methods × (stage 0 + three stages) × three tasks.
+    assert_eq!(carried.lines().count(), 3 * 4 * 3);
+    let state = mnemo::checkpoint::Checkpoint::open(
+        d.path().join("carry/runs/seed1/ewc/adam3.safetensors"),
+    )
+    .unwrap();
+    // 20 updates a task round up to 3 epochs of 7 batches (1,000 images, batch 128): 3 × 21.
+    assert_eq!(state.metadata()["mnemo.optimizer.step"], "63");
+    let reset = run("reset", "reset");
+    assert!(!d
+        .path()
+        .join("reset/runs/seed1/ewc/adam1.safetensors")
+        .exists());
+    let after = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains("\"stage\":3"))
+            .map(|l| l.split("\"accuracy\":").nth(1).unwrap()[..6].to_string())
+            .collect()
+    };
+    assert_ne!(
+        after(&carried),
+        after(&reset),
+        "the optimizer state changes the run"
+    );
+}
