@@ -58,6 +58,7 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/gen.py
 	$$(scripts/venv.sh) fixtures/gen_train.py
 	$$(scripts/venv.sh) fixtures/model_zoo/gen.py
+	$$(scripts/venv.sh) fixtures/dense/gen.py
 	$$(scripts/venv.sh) fixtures/drift/gen.py
 	$$(scripts/venv.sh) fixtures/merge/gen.py
 	$$(scripts/venv.sh) fixtures/data/gen.py

@@ -44,6 +44,42 @@ pub enum UnitName {
     Epoch,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossName {
+    /// Softmax cross-entropy: class ids [N], or masks [N,H,W] against [B,C,H,W] logits (mean over pixels).
+    Ce,
+    /// Binary cross-entropy with logits, mean over all elements: multi-hot [N,K] or binary masks.
+    Bce,
+    /// Sigmoid focal loss (torchvision's; --focal-alpha, --focal-gamma), mean over all elements.
+    Focal,
+    /// Soft dice on sigmoid probabilities of binary masks, 1 − (2Σpt + 1)/(Σp + Σt + 1) per example, batch mean.
+    Dice,
+    /// dice + bce, for binary masks.
+    DiceBce,
+}
+
+impl LossName {
+    pub fn to_loss(self, alpha: f64, gamma: f64) -> anyhow::Result<train::Loss> {
+        if self == LossName::Focal {
+            if !alpha.is_finite() || alpha > 1.0 {
+                anyhow::bail!(
+                    "--focal-alpha {alpha}: must be at most 1 (negative: no α weighting)"
+                );
+            }
+            if !(gamma.is_finite() && gamma >= 0.0) {
+                anyhow::bail!("--focal-gamma {gamma}: must be a number ≥ 0");
+            }
+        }
+        Ok(match self {
+            LossName::Ce => train::Loss::Ce,
+            LossName::Bce => train::Loss::Bce,
+            LossName::Focal => train::Loss::Focal { alpha, gamma },
+            LossName::Dice => train::Loss::Dice,
+            LossName::DiceBce => train::Loss::DiceBce,
+        })
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Training")]
 pub struct EngineArgs {
@@ -93,6 +129,21 @@ pub struct EngineArgs {
     /// Cross-entropy against (1−ε)·onehot + ε/C, as torch's label_smoothing.
     #[arg(long, value_name = "EPS", default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// Task loss: ce for class ids and multi-class masks; bce or focal for multi-hot targets
+    /// [N,K]; bce, focal, dice or dice-bce for binary masks (one output channel).
+    #[arg(long, value_enum, default_value = "ce")]
+    pub loss: LossName,
+    /// --loss focal: weight α of the positives (negative: none), as torchvision's alpha.
+    #[arg(
+        long,
+        value_name = "A",
+        default_value_t = 0.25,
+        allow_negative_numbers = true
+    )]
+    pub focal_alpha: f64,
+    /// --loss focal: focusing exponent γ.
+    #[arg(long, value_name = "G", default_value_t = 2.0)]
+    pub focal_gamma: f64,
     /// Learning-rate schedule (after --warmup).
     #[arg(long, value_enum, default_value = "constant")]
     pub schedule: ScheduleName,
@@ -191,6 +242,9 @@ impl EngineArgs {
                 self.label_smoothing
             );
         }
+        if self.label_smoothing > 0.0 && self.loss != LossName::Ce {
+            anyhow::bail!("--label-smoothing applies to --loss ce only");
+        }
         if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             anyhow::bail!("--clip-grad-norm must be positive");
         }
@@ -228,6 +282,7 @@ impl EngineArgs {
             },
             clip_grad_norm: self.clip_grad_norm,
             label_smoothing: self.label_smoothing,
+            loss: self.loss.to_loss(self.focal_alpha, self.focal_gamma)?,
             accumulate: self.accumulate_grad_batches as usize,
             patience: self.patience,
             keep_last: self.keep_last,

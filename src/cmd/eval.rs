@@ -1,8 +1,11 @@
-//! `mnemo eval`: mean cross-entropy, accuracy and top-5 of a classifier on a dataset.
+//! `mnemo eval`: mean cross-entropy, accuracy and top-5 of a classifier on a dataset; for
+//! masks the loss, per-class IoU and mIoU, for multi-hot targets the loss, per-label AP and mAP.
 
+use super::engine::LossName;
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::data::Dataset;
+use mnemo::data::{Dataset, TargetKind};
+use mnemo::metrics::dense::mean_present;
 use mnemo::metrics::{score, ClassificationTotals};
 use mnemo::model::{Mode, Model};
 use mnemo::rng::Rng;
@@ -29,6 +32,10 @@ pub const HELP: HelpExtra = HelpExtra {
             "mnemo eval model2.safetensors --data t1.safetensors t2.safetensors t3.safetensors --stage 2 --label method=ewc --label seed=1 >> results.jsonl",
         ),
         (
+            "segmentation masks: loss, per-class IoU and mIoU (binary masks: dice + BCE)",
+            "mnemo eval seg.safetensors --data masks.safetensors --loss dice-bce",
+        ),
+        (
             "per-batch losses as JSON Lines, for monitoring",
             "mnemo eval model.safetensors --data stream.safetensors --stream | tee eval.jsonl",
         ),
@@ -40,7 +47,9 @@ pub const HELP: HelpExtra = HelpExtra {
 pub struct Args {
     /// The model checkpoint (a .safetensors file, an HF index.json, or a folder).
     pub model: PathBuf,
-    /// Dataset(s): safetensors with `input` [N,...] and `target` [N]. With several (one per
+    /// Dataset(s): safetensors with `input` [N,...] and `target` [N] class ids (loss,
+    /// accuracy, top5), [N,H,W] masks (loss, iou per class, miou, pixel_accuracy) or [N,K]
+    /// multi-hot rows (loss, ap per label, map, label_accuracy). With several (one per
     /// task), one line per dataset with its 1-based "task" number, then their mean accuracy.
     #[arg(long, value_name = "D", num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
@@ -63,6 +72,21 @@ pub struct Args {
     /// values that parse as numbers are written as numbers.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// The loss reported (see train-ewc --loss). Default: ce for class ids and multi-class
+    /// masks, bce for multi-hot targets and binary masks (one output channel).
+    #[arg(long, value_enum)]
+    pub loss: Option<LossName>,
+    /// --loss focal: weight α of the positives (negative: none).
+    #[arg(
+        long,
+        value_name = "A",
+        default_value_t = 0.25,
+        allow_negative_numbers = true
+    )]
+    pub focal_alpha: f64,
+    /// --loss focal: focusing exponent γ.
+    #[arg(long, value_name = "G", default_value_t = 2.0)]
+    pub focal_gamma: f64,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
@@ -86,13 +110,22 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut accuracies = Vec::new();
     for (task, path) in args.data.iter().enumerate() {
         let data = Dataset::open(path)?;
-        let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
-        let mut line = json!({
-            "loss": num(totals.loss()),
-            "accuracy": num(totals.accuracy()),
-            "top5": num(totals.top_k_accuracy()),
-            "n": totals.n,
-        });
+        let (mut line, accuracy) = if data.target_kind == TargetKind::Class {
+            if let Some(l) = args.loss {
+                l.to_loss(args.focal_alpha, args.focal_gamma)?
+                    .check_targets(&data)?;
+            }
+            let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
+            let line = json!({
+                "loss": num(totals.loss()),
+                "accuracy": num(totals.accuracy()),
+                "top5": num(totals.top_k_accuracy()),
+                "n": totals.n,
+            });
+            (line, totals.accuracy())
+        } else {
+            evaluate_dense(&args, &mut model, head.as_deref(), &data, &mut out, g)?
+        };
         if several {
             line["task"] = json!(task + 1);
             line["data"] = json!(path.display().to_string());
@@ -104,7 +137,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             line[k] = v.clone();
         }
         out.emit(&line)?;
-        accuracies.push(totals.accuracy());
+        accuracies.push(accuracy);
     }
     if args.data.len() > 1 {
         out.emit(&json!({
@@ -113,6 +146,73 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         }))?;
     }
     Ok(Status::Success)
+}
+
+fn opt_num(v: Option<f64>) -> serde_json::Value {
+    v.map_or(serde_json::Value::Null, num)
+}
+
+/// Masks or multi-hot targets: the result line and its accuracy (pixel or label accuracy).
+fn evaluate_dense(
+    args: &Args,
+    model: &mut Model,
+    head: Option<&str>,
+    data: &Dataset,
+    out: &mut JsonLines,
+    g: &Global,
+) -> anyhow::Result<(serde_json::Value, f64)> {
+    let name = match (args.loss, data.target_kind) {
+        (Some(l), _) => l,
+        (None, TargetKind::MultiLabel { .. }) => LossName::Bce,
+        _ => {
+            // Masks: ce unless the model has a single output channel (a binary mask).
+            let (x, _) = data.batch(&[0], &model.device)?;
+            let dims = model
+                .forward(&x, head, Mode::Eval, &mut Rng::new(0))?
+                .dims()
+                .to_vec();
+            match dims.get(1) {
+                Some(1) => LossName::Bce,
+                _ => LossName::Ce,
+            }
+        }
+    };
+    let loss = name.to_loss(args.focal_alpha, args.focal_gamma)?;
+    let pb = g.progress(data.len() as u64, "eval");
+    let stream = args.stream;
+    let t = mnemo::train::evaluate_dense(
+        model,
+        data,
+        head,
+        args.batch_size as usize,
+        loss,
+        &mut |b, n, l| {
+            pb.inc(n as u64);
+            if stream {
+                out.emit(&json!({"batch": b, "n": n, "loss": num(l)}))
+                    .map_err(|e| {
+                        MnemoError::io("<stdout>", std::io::Error::other(e.to_string()))
+                    })?;
+            }
+            Ok(())
+        },
+    )?;
+    pb.finish_and_clear();
+    let mut line = json!({"loss": num(t.loss), "loss_fn": loss.name()});
+    if let Some(iou) = &t.iou {
+        let per = iou.per_class();
+        line["miou"] = opt_num(mean_present(&per));
+        line["iou"] = per.into_iter().map(opt_num).collect();
+        line["pixel_accuracy"] = num(iou.pixel_accuracy());
+    }
+    if let Some(m) = &t.multi {
+        let per = m.per_class();
+        line["map"] = opt_num(mean_present(&per));
+        line["ap"] = per.into_iter().map(opt_num).collect();
+        line["label_accuracy"] = num(m.label_accuracy());
+    }
+    line["n"] = json!(t.n);
+    Ok((line, t.accuracy()))
 }
 
 /// Scores `model` on `data` in eval mode (streaming per-batch lines with --stream).

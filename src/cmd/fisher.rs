@@ -113,6 +113,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (mut model, ckpt) = Model::open(model_path, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
     let data = Dataset::open(data_path)?;
+    data.require_class("fisher")?;
     let mode = match args.mode {
         Mode::Empirical => FisherMode::Empirical,
         Mode::True => FisherMode::True,

@@ -127,6 +127,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let head = model.choose_head(args.head.as_deref())?;
     let data = Dataset::open(&args.data)?;
     let val = Dataset::open(&val_path)?;
+    data.require_class("lora-gate")?;
+    val.require_class("lora-gate")?;
     let mut prov = Provenance::from_args(&super::argv());
     let base_hash = ckpt.content_hash()?;
     prov.input(args.model.display().to_string(), base_hash.clone());

@@ -84,6 +84,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
     let data = Dataset::open(&args.data)?;
+    data.require_class("replay-train")?;
     let policy = args.policy.as_deref().and_then(Policy::parse);
     let buffer = if args.buffer.exists() {
         let b = ReservoirBuffer::open(&args.buffer)?;

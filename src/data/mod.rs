@@ -1,6 +1,8 @@
 //! Datasets: a safetensors file with `input` `[N, ...]` (U8 scaled by 1/255,
-//! or a float dtype) and `target` `[N]` integer class ids. Seeded shuffling
-//! and batching.
+//! or a float dtype) and `target`: `[N]` integer class ids, `[N, H, W]` integer
+//! masks (a class id per pixel; 0/1 for binary masks) or `[N, K]` multi-hot
+//! rows (U8/I64/F32 values 0 or 1: multi-label presence). Seeded shuffling and
+//! batching.
 
 pub mod folder;
 pub mod raw;
@@ -12,14 +14,48 @@ use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 
-/// An in-memory classification dataset.
+/// What `target` holds, told apart by its rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// `[N]` class ids.
+    Class,
+    /// `[N, H, W]` class ids per pixel (0/1 for binary masks).
+    Mask { h: usize, w: usize },
+    /// `[N, K]` multi-hot rows (0/1).
+    MultiLabel { k: usize },
+}
+
+impl TargetKind {
+    /// Target values per example.
+    pub fn per_example(self) -> usize {
+        match self {
+            TargetKind::Class => 1,
+            TargetKind::Mask { h, w } => h * w,
+            TargetKind::MultiLabel { k } => k,
+        }
+    }
+
+    /// How the kind is named in messages.
+    pub fn describe(self) -> String {
+        match self {
+            TargetKind::Class => "class ids [N]".into(),
+            TargetKind::Mask { h, w } => format!("masks [N, {h}, {w}]"),
+            TargetKind::MultiLabel { k } => format!("multi-hot rows [N, {k}]"),
+        }
+    }
+}
+
+/// An in-memory dataset: classification, segmentation masks or multi-label.
 pub struct Dataset {
     pub path: PathBuf,
     /// Shape of one example (without the leading N).
     pub example_shape: Vec<usize>,
     /// Inputs as f32, example-major.
     pub inputs: Vec<f32>,
+    /// Targets, example-major: `target_kind.per_example()` values per example (class ids,
+    /// mask pixels, or 0/1 presences).
     pub targets: Vec<i64>,
+    pub target_kind: TargetKind,
     /// The inputs were U8 in the file (values k/255), so they can be stored back as U8.
     pub from_u8: bool,
 }
@@ -47,12 +83,20 @@ impl Dataset {
             return Err(bad("'input' is a scalar; expected [N, ...]".into()));
         }
         let n = xi.shape[0];
-        if ti.shape.len() != 1 {
-            return Err(bad(format!(
-                "'target' has shape {:?}; expected [N] class ids (dense targets are not supported yet)",
-                ti.shape
-            )));
-        }
+        let kind = match ti.shape.len() {
+            1 => TargetKind::Class,
+            2 => TargetKind::MultiLabel { k: ti.shape[1] },
+            3 => TargetKind::Mask {
+                h: ti.shape[1],
+                w: ti.shape[2],
+            },
+            _ => {
+                return Err(bad(format!(
+                    "'target' has shape {:?}; expected [N] class ids, [N, K] multi-hot rows or [N, H, W] masks",
+                    ti.shape
+                )))
+            }
+        };
         if ti.shape[0] != n {
             return Err(bad(format!(
                 "'input' has {n} examples but 'target' has {}",
@@ -61,6 +105,12 @@ impl Dataset {
         }
         if n == 0 {
             return Err(bad("the dataset is empty (N = 0)".into()));
+        }
+        if kind.per_example() == 0 {
+            return Err(bad(format!(
+                "'target' has shape {:?}: no values per example",
+                ti.shape
+            )));
         }
         let inputs = match xi.dtype {
             Dtype::U8 => ckpt
@@ -78,17 +128,51 @@ impl Dataset {
                 })
             }
         };
-        if ti.dtype.is_float() || ti.dtype == Dtype::Bool {
+        let multi = matches!(kind, TargetKind::MultiLabel { .. });
+        let float_ok = multi && ti.dtype.is_float();
+        if (ti.dtype.is_float() && !float_ok) || ti.dtype == Dtype::Bool {
             return Err(MnemoError::WrongDtype {
                 path: path.to_path_buf(),
                 tensor: "target".into(),
                 dtype: ti.dtype.to_string(),
-                expected: "an integer dtype (class ids)".into(),
+                expected: match kind {
+                    TargetKind::Class => "an integer dtype (class ids)".into(),
+                    _ => "an integer dtype (class ids per pixel)".into(),
+                },
             });
         }
-        let targets = ckpt.to_i64("target")?;
+        let targets: Vec<i64> = if float_ok {
+            let v = ckpt.to_f32("target")?;
+            if let Some((i, &t)) = v.iter().enumerate().find(|(_, &t)| t != 0.0 && t != 1.0) {
+                return Err(bad(format!(
+                    "'target' example {} label {} = {t}: multi-hot targets must be 0 or 1",
+                    i / kind.per_example(),
+                    i % kind.per_example()
+                )));
+            }
+            v.iter().map(|&t| t as i64).collect()
+        } else {
+            ckpt.to_i64("target")?
+        };
+        let per = kind.per_example();
         if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t < 0) {
-            return Err(bad(format!("'target'[{i}] = {t} is negative")));
+            return Err(bad(match kind {
+                TargetKind::Class => format!("'target'[{i}] = {t} is negative"),
+                _ => format!(
+                    "'target' example {} value {} = {t} is negative",
+                    i / per,
+                    i % per
+                ),
+            }));
+        }
+        if multi {
+            if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t > 1) {
+                return Err(bad(format!(
+                    "'target' example {} label {} = {t}: multi-hot targets must be 0 or 1",
+                    i / per,
+                    i % per
+                )));
+            }
         }
         if let Some((i, &v)) = inputs.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let per = inputs.len() / n;
@@ -102,12 +186,13 @@ impl Dataset {
             example_shape: xi.shape[1..].to_vec(),
             inputs,
             targets,
+            target_kind: kind,
             from_u8: xi.dtype == Dtype::U8,
         })
     }
 
     pub fn len(&self) -> usize {
-        self.targets.len()
+        self.targets.len() / self.target_kind.per_example()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,24 +203,77 @@ impl Dataset {
         self.example_shape.iter().product()
     }
 
-    /// Fails when a label is not a valid class id for a head with `classes` outputs.
+    /// Fails unless the targets are class ids `[N]` (for the commands that only classify).
+    pub fn require_class(&self, what: &str) -> Result<()> {
+        if self.target_kind == TargetKind::Class {
+            return Ok(());
+        }
+        Err(MnemoError::InvalidDataset {
+            path: self.path.clone(),
+            reason: format!(
+                "'target' holds {}; {what} needs class ids [N]",
+                self.target_kind.describe()
+            ),
+        })
+    }
+
+    /// Fails when a label is not a valid class id for a head with `classes` outputs (for
+    /// masks: `classes` output channels, where one channel means a binary mask of 0/1; for
+    /// multi-hot rows: one output per label).
     pub fn check_labels(&self, classes: usize, head: Option<&str>) -> Result<()> {
-        if let Some((i, &t)) = self
-            .targets
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= classes)
-        {
-            let which = head
-                .map(|h| format!("head '{h}'"))
-                .unwrap_or_else(|| "model".into());
-            return Err(MnemoError::InvalidDataset {
-                path: self.path.clone(),
-                reason: format!(
-                    "'target'[{i}] = {t} is out of range: the {which} has {classes} outputs (labels 0..{})",
-                    classes - 1
-                ),
-            });
+        let which = head
+            .map(|h| format!("head '{h}'"))
+            .unwrap_or_else(|| "model".into());
+        let bad = |reason: String| MnemoError::InvalidDataset {
+            path: self.path.clone(),
+            reason,
+        };
+        match self.target_kind {
+            TargetKind::Class => {
+                if let Some((i, &t)) = self
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &t)| t as usize >= classes)
+                {
+                    return Err(bad(format!(
+                        "'target'[{i}] = {t} is out of range: the {which} has {classes} outputs (labels 0..{})",
+                        classes - 1
+                    )));
+                }
+            }
+            TargetKind::Mask { h, w } => {
+                let top = if classes == 1 { 2 } else { classes };
+                if let Some((i, &t)) = self
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &t)| t as usize >= top)
+                {
+                    let (e, px) = (i / (h * w), i % (h * w));
+                    return Err(bad(if classes == 1 {
+                        format!(
+                            "'target' example {e} pixel ({}, {}) = {t}: the {which} has one output channel (a binary mask), so targets must be 0 or 1",
+                            px / w,
+                            px % w
+                        )
+                    } else {
+                        format!(
+                            "'target' example {e} pixel ({}, {}) = {t} is out of range: the {which} has {classes} output channels (labels 0..{})",
+                            px / w,
+                            px % w,
+                            classes - 1
+                        )
+                    }));
+                }
+            }
+            TargetKind::MultiLabel { k } => {
+                if k != classes {
+                    return Err(bad(format!(
+                        "'target' has {k} labels per example but the {which} has {classes} outputs"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -149,14 +287,16 @@ impl Dataset {
         idx
     }
 
-    /// Inputs and targets of the examples `idx`, as tensors on `device`.
+    /// Inputs of the examples `idx` as a tensor on `device`, and their targets (example-major,
+    /// `target_kind.per_example()` values each).
     pub fn batch(&self, idx: &[usize], device: &Device) -> Result<(Tensor, Vec<i64>)> {
         let el = self.example_len();
         let mut x = Vec::with_capacity(idx.len() * el);
-        let mut y = Vec::with_capacity(idx.len());
+        let per = self.target_kind.per_example();
+        let mut y = Vec::with_capacity(idx.len() * per);
         for &i in idx {
             x.extend_from_slice(&self.inputs[i * el..(i + 1) * el]);
-            y.push(self.targets[i]);
+            y.extend_from_slice(&self.targets[i * per..(i + 1) * per]);
         }
         let mut shape = vec![idx.len()];
         shape.extend(&self.example_shape);

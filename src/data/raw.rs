@@ -34,7 +34,7 @@ impl RawDataset {
     pub fn open(path: impl AsRef<Path>) -> Result<RawDataset> {
         let path = path.as_ref();
         // The full validation (names, counts, dtypes, labels, finite values) lives there.
-        super::Dataset::open(path)?;
+        super::Dataset::open(path)?.require_class("the data tools")?;
         let ckpt = Checkpoint::open(path)?;
         let e = ckpt.entry("input")?;
         Ok(RawDataset {

@@ -2,6 +2,7 @@
 //! mean cross-entropy matches torch's to well within 1e-5.
 
 pub mod continual;
+pub mod dense;
 pub mod paired;
 
 use serde::Serialize;

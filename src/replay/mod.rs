@@ -350,6 +350,7 @@ impl ReservoirBuffer {
                 .flat_map(|&i| self.inputs[i * el..(i + 1) * el].iter().copied())
                 .collect(),
             targets: idx.iter().map(|&i| self.targets[i]).collect(),
+            target_kind: crate::data::TargetKind::Class,
             from_u8: self.u8_inputs,
         }
     }

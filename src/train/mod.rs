@@ -6,6 +6,7 @@
 
 pub mod dense;
 pub mod fisher;
+pub mod loss;
 pub mod optim;
 pub mod optim_file;
 pub mod penalty;
@@ -19,6 +20,7 @@ use crate::model::{Mode, Model, Snapshot};
 use crate::replay::ReservoirBuffer;
 use crate::rng::Rng;
 use candle_core::Tensor;
+pub use loss::Loss;
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use penalty::{AnchorPull, EwcPenalty, Penalty, PenaltyTerm};
 pub use schedule::{Schedule, ScheduleKind, ScheduleUnit};
@@ -43,6 +45,8 @@ pub struct TrainConfig {
     pub clip_grad_norm: Option<f64>,
     /// Cross-entropy against (1−ε)·onehot + ε/C, as torch's `label_smoothing`.
     pub label_smoothing: f64,
+    /// The task loss (`--loss`; cross-entropy by default).
+    pub loss: Loss,
     /// Batches whose gradients are averaged into one update (1: no accumulation).
     pub accumulate: usize,
     /// Stop after this many epochs without a lower validation loss (needs validation data).
@@ -66,6 +70,7 @@ impl Default for TrainConfig {
             schedule: Schedule::default(),
             clip_grad_norm: None,
             label_smoothing: 0.0,
+            loss: Loss::Ce,
             accumulate: 1,
             patience: None,
             keep_last: false,
@@ -180,7 +185,7 @@ pub(crate) fn host_logits(
 /// The fused cross-entropy of logits `l` [n, c] against (label-smoothed) targets `y`:
 /// the summed loss, and its gradient (softmax − target)·scale/n, computed on the host so
 /// that no log-softmax graph is ever built.
-fn cross_entropy_grad(
+pub(crate) fn cross_entropy_grad(
     l: &[f32],
     c: usize,
     y: &[i64],
@@ -255,20 +260,31 @@ fn backward(
     want_logits: bool,
 ) -> Result<BatchOut> {
     let head = cfg.head.as_deref();
-    let b = idx.len() as f64;
+    let kind = data.target_kind;
     if let Some(net) = dense {
-        let y: Vec<i64> = idx.iter().map(|&i| data.targets[i]).collect();
+        let per = kind.per_example();
+        let y: Vec<i64> = idx
+            .iter()
+            .flat_map(|&i| data.targets[i * per..(i + 1) * per].iter().copied())
+            .collect();
         let c = net.classes();
-        if check_labels {
-            data.check_labels(c, head)?;
-        }
+        let dims = [idx.len(), c];
+        cfg.loss.check_output(data, &dims, head, check_labels)?;
         let logits = net.forward(host, &data.inputs, idx);
-        let (loss, mut g) = cross_entropy_grad(logits, c, &y, cfg.label_smoothing, scale);
+        let (loss, mut g) = loss::loss_grad(
+            cfg.loss,
+            kind,
+            logits,
+            &dims,
+            &y,
+            cfg.label_smoothing,
+            scale,
+        );
         let d = distill.map_or(0.0, |(z, w)| distill_grad(logits, z, w, scale, &mut g));
         let logits = want_logits.then(|| logits.to_vec());
         net.backward(host, &g, acc);
         return Ok(BatchOut {
-            loss: loss / b,
+            loss,
             distill: d,
             logits,
             classes: c,
@@ -277,10 +293,17 @@ fn backward(
     let device = model.device.clone();
     let (x, y) = data.batch(idx, &device)?;
     let logits = model.forward(&x, head, Mode::Train, rng)?;
-    let (l, c) = host_logits(&logits, data, head, check_labels)?;
-    let (loss, mut grad) = cross_entropy_grad(&l, c, &y, cfg.label_smoothing, scale);
+    let dims = logits.dims().to_vec();
+    cfg.loss.check_output(data, &dims, head, check_labels)?;
+    let c = dims[1];
+    let l: Vec<f32> = logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .map_err(ce("reading logits"))?;
+    let (loss, mut grad) =
+        loss::loss_grad(cfg.loss, kind, &l, &dims, &y, cfg.label_smoothing, scale);
     let d = distill.map_or(0.0, |(z, w)| distill_grad(&l, z, w, scale, &mut grad));
-    let g = Tensor::from_vec(grad, (idx.len(), c), &device).map_err(ce("loss gradient"))?;
+    let g = Tensor::from_vec(grad, dims.as_slice(), &device).map_err(ce("loss gradient"))?;
     let grads = (logits * g)
         .and_then(|t| t.sum_all())
         .and_then(|t| t.backward())
@@ -301,7 +324,7 @@ fn backward(
         }
     }
     Ok(BatchOut {
-        loss: loss / b,
+        loss,
         distill: d,
         logits: want_logits.then_some(l),
         classes: c,
@@ -498,6 +521,80 @@ pub fn evaluate(
     Ok(totals)
 }
 
+/// What an evaluation of masks or multi-hot targets finds.
+#[derive(Clone, Debug)]
+pub struct DenseEval {
+    pub n: usize,
+    /// Mean over the examples of the loss (no label smoothing).
+    pub loss: f64,
+    /// Masks: IoU counts.
+    pub iou: Option<crate::metrics::dense::IouTotals>,
+    /// Multi-hot targets: scores for AP.
+    pub multi: Option<crate::metrics::dense::MultiLabelTotals>,
+}
+
+impl DenseEval {
+    /// Pixel accuracy (masks) or label accuracy at logit > 0 (multi-hot).
+    pub fn accuracy(&self) -> f64 {
+        match (&self.iou, &self.multi) {
+            (Some(i), _) => i.pixel_accuracy(),
+            (_, Some(m)) => m.label_accuracy(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Loss and metrics of `model` on masks or multi-hot targets in eval mode; `on_batch` gets
+/// each batch's (index, examples, mean loss).
+pub fn evaluate_dense(
+    model: &mut Model,
+    data: &Dataset,
+    head: Option<&str>,
+    batch_size: usize,
+    loss: Loss,
+    on_batch: &mut dyn FnMut(usize, usize, f64) -> Result<()>,
+) -> Result<DenseEval> {
+    use crate::data::TargetKind;
+    use crate::metrics::dense::{IouTotals, MultiLabelTotals};
+    loss.check_targets(data)?;
+    let mut rng = Rng::new(0);
+    let device = model.device.clone();
+    let mut out = DenseEval {
+        n: 0,
+        loss: 0.0,
+        iou: None,
+        multi: None,
+    };
+    let mut loss_sum = 0.0;
+    for (i, idx) in data.order(None).chunks(batch_size.max(1)).enumerate() {
+        let (x, y) = data.batch(idx, &device)?;
+        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
+        let dims = logits.dims().to_vec();
+        loss.check_output(data, &dims, head, i == 0)?;
+        let l: Vec<f32> = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(ce("reading logits"))?;
+        let (v, _) = loss::loss_grad(loss, data.target_kind, &l, &dims, &y, 0.0, 1.0);
+        match data.target_kind {
+            TargetKind::Mask { h, w } => out
+                .iou
+                .get_or_insert_with(|| IouTotals::new(dims[1]))
+                .add(&l, h * w, &y),
+            TargetKind::MultiLabel { k } => out
+                .multi
+                .get_or_insert_with(|| MultiLabelTotals::new(k))
+                .add(&l, &y),
+            TargetKind::Class => {}
+        }
+        loss_sum += v * idx.len() as f64;
+        out.n += idx.len();
+        on_batch(i, idx.len(), v)?;
+    }
+    out.loss = loss_sum / out.n.max(1) as f64;
+    Ok(out)
+}
+
 /// Every example's loss and correctness on `data`, in file order (eval mode).
 pub fn evaluate_examples(
     model: &mut Model,
@@ -547,6 +644,23 @@ pub fn train(
     on_event: &mut dyn FnMut(&Event) -> Result<()>,
 ) -> Result<Outcome> {
     let data = job.data;
+    cfg.loss.check_targets(data)?;
+    if let Some(v) = job.val {
+        cfg.loss.check_targets(v)?;
+        if std::mem::discriminant(&v.target_kind) != std::mem::discriminant(&data.target_kind) {
+            return Err(MnemoError::InvalidDataset {
+                path: v.path.clone(),
+                reason: format!(
+                    "the validation 'target' holds {} but the training data's holds {}",
+                    v.target_kind.describe(),
+                    data.target_kind.describe()
+                ),
+            });
+        }
+    }
+    if job.replay.is_some() {
+        data.require_class("experience replay")?;
+    }
     if let Some(r) = job.replay.as_deref_mut() {
         r.buffer.expect_shape(&data.example_shape, &data.path)?;
     }
@@ -715,8 +829,21 @@ pub fn train(
         sync_if_dense(model, &host)?;
         let (mut val_loss, mut val_accuracy, mut is_best) = (None, None, false);
         if let Some(val) = job.val {
-            let t = evaluate(model, val, cfg.head.as_deref(), cfg.batch_size.max(256))?;
-            let (l, a) = (t.loss(), t.accuracy());
+            let bs = cfg.batch_size.max(256);
+            let (l, a) = if val.target_kind == crate::data::TargetKind::Class {
+                let t = evaluate(model, val, cfg.head.as_deref(), bs)?;
+                (t.loss(), t.accuracy())
+            } else {
+                let t = evaluate_dense(
+                    model,
+                    val,
+                    cfg.head.as_deref(),
+                    bs,
+                    cfg.loss,
+                    &mut |_, _, _| Ok(()),
+                )?;
+                (t.loss, t.accuracy())
+            };
             val_loss = Some(l);
             val_accuracy = Some(a);
             if p.best.as_ref().is_none_or(|b| l < b.val_loss) {

@@ -1,0 +1,372 @@
+//! Task losses, each a fused value and gradient computed on the host in f64 from the
+//! f32 logits (as `cross_entropy_grad`): the gradient with respect to the logits enters
+//! the backward pass directly, so no loss graph is ever built.
+//!
+//! - `ce`: softmax cross-entropy with label smoothing, for class ids (`[B, C]` logits,
+//!   mean over the batch) and for masks (`[B, C, H, W]` logits against `[B, H, W]` ids,
+//!   softmax over C, mean over all B·H·W pixels: torch's `F.cross_entropy` on 4-d input).
+//! - `bce`: `binary_cross_entropy_with_logits`, mean over every element:
+//!   max(x, 0) − x·t + log(1 + e^(−|x|)).
+//! - `focal`: torchvision's `sigmoid_focal_loss`: α_t·(1 − p_t)^γ·bce(x, t) with
+//!   p = σ(x), p_t = p·t + (1 − p)(1 − t), α_t = α·t + (1 − α)(1 − t) (no α factor when
+//!   α < 0), mean over every element.
+//! - `dice`: soft dice on sigmoid probabilities, per example over all its elements,
+//!   1 − (2·Σ p·t + s)/(Σ p + Σ t + s) with s = 1, averaged over the batch.
+//! - `dice-bce`: dice + bce.
+//!
+//! The sigmoid losses take multi-hot rows (`[B, K]` logits) or binary masks (`[B, 1, H, W]`
+//! logits against 0/1 `[B, H, W]` targets); `dice` and `dice-bce` take binary masks only.
+
+use crate::data::{Dataset, TargetKind};
+use crate::error::{MnemoError, Result};
+
+/// The task loss (`--loss`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Loss {
+    /// Softmax cross-entropy (label smoothing applies).
+    #[default]
+    Ce,
+    Bce,
+    Focal {
+        alpha: f64,
+        gamma: f64,
+    },
+    Dice,
+    DiceBce,
+}
+
+impl Loss {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Ce => "ce",
+            Loss::Bce => "bce",
+            Loss::Focal { .. } => "focal",
+            Loss::Dice => "dice",
+            Loss::DiceBce => "dice-bce",
+        }
+    }
+
+    fn sigmoid(self) -> bool {
+        self != Loss::Ce
+    }
+
+    /// Fails when the loss does not fit the dataset's targets (before any model runs).
+    pub fn check_targets(self, data: &Dataset) -> Result<()> {
+        let ok = match data.target_kind {
+            TargetKind::Class => self == Loss::Ce,
+            TargetKind::MultiLabel { .. } => matches!(self, Loss::Bce | Loss::Focal { .. }),
+            TargetKind::Mask { .. } => true,
+        };
+        if ok {
+            return Ok(());
+        }
+        let fits = match data.target_kind {
+            TargetKind::Class => "ce",
+            TargetKind::MultiLabel { .. } => "bce or focal",
+            TargetKind::Mask { .. } => "any loss",
+        };
+        Err(MnemoError::InvalidDataset {
+            path: data.path.clone(),
+            reason: format!(
+                "--loss {} does not fit 'target' ({}); use --loss {fits}",
+                self.name(),
+                data.target_kind.describe()
+            ),
+        })
+    }
+
+    /// Fails when the model's output shape `dims` does not fit the targets and the loss,
+    /// or (with `labels`) when a target is out of range for it.
+    pub fn check_output(
+        self,
+        data: &Dataset,
+        dims: &[usize],
+        head: Option<&str>,
+        labels: bool,
+    ) -> Result<()> {
+        let arch = |reason: String| MnemoError::InvalidArch {
+            origin: None,
+            reason,
+        };
+        let channels = match data.target_kind {
+            TargetKind::Class => {
+                if dims.len() != 2 {
+                    return Err(arch(format!("the model's output has shape {dims:?}; classification needs [batch, classes] logits")));
+                }
+                dims[1]
+            }
+            TargetKind::MultiLabel { k } => {
+                if dims.len() != 2 {
+                    return Err(arch(format!(
+                        "the model's output has shape {dims:?}; multi-label targets need [batch, {k}] logits"
+                    )));
+                }
+                dims[1]
+            }
+            TargetKind::Mask { h, w } => {
+                if dims.len() != 4 || dims[2] != h || dims[3] != w {
+                    return Err(arch(format!(
+                        "the model's output has shape {dims:?}; masks [N, {h}, {w}] need [batch, channels, {h}, {w}] logits"
+                    )));
+                }
+                if self.sigmoid() && dims[1] != 1 {
+                    return Err(arch(format!(
+                        "--loss {} on masks needs one output channel (a binary mask, [batch, 1, {h}, {w}]); the model has {} (use --loss ce)",
+                        self.name(),
+                        dims[1]
+                    )));
+                }
+                if !self.sigmoid() && dims[1] < 2 {
+                    return Err(arch(
+                        "--loss ce on masks needs two or more output channels; the model has one (a binary mask: use --loss bce, dice or dice-bce)".into(),
+                    ));
+                }
+                dims[1]
+            }
+        };
+        if labels {
+            data.check_labels(channels, head)?;
+        }
+        Ok(())
+    }
+}
+
+/// σ(x) in f64, stable at both ends.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// bce_with_logits(x, t) = max(x, 0) − x·t + log(1 + e^(−|x|)).
+fn bce_term(x: f64, t: f64) -> f64 {
+    x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()
+}
+
+/// The mean loss of logits `l` (shape `dims`) against targets `y` (example-major), and its
+/// gradient with respect to `l`, times `scale`.
+pub fn loss_grad(
+    loss: Loss,
+    kind: TargetKind,
+    l: &[f32],
+    dims: &[usize],
+    y: &[i64],
+    smoothing: f64,
+    scale: f64,
+) -> (f64, Vec<f32>) {
+    match (loss, kind) {
+        (Loss::Ce, TargetKind::Class) => {
+            let (sum, g) = super::cross_entropy_grad(l, dims[1], y, smoothing, scale);
+            (sum / y.len() as f64, g)
+        }
+        (Loss::Ce, _) => pixel_cross_entropy(l, dims, y, smoothing, scale),
+        (Loss::Bce, _) => bce(l, y, scale),
+        (Loss::Focal { alpha, gamma }, _) => focal(l, y, alpha, gamma, scale),
+        (Loss::Dice, _) => dice(l, dims[0], y, 1.0, scale),
+        (Loss::DiceBce, _) => {
+            let (a, mut g) = dice(l, dims[0], y, 1.0, scale);
+            let (b, h) = bce(l, y, scale);
+            g.iter_mut().zip(&h).for_each(|(g, h)| *g += h);
+            (a + b, g)
+        }
+    }
+}
+
+/// Cross-entropy over channel 1 of `[B, C, ...]` logits against `[B, ...]` ids, mean over
+/// the B·(spatial) positions; targets (1 − ε)·onehot + ε/C.
+pub fn pixel_cross_entropy(
+    l: &[f32],
+    dims: &[usize],
+    y: &[i64],
+    smoothing: f64,
+    scale: f64,
+) -> (f64, Vec<f32>) {
+    let (b, c) = (dims[0], dims[1]);
+    let hw: usize = dims[2..].iter().product();
+    let n = (b * hw) as f64;
+    let (on, off) = (1.0 - smoothing + smoothing / c as f64, smoothing / c as f64);
+    let mut grad = vec![0f32; l.len()];
+    let mut loss = 0.0;
+    let mut e = vec![0f64; c];
+    for i in 0..b {
+        let base = i * c * hw;
+        for px in 0..hw {
+            let at = |k: usize| base + k * hw + px;
+            let max = (0..c).fold(f64::NEG_INFINITY, |m, k| m.max(l[at(k)] as f64));
+            let mut s = 0.0;
+            for (k, e) in e.iter_mut().enumerate() {
+                *e = (l[at(k)] as f64 - max).exp();
+                s += *e;
+            }
+            let lse = max + s.ln();
+            let t = y[i * hw + px] as usize;
+            for (k, e) in e.iter().enumerate() {
+                let q = if k == t { on } else { off };
+                loss += q * (lse - l[at(k)] as f64);
+                grad[at(k)] = ((e / s - q) / n * scale) as f32;
+            }
+        }
+    }
+    (loss / n, grad)
+}
+
+/// BCE with logits, mean over all elements.
+pub fn bce(l: &[f32], y: &[i64], scale: f64) -> (f64, Vec<f32>) {
+    let n = l.len() as f64;
+    let mut loss = 0.0;
+    let grad = l
+        .iter()
+        .zip(y)
+        .map(|(&x, &t)| {
+            let (x, t) = (x as f64, t as f64);
+            loss += bce_term(x, t);
+            ((sigmoid(x) - t) / n * scale) as f32
+        })
+        .collect();
+    (loss / n, grad)
+}
+
+/// torchvision's sigmoid focal loss, mean over all elements.
+pub fn focal(l: &[f32], y: &[i64], alpha: f64, gamma: f64, scale: f64) -> (f64, Vec<f32>) {
+    let n = l.len() as f64;
+    let mut loss = 0.0;
+    let grad = l
+        .iter()
+        .zip(y)
+        .map(|(&x, &t)| {
+            let (x, t) = (x as f64, t as f64);
+            let (p, q) = (sigmoid(x), sigmoid(-x));
+            let ce = bce_term(x, t);
+            // 1 − p_t, written so that it keeps its precision when p is near 1.
+            let m = t * q + (1.0 - t) * p;
+            let a = if alpha >= 0.0 {
+                alpha * t + (1.0 - alpha) * (1.0 - t)
+            } else {
+                1.0
+            };
+            let mg = m.powf(gamma);
+            loss += a * ce * mg;
+            // d(1 − p_t)/dx = −(2t − 1)·p·(1 − p)
+            let dm = -(2.0 * t - 1.0) * p * q;
+            let dmg = if gamma == 0.0 || m == 0.0 {
+                0.0
+            } else {
+                gamma * m.powf(gamma - 1.0) * dm
+            };
+            (a * ((p - t) * mg + ce * dmg) / n * scale) as f32
+        })
+        .collect();
+    (loss / n, grad)
+}
+
+/// Soft dice on sigmoid probabilities: per example over its elements,
+/// 1 − (2·Σ p·t + s)/(Σ p + Σ t + s), mean over the `b` examples.
+pub fn dice(l: &[f32], b: usize, y: &[i64], smooth: f64, scale: f64) -> (f64, Vec<f32>) {
+    let per = l.len() / b.max(1);
+    let mut loss = 0.0;
+    let mut grad = vec![0f32; l.len()];
+    for i in 0..b {
+        let r = i * per..(i + 1) * per;
+        let p: Vec<f64> = l[r.clone()].iter().map(|&x| sigmoid(x as f64)).collect();
+        let t = &y[r.clone()];
+        let inter: f64 = p.iter().zip(t).map(|(p, &t)| p * t as f64).sum();
+        let den = p.iter().sum::<f64>() + t.iter().map(|&t| t as f64).sum::<f64>() + smooth;
+        let num = 2.0 * inter + smooth;
+        loss += 1.0 - num / den;
+        for (j, (p, &t)) in p.iter().zip(t).enumerate() {
+            let dp = -(2.0 * t as f64 * den - num) / (den * den);
+            grad[i * per + j] = (dp * p * (1.0 - p) / b as f64 * scale) as f32;
+        }
+    }
+    (loss / b as f64, grad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+
+    fn fixture() -> Checkpoint {
+        Checkpoint::open(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/dense/losses.safetensors"
+        ))
+        .unwrap()
+    }
+
+    /// Largest absolute differences of the value and the gradient against torch's.
+    fn compare(
+        f: &Checkpoint,
+        case: &str,
+        loss: Loss,
+        kind: TargetKind,
+        smoothing: f64,
+    ) -> (f64, f64) {
+        let pre = case.split('_').next().unwrap();
+        let x = f.to_f32(&format!("{pre}_logits")).unwrap();
+        let dims = f.entry(&format!("{pre}_logits")).unwrap().shape.clone();
+        let name = format!("{pre}_target");
+        let y: Vec<i64> = match f.entry(&name).unwrap().dtype.is_float() {
+            true => f.to_f32(&name).unwrap().iter().map(|&v| v as i64).collect(),
+            false => f.to_i64(&name).unwrap(),
+        };
+        let want = f.to_f32(&format!("{case}_loss")).unwrap()[0] as f64;
+        let want_g = f.to_f32(&format!("{case}_grad")).unwrap();
+        let (v, g) = loss_grad(loss, kind, &x, &dims, &y, smoothing, 1.0);
+        let dg = g
+            .iter()
+            .zip(&want_g)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        ((v - want).abs(), dg)
+    }
+
+    #[test]
+    fn losses_match_torch() {
+        let f = fixture();
+        let ml = TargetKind::MultiLabel { k: 5 };
+        let mask = TargetKind::Mask { h: 4, w: 5 };
+        let focal = Loss::Focal {
+            alpha: 0.25,
+            gamma: 2.0,
+        };
+        let cases = [
+            ("ml_bce", Loss::Bce, ml, 0.0),
+            ("ml_focal", focal, ml, 0.0),
+            (
+                "ml_focal2",
+                Loss::Focal {
+                    alpha: 0.4,
+                    gamma: 1.5,
+                },
+                ml,
+                0.0,
+            ),
+            ("bm_dice", Loss::Dice, mask, 0.0),
+            ("bm_bce", Loss::Bce, mask, 0.0),
+            ("bm_focal", focal, mask, 0.0),
+            ("bm_dicebce", Loss::DiceBce, mask, 0.0),
+            ("mc_ce", Loss::Ce, mask, 0.0),
+            ("mc_ces", Loss::Ce, mask, 0.1),
+        ];
+        for (case, loss, kind, eps) in cases {
+            let (dv, dg) = compare(&f, case, loss, kind, eps);
+            eprintln!("{case}: |Δloss| = {dv:.2e}, max |Δgrad| = {dg:.2e}");
+            assert!(dv < 1e-5, "{case}: loss off by {dv}");
+            assert!(dg < 1e-6, "{case}: gradient off by {dg}");
+        }
+    }
+
+    #[test]
+    fn class_ce_is_the_old_path() {
+        let l = [0.5f32, -1.0, 2.0, 0.1, 0.2, 0.3];
+        let y = [2i64, 0];
+        let (s, g) = super::super::cross_entropy_grad(&l, 3, &y, 0.1, 0.5);
+        let (m, h) = loss_grad(Loss::Ce, TargetKind::Class, &l, &[2, 3], &y, 0.1, 0.5);
+        assert_eq!((s / 2.0).to_bits(), m.to_bits());
+        assert_eq!(g, h);
+    }
+}
