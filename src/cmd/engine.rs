@@ -133,17 +133,8 @@ pub struct EngineArgs {
     /// [N,K]; bce, focal, dice or dice-bce for binary masks (one output channel).
     #[arg(long, value_enum, default_value = "ce")]
     pub loss: LossName,
-    /// --loss focal: weight α of the positives (negative: none), as torchvision's alpha.
-    #[arg(
-        long,
-        value_name = "A",
-        default_value_t = 0.25,
-        allow_negative_numbers = true
-    )]
-    pub focal_alpha: f64,
-    /// --loss focal: focusing exponent γ.
-    #[arg(long, value_name = "G", default_value_t = 2.0)]
-    pub focal_gamma: f64,
+    #[command(flatten)]
+    pub focal: FocalArgs,
     /// Learning-rate schedule (after --warmup).
     #[arg(long, value_enum, default_value = "constant")]
     pub schedule: ScheduleName,
@@ -207,6 +198,28 @@ pub struct EngineArgs {
     /// Test hook: exit with an error right after N updates, as if killed.
     #[arg(long, value_name = "N", hide = true)]
     pub halt_after: Option<u64>,
+}
+
+/// `--loss focal`'s parameters (training and `eval`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FocalArgs {
+    /// --loss focal: weight α of the positives (negative: none), as torchvision's alpha.
+    #[arg(
+        id = "focal_alpha",
+        long = "focal-alpha",
+        value_name = "A",
+        default_value_t = 0.25,
+        allow_negative_numbers = true
+    )]
+    pub alpha: f64,
+    /// --loss focal: focusing exponent γ.
+    #[arg(
+        id = "focal_gamma",
+        long = "focal-gamma",
+        value_name = "G",
+        default_value_t = 2.0
+    )]
+    pub gamma: f64,
 }
 
 impl EngineArgs {
@@ -282,7 +295,7 @@ impl EngineArgs {
             },
             clip_grad_norm: self.clip_grad_norm,
             label_smoothing: self.label_smoothing,
-            loss: self.loss.to_loss(self.focal_alpha, self.focal_gamma)?,
+            loss: self.loss.to_loss(self.focal.alpha, self.focal.gamma)?,
             accumulate: self.accumulate_grad_batches as usize,
             patience: self.patience,
             keep_last: self.keep_last,

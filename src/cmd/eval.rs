@@ -76,17 +76,8 @@ pub struct Args {
     /// masks, bce for multi-hot targets and binary masks (one output channel).
     #[arg(long, value_enum)]
     pub loss: Option<LossName>,
-    /// --loss focal: weight α of the positives (negative: none).
-    #[arg(
-        long,
-        value_name = "A",
-        default_value_t = 0.25,
-        allow_negative_numbers = true
-    )]
-    pub focal_alpha: f64,
-    /// --loss focal: focusing exponent γ.
-    #[arg(long, value_name = "G", default_value_t = 2.0)]
-    pub focal_gamma: f64,
+    #[command(flatten)]
+    pub focal: super::engine::FocalArgs,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
@@ -112,7 +103,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         let data = Dataset::open(path)?;
         let (mut line, accuracy) = if data.target_kind == TargetKind::Class {
             if let Some(l) = args.loss {
-                l.to_loss(args.focal_alpha, args.focal_gamma)?
+                l.to_loss(args.focal.alpha, args.focal.gamma)?
                     .check_targets(&data)?;
             }
             let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
@@ -177,7 +168,7 @@ fn evaluate_dense(
             }
         }
     };
-    let loss = name.to_loss(args.focal_alpha, args.focal_gamma)?;
+    let loss = name.to_loss(args.focal.alpha, args.focal.gamma)?;
     let pb = g.progress(data.len() as u64, "eval");
     let stream = args.stream;
     let t = mnemo::train::evaluate_dense(
