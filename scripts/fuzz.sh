@@ -36,7 +36,10 @@ seed() {  # seed TARGET
     printf '{"metadata":{"total_size":28},"weight_map":{"w":"a.safetensors","b":"a.safetensors","v":"b.safetensors"}}' > "$c/shards" ;;
   arch_spec)
     cp "$fx"/*.arch.json "$c/"
-    printf 'mlp:784-400-400-10' > "$c/mlp" ;;
+    printf 'mlp:784-400-400-10' > "$c/mlp"
+    printf 'resnet18:num_classes=10' > "$c/zoo-resnet"
+    printf 'efficientnet_b0:num_classes=10,width_mult=0.25,depth_mult=0.25' > "$c/zoo-effnet"
+    printf 'vit:image_size=32,patch_size=4,dim=64,depth=2,heads=4,mlp_dim=128,num_classes=10' > "$c/zoo-vit" ;;
   jsonl_field)
     printf 'loss\n{"loss":0.25,"epoch":1}' > "$c/loss"
     printf 'a.b.0\n{"a":{"b":[1.5,2]},"s":"x"}' > "$c/path"
