@@ -143,20 +143,17 @@ fn opt_num(v: Option<f64>) -> serde_json::Value {
     v.map_or(serde_json::Value::Null, num)
 }
 
-/// Masks or multi-hot targets: the result line and its accuracy (pixel or label accuracy).
-fn evaluate_dense(
-    args: &Args,
+/// The loss for `data` when none is named: ce for class ids, bce for multi-hot rows, and for
+/// masks ce unless the model has a single output channel (a binary mask), then bce.
+pub(crate) fn default_loss(
     model: &mut Model,
     head: Option<&str>,
     data: &Dataset,
-    out: &mut JsonLines,
-    g: &Global,
-) -> anyhow::Result<(serde_json::Value, f64)> {
-    let name = match (args.loss, data.target_kind) {
-        (Some(l), _) => l,
-        (None, TargetKind::MultiLabel { .. }) => LossName::Bce,
-        _ => {
-            // Masks: ce unless the model has a single output channel (a binary mask).
+) -> anyhow::Result<LossName> {
+    Ok(match data.target_kind {
+        TargetKind::Class => LossName::Ce,
+        TargetKind::MultiLabel { .. } => LossName::Bce,
+        TargetKind::Mask { .. } => {
             let (x, _) = data.batch(&[0], &model.device)?;
             let dims = model
                 .forward(&x, head, Mode::Eval, &mut Rng::new(0))?
@@ -167,6 +164,21 @@ fn evaluate_dense(
                 _ => LossName::Ce,
             }
         }
+    })
+}
+
+/// Masks or multi-hot targets: the result line and its accuracy (pixel or label accuracy).
+fn evaluate_dense(
+    args: &Args,
+    model: &mut Model,
+    head: Option<&str>,
+    data: &Dataset,
+    out: &mut JsonLines,
+    g: &Global,
+) -> anyhow::Result<(serde_json::Value, f64)> {
+    let name = match args.loss {
+        Some(l) => l,
+        None => default_loss(model, head, data)?,
     };
     let loss = name.to_loss(args.focal.alpha, args.focal.gamma)?;
     let pb = g.progress(data.len() as u64, "eval");

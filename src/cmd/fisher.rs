@@ -1,5 +1,6 @@
 //! `mnemo fisher`: the diagonal Fisher information of a model on a dataset.
 
+use super::engine::{FocalArgs, LossName};
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
@@ -17,6 +18,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("the Fisher of a model on the task it knows", "mnemo fisher model.safetensors --data task1.safetensors -o fisher1.safetensors"),
         ("the exact expectation over the model's own predictions, on 1000 examples", "mnemo fisher model.safetensors --data task1.safetensors --mode true --samples 1000 -o fisher1.safetensors"),
         ("shards computed anywhere, combined into exactly the Fisher of their union", "mnemo fisher --reduce f-shard0.safetensors f-shard1.safetensors f-shard2.safetensors -o fisher.safetensors"),
+        ("a segmentation head's Fisher, from its own loss on binary masks", "mnemo fisher seg.safetensors --data masks.safetensors --head seg --loss dice-bce --samples 256 -o fisher-seg.safetensors"),
         ("online EWC: decay the previous tasks' Fisher and add this task's", "mnemo fisher model2.safetensors --data task2.safetensors --accumulate fisher1.safetensors --gamma 0.9 -o fisher12.safetensors"),
     ],
     exit_status: EXIT_PLAIN,
@@ -31,6 +33,9 @@ pub enum Mode {
     /// Σ over mini-batches of (mean batch gradient)², divided by N: the common reference
     /// code's estimator, biased (kept for comparison).
     Batch,
+    /// Squared per-example gradient at the model's own argmax label (van de Ven & Tolias's
+    /// code): a one-sample estimate of `true`.
+    Predicted,
 }
 
 /// One F32 tensor per trainable parameter (same name and shape): the mean over examples, in
@@ -57,6 +62,13 @@ pub struct Args {
     pub arch: Option<String>,
     #[arg(long, value_name = "NAME")]
     pub head: Option<String>,
+    /// The task loss whose gradients are squared (as train-ewc --loss). Default: ce for class
+    /// ids and multi-class masks, bce for multi-hot rows and one-channel (binary) masks.
+    /// Losses other than ce on class ids take --mode empirical or batch.
+    #[arg(long, value_enum, value_name = "LOSS")]
+    pub loss: Option<LossName>,
+    #[command(flatten)]
+    pub focal: FocalArgs,
     /// Combine these Fisher files (of the same model and mode, on disjoint data) instead of
     /// computing one.
     #[arg(long, num_args = 1.., value_name = "FISHER", conflicts_with_all = ["model", "data", "accumulate", "samples"])]
@@ -113,12 +125,17 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (mut model, ckpt) = Model::open(model_path, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
     let data = Dataset::open(data_path)?;
-    data.require_class("fisher")?;
     let mode = match args.mode {
         Mode::Empirical => FisherMode::Empirical,
         Mode::True => FisherMode::True,
         Mode::Batch => FisherMode::Batch,
+        Mode::Predicted => FisherMode::Predicted,
     };
+    let loss_name = match args.loss {
+        Some(l) => l,
+        None => super::eval::default_loss(&mut model, head.as_deref(), &data)?,
+    };
+    let loss = loss_name.to_loss(args.focal.alpha, args.focal.gamma)?;
     let start = std::time::Instant::now();
     let pb = g.progress(
         args.samples.unwrap_or(data.len()).min(data.len()) as u64,
@@ -128,6 +145,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         &mut model,
         &data,
         mode,
+        loss,
         args.samples,
         args.batch_size as usize,
         head.as_deref(),
@@ -166,6 +184,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     }
     let mut meta = prov.metadata();
     meta.insert(MODE_KEY.into(), mode.as_str().into());
+    meta.insert("mnemo.fisher.loss".into(), loss.name().into());
     meta.insert(SAMPLES_KEY.into(), f.samples.to_string());
     meta.insert(MODEL_KEY.into(), model_hash);
     if let Some((_, gamma)) = &prev {
@@ -185,7 +204,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     write_checkpoint(&args.output, tensors, &meta)
         .with_context(|| format!("writing {}", args.output.display()))?;
     JsonLines::stdout().emit(&json!({
-        "output": args.output.display().to_string(), "mode": mode.as_str(), "samples": f.samples,
+        "output": args.output.display().to_string(), "mode": mode.as_str(), "loss": loss.name(), "samples": f.samples,
         "tensors": count, "seconds": num(start.elapsed().as_secs_f64()),
     }))?;
     Ok(Status::Success)

@@ -7,9 +7,10 @@
 //! to a per-example loop.
 
 use super::dense::DenseNet;
+use super::loss::{loss_grad, Loss};
 use super::{host_logits, softmax_rows};
 use crate::checkpoint::{Checkpoint, OwnedTensor};
-use crate::data::Dataset;
+use crate::data::{Dataset, TargetKind};
 use crate::error::{MnemoError, Result};
 use crate::model::{ArchSpec, Layer, Mode, Model, Taps};
 use crate::rng::Rng;
@@ -25,6 +26,10 @@ pub enum FisherMode {
     True,
     /// The common reference code's estimator: Σ_batches (mean-batch gradient)² / N (biased).
     Batch,
+    /// The squared per-example gradient at the model's own most likely label (argmax), as
+    /// van de Ven & Tolias's continual-learning code estimates it: a one-sample stand-in for
+    /// `True`.
+    Predicted,
 }
 
 impl FisherMode {
@@ -33,6 +38,7 @@ impl FisherMode {
             FisherMode::Empirical => "empirical",
             FisherMode::True => "true",
             FisherMode::Batch => "batch",
+            FisherMode::Predicted => "predicted",
         }
     }
 }
@@ -87,6 +93,16 @@ fn weightings(mode: FisherMode, p: &[f64], targets: &[i64], c: usize) -> Vec<Vec
                 g
             })
             .collect(),
+        FisherMode::Predicted => {
+            let mut g = vec![0f32; n * c];
+            for i in 0..n {
+                let row_p = &p[i * c..(i + 1) * c];
+                // The first maximum, as torch's argmax.
+                let y = (0..c).fold(0, |b, k| if row_p[k] > row_p[b] { k } else { b });
+                row(i, y, 1.0, &mut g);
+            }
+            vec![g]
+        }
         FisherMode::Batch => unreachable!("batch mode squares batch gradients"),
     }
 }
@@ -100,11 +116,16 @@ fn add(acc: &mut BTreeMap<String, Tensor>, name: &str, t: Tensor) -> Result<()> 
     Ok(())
 }
 
-/// Computes the diagonal Fisher of `model` on the first `samples` examples of `data` (all when None).
+/// Computes the diagonal Fisher of `model` on the first `samples` examples of `data` (all
+/// when None), for the task loss `loss`. Cross-entropy on class ids takes the fast paths and
+/// every mode; other losses and targets (masks, multi-hot rows) take a per-example loop over
+/// the loss's own gradient, in `Empirical` or `Batch` mode.
+#[allow(clippy::too_many_arguments)]
 pub fn fisher(
     model: &mut Model,
     data: &Dataset,
     mode: FisherMode,
+    loss: Loss,
     samples: Option<usize>,
     batch_size: usize,
     head: Option<&str>,
@@ -117,7 +138,11 @@ pub fn fisher(
             reason: "no examples to compute a Fisher on".into(),
         });
     }
+    loss.check_targets(data)?;
     let order: Vec<usize> = (0..n).collect();
+    if data.target_kind != TargetKind::Class || loss != Loss::Ce {
+        return loss_fisher(model, data, mode, loss, &order, batch_size, head, progress);
+    }
     if model.device.is_cpu() {
         if let Some(mut net) = DenseNet::plan(&model.spec, head)
             .filter(|net| net.in_features() == data.example_shape.iter().product::<usize>())
@@ -208,6 +233,81 @@ pub fn fisher(
         values.insert(name.clone(), t);
     }
     Ok(FisherDiag { values, samples: n })
+}
+
+/// The Fisher of any task loss: per example (or, in `Batch` mode, per mini-batch) the
+/// loss's gradient with respect to the logits (`loss_grad`, as training computes it) is
+/// pushed back through the model and the parameter gradients are squared. The expectation
+/// over the model's own predictions (`True`, `Predicted`) is defined here for softmax
+/// cross-entropy on class ids only.
+#[allow(clippy::too_many_arguments)]
+fn loss_fisher(
+    model: &mut Model,
+    data: &Dataset,
+    mode: FisherMode,
+    loss: Loss,
+    order: &[usize],
+    batch_size: usize,
+    head: Option<&str>,
+    mut progress: impl FnMut(usize),
+) -> Result<FisherDiag> {
+    if !matches!(mode, FisherMode::Empirical | FisherMode::Batch) {
+        return Err(MnemoError::InvalidDataset {
+            path: data.path.clone(),
+            reason: format!(
+                "--mode {} needs class ids [N] and --loss ce; with --loss {} on {} use --mode empirical or batch",
+                mode.as_str(),
+                loss.name(),
+                data.target_kind.describe()
+            ),
+        });
+    }
+    let device = model.device.clone();
+    let bs = if mode == FisherMode::Batch {
+        batch_size.max(1)
+    } else {
+        1
+    };
+    let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut rng = Rng::new(0); // eval mode: no dropout draws
+    for (bi, idx) in order.chunks(bs).enumerate() {
+        let (x, y) = data.batch(idx, &device)?;
+        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
+        let dims = logits.dims().to_vec();
+        if bi == 0 {
+            loss.check_output(data, &dims, head, true)?;
+        }
+        let l: Vec<f32> = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(ce("reading logits"))?;
+        // The gradient of the batch's mean loss: per example when bs = 1.
+        let (_, g) = loss_grad(loss, data.target_kind, &l, &dims, &y, 0.0, 1.0);
+        let gt = Tensor::from_vec(g, dims.as_slice(), &device).map_err(ce("Fisher pass"))?;
+        let grads = (&logits * gt)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .map_err(ce("Fisher backward pass"))?;
+        for (name, var) in &model.params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                add(&mut acc, name, g.sqr().map_err(ce("Fisher"))?)?;
+            }
+        }
+        progress(idx.len());
+    }
+    let scale = 1.0 / order.len() as f64;
+    let mut values = BTreeMap::new();
+    for (name, var) in &model.params {
+        let t = match acc.remove(name) {
+            Some(t) => (t * scale).map_err(ce("Fisher"))?,
+            None => var.as_tensor().zeros_like().map_err(ce("Fisher"))?,
+        };
+        values.insert(name.clone(), t);
+    }
+    Ok(FisherDiag {
+        values,
+        samples: order.len(),
+    })
 }
 
 /// `fisher` for dense networks, on host buffers (see `DenseNet::backward_squared`).
