@@ -17,6 +17,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("TIES over three fine-tunes of one base (HF shard folders work as inputs)", "mnemo merge ties --base base/ ft1/ ft2/ ft3/ --density 0.3 -o merged.safetensors"),
         ("DARE with TIES sign election, seeded", "mnemo merge dare --base base.safetensors a.safetensors b.safetensors --density 0.5 --ties --seed 7 -o merged.safetensors"),
         ("add Fisher files (e.g. to sum tasks' importance)", "mnemo merge sum f1.safetensors f2.safetensors -o f12.safetensors"),
+        ("spread a merge over workers: one shard each (any scheduler), then join them", "for k in 1 2 3; do mnemo merge ties --base base/ a/ b/ --density 0.3 --shard-size 2GB --shard-index $k -o merged/ & done; wait; mnemo merge ties --base base/ a/ b/ --density 0.3 --shard-size 2GB --write-index -o merged/"),
     ],
     exit_status: EXIT_PLAIN,
 };
@@ -137,6 +138,16 @@ pub struct Args {
     /// OUT/model.safetensors alone, as transformers does). The index is written last.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub shard_size: Option<u64>,
+    /// Merge only shard K (1-based) of the --shard-size plan into OUT, and write no index:
+    /// independent processes or machines each take one K, then `--write-index` joins them.
+    /// The plan depends only on the first input's header, so every worker agrees on it.
+    #[arg(long, value_name = "K", requires = "shard_size", value_parser = clap::value_parser!(u64).range(1..))]
+    pub shard_index: Option<u64>,
+    /// Merge nothing: check that OUT holds every shard of the --shard-size plan (names,
+    /// dtypes and shapes as planned), then write OUT/model.safetensors.index.json. The
+    /// reduce step after `--shard-index` workers.
+    #[arg(long, requires = "shard_size", conflicts_with = "shard_index")]
+    pub write_index: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +224,91 @@ fn plan_shards(
         last.1 += size;
     }
     Ok(shards)
+}
+
+/// Writes OUT/model.safetensors.index.json (names sorted, as transformers writes them).
+fn save_index(
+    dir: &Path,
+    weight_map: serde_json::Map<String, serde_json::Value>,
+    total_size: u64,
+) -> anyhow::Result<PathBuf> {
+    let mut sorted: Vec<_> = weight_map.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let index = json!({
+        "metadata": {"total_size": total_size},
+        "weight_map": serde_json::Map::from_iter(sorted),
+    });
+    let path = dir.join("model.safetensors.index.json");
+    let mut f = AtomicFile::create(&path)?;
+    f.write_all(serde_json::to_string_pretty(&index)?.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.commit()?;
+    Ok(path)
+}
+
+/// `--write-index`: every planned shard must be in OUT with exactly its planned tensors
+/// (name, dtype, shape); then the index is written. Nothing is merged.
+fn write_index(
+    args: &Args,
+    first: &Checkpoint,
+    dtype: Option<Dtype>,
+    shards: &[(HashSet<String>, u64)],
+    shard_file: &dyn Fn(usize, usize) -> String,
+    start: std::time::Instant,
+) -> anyhow::Result<Status> {
+    let n = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    let mut total_size = 0u64;
+    let mut files = Vec::new();
+    for (i, (names, size)) in shards.iter().enumerate() {
+        let file = shard_file(i, n);
+        let path = args.output.join(&file);
+        let shard = Checkpoint::open(&path).with_context(|| {
+            format!("shard {} of {n} (run --shard-index {} first)", i + 1, i + 1)
+        })?;
+        for name in names {
+            let want = first.entry(name)?;
+            let got = shard.entry(name).with_context(|| {
+                format!(
+                    "{}: tensor '{name}' missing: not this plan's shard",
+                    path.display()
+                )
+            })?;
+            let want_dtype = match dtype {
+                Some(d) if want.dtype.is_float() => d,
+                _ => want.dtype,
+            };
+            if got.shape != want.shape || got.dtype != want_dtype {
+                anyhow::bail!(
+                    "{}: tensor '{name}' is {} {:?}, the plan wants {want_dtype} {:?}",
+                    path.display(),
+                    got.dtype,
+                    got.shape,
+                    want.shape
+                );
+            }
+            weight_map.insert(name.clone(), json!(file));
+        }
+        if shard.len() != names.len() {
+            anyhow::bail!(
+                "{}: holds {} tensors, the plan puts {} in it: not this plan's shard",
+                path.display(),
+                shard.len(),
+                names.len()
+            );
+        }
+        total_size += size;
+        files.push(path);
+    }
+    if n > 1 {
+        files.push(save_index(&args.output, weight_map, total_size)?);
+    }
+    JsonLines::stdout().emit(&json!({
+        "output": args.output.display().to_string(), "shards": n,
+        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "seconds": num(start.elapsed().as_secs_f64()),
+    }))?;
+    Ok(Status::Success)
 }
 
 fn method(a: &Args) -> anyhow::Result<Method> {
@@ -338,6 +434,24 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         None => vec![],
     };
     shards.retain(|(names, _)| !names.is_empty());
+    let shard_file = |i: usize, n: usize| {
+        if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+        }
+    };
+    if args.write_index {
+        return write_index(&args, &inputs[0], dtype, &shards, &shard_file, start);
+    }
+    if let Some(k) = args.shard_index {
+        if k as usize > shards.len() {
+            anyhow::bail!(
+                "--shard-index {k}: the plan has {} shard(s) at this --shard-size",
+                shards.len()
+            );
+        }
+    }
     let run_one = |out: &Path, only: Option<&HashSet<String>>| {
         let opts = MergeOptions {
             allow_nonfinite: args.allow_nonfinite,
@@ -361,23 +475,26 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         // single-shard result (readers prefer the index) or, in a run killed between two
         // shards, describe a mix of old and new shards. Without it, such a folder is refused
         // when read (several .safetensors and no index), never silently mixed.
+        // Workers (--shard-index) race here: whoever removes it first wins, the rest find
+        // it gone.
         let old_index = args.output.join("model.safetensors.index.json");
-        if old_index.exists() {
-            std::fs::remove_file(&old_index)
-                .with_context(|| format!("removing the old {}", old_index.display()))?;
-            std::fs::File::open(&args.output)
+        match std::fs::remove_file(&old_index) {
+            Ok(()) => std::fs::File::open(&args.output)
                 .and_then(|d| d.sync_all())
-                .with_context(|| format!("syncing {}", args.output.display()))?;
+                .with_context(|| format!("syncing {}", args.output.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing the old {}", old_index.display()))
+            }
         }
         let n = shards.len();
         let mut weight_map = serde_json::Map::new();
         let mut total_size = 0u64;
         for (i, (names, size)) in shards.iter().enumerate() {
-            let file = if n == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
-            };
+            if args.shard_index.is_some_and(|k| k as usize != i + 1) {
+                continue;
+            }
+            let file = shard_file(i, n);
             let path = args.output.join(&file);
             let r = run_one(&path, Some(names))?;
             merged += r.merged;
@@ -390,19 +507,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             }
             files.push(path);
         }
-        if n > 1 {
-            let mut sorted: Vec<_> = weight_map.into_iter().collect();
-            sorted.sort_by(|a, b| a.0.cmp(&b.0));
-            let index = json!({
-                "metadata": {"total_size": total_size},
-                "weight_map": serde_json::Map::from_iter(sorted),
-            });
-            let path = args.output.join("model.safetensors.index.json");
-            let mut f = AtomicFile::create(&path)?;
-            f.write_all(serde_json::to_string_pretty(&index)?.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.commit()?;
-            files.push(path);
+        if n > 1 && args.shard_index.is_none() {
+            files.push(save_index(&args.output, weight_map, total_size)?);
         }
     }
     pb.finish_and_clear();
