@@ -223,3 +223,58 @@ fn eval_writes_stage_records() {
     );
     assert_eq!(r.code, 2);
 }
+
+/// Tasks of different kinds in one run: each record is scored by the first field of the
+/// `--metric` list it has; `eval --task` numbers a task evaluated on its own.
+#[test]
+fn check_scores_mixed_tasks_by_their_own_metric() {
+    let d = workdir();
+    let p = d.path();
+    // Task 1 (segmentation, miou) loses 20 points; task 2 (classes, accuracy) keeps all.
+    let lines = [
+        r#"{"stage":1,"task":1,"miou":0.80,"pixel_accuracy":0.95,"method":"ewc"}"#,
+        r#"{"stage":1,"task":2,"accuracy":0.10,"method":"ewc"}"#,
+        r#"{"stage":2,"task":1,"miou":0.60,"pixel_accuracy":0.94,"method":"ewc"}"#,
+        r#"{"stage":2,"task":2,"accuracy":0.90,"method":"ewc"}"#,
+    ];
+    std::fs::write(p.join("r.jsonl"), lines.join("\n")).unwrap();
+    let r = mnemo_in(p, &["check", "r.jsonl", "--metric", "miou,map,accuracy"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let tasks = r.last_json()["runs"][0]["tasks"].clone();
+    assert!(
+        (tasks[0]["drop"].as_f64().unwrap() - 20.0).abs() < 1e-9,
+        "{tasks}"
+    );
+    assert_eq!(tasks[1]["pass"], true);
+    // Scored by pixel accuracy instead, task 1 dropped one point only.
+    let r = mnemo_in(
+        p,
+        &["check", "r.jsonl", "--metric", "pixel_accuracy,accuracy"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A record with none of the fields names the file, the line and every field.
+    let r = mnemo_in(p, &["check", "r.jsonl", "--metric", "map,top5"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("r.jsonl:1") && r.stderr.contains("'map' or 'top5'"),
+        "{}",
+        r.stderr
+    );
+    let r = mnemo_in(
+        p,
+        &[
+            "eval",
+            &fixture("mlp.safetensors"),
+            "--arch",
+            "mlp:20-16-16-5",
+            "--data",
+            &fixture("mlp_data.safetensors"),
+            "--stage",
+            "2",
+            "--task",
+            "3",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.last_json()["task"], 3);
+}

@@ -18,6 +18,10 @@ pub const HELP: HelpExtra = HelpExtra {
             "mnemo check results.jsonl --metric miou --max-drop 10",
         ),
         (
+            "a multi-task vision run: segmentation by mIoU, detection by mAP, classes by accuracy",
+            "mnemo check results.jsonl --metric miou,map,accuracy",
+        ),
+        (
             "lower is better (a loss): fail when it rose by more than 0.05",
             "mnemo check results.jsonl --metric loss --lower-is-better --max-drop 5",
         ),
@@ -44,7 +48,9 @@ pub struct Args {
     /// JSON Lines files with {"stage","task",<metric>} records; `-` is stdin.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    #[arg(long, default_value = "accuracy", value_name = "FIELD")]
+    /// The record field the matrix holds; a list (`miou,map,accuracy`) scores each record by
+    /// the first field it has, so tasks of different kinds share one matrix.
+    #[arg(long, default_value = "accuracy", value_name = "FIELD[,FIELD...]")]
     pub metric: String,
     /// The largest allowed drop, in points (hundredths of the metric).
     #[arg(long, default_value_t = 5.0, value_name = "POINTS")]

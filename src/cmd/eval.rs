@@ -36,6 +36,10 @@ pub const HELP: HelpExtra = HelpExtra {
             "mnemo eval seg.safetensors --data masks.safetensors --loss dice-bce",
         ),
         (
+            "a multi-head pipeline: task 2 is the detection head's, recorded after stage 3",
+            "mnemo eval model3.safetensors --data det-test.safetensors --head det --stage 3 --task 2 >> results.jsonl",
+        ),
+        (
             "per-batch losses as JSON Lines, for monitoring",
             "mnemo eval model.safetensors --data stream.safetensors --stream | tee eval.jsonl",
         ),
@@ -68,6 +72,10 @@ pub struct Args {
     /// its "task" number: the records `report` and `check` build accuracy matrices from.
     #[arg(long, value_name = "N")]
     pub stage: Option<usize>,
+    /// The "task" number of the first dataset (the next ones count up from it): for
+    /// pipelines that evaluate each task apart, e.g. each with its own --head.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub task: u64,
     /// Add KEY=VALUE to every result line (repeatable), e.g. --label method=ewc --label seed=1;
     /// values that parse as numbers are written as numbers.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -97,7 +105,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         labels.insert(k.to_string(), value);
     }
     let mut out = JsonLines::stdout();
-    let several = args.data.len() > 1 || args.stage.is_some();
+    let several = args.data.len() > 1 || args.stage.is_some() || args.task != 1;
     let mut accuracies = Vec::new();
     for (task, path) in args.data.iter().enumerate() {
         let data = Dataset::open(path)?;
@@ -118,7 +126,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             evaluate_dense(&args, &mut model, head.as_deref(), &data, &mut out, g)?
         };
         if several {
-            line["task"] = json!(task + 1);
+            line["task"] = json!(task as u64 + args.task);
             line["data"] = json!(path.display().to_string());
         }
         if let Some(s) = args.stage {

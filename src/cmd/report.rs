@@ -53,8 +53,9 @@ pub struct Args {
     /// Print the tables as Markdown on stdout.
     #[arg(long)]
     pub markdown: bool,
-    /// The record field the matrix holds.
-    #[arg(long, default_value = "accuracy", value_name = "FIELD")]
+    /// The record field the matrix holds; a list (`miou,map,accuracy`) scores each record by
+    /// the first field it has, so tasks of different kinds share one matrix.
+    #[arg(long, default_value = "accuracy", value_name = "FIELD[,FIELD...]")]
     pub metric: String,
     /// The figure's title.
     #[arg(long, value_name = "TEXT")]

@@ -156,10 +156,20 @@ pub fn parse_records(text: &str, path: &Path, metric: &str) -> Result<Vec<Record
             .filter(|&t| t >= 1)
             .ok_or_else(|| bad(format!("'task' = {task} is not a positive integer")))?
             as usize;
-        let value = obj
-            .get(metric)
-            .and_then(|m| m.as_f64())
-            .ok_or_else(|| bad(format!("no numeric '{metric}' field")))?;
+        // `metric` may list several fields, `miou,map,accuracy`: each record contributes the
+        // first it has, so tasks of different kinds (masks, multi-hot rows, classes) share one
+        // matrix, each scored by its own metric.
+        let value = metric
+            .split(',')
+            .map(str::trim)
+            .find_map(|m| obj.get(m).and_then(|v| v.as_f64()))
+            .ok_or_else(|| {
+                let names: Vec<String> = metric
+                    .split(',')
+                    .map(|m| format!("'{}'", m.trim()))
+                    .collect();
+                bad(format!("no numeric {} field", names.join(" or ")))
+            })?;
         let mut labels: Vec<String> = obj
             .iter()
             .filter(|(k, v)| v.is_string() && !NOT_LABELS.contains(&k.as_str()))
