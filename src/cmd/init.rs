@@ -33,8 +33,9 @@ pub const HELP: HelpExtra = HelpExtra {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Architecture: `mlp:IN-H1-...-OUT`, a zoo name (`resnet18`, `efficientnet_b0`, `vit`,
-    /// options after a colon: `resnet18:num_classes=10`), inline JSON, or a JSON file.
+    /// Architecture: `mlp:IN-H1-...-OUT`, a zoo name (`resnet18`, `efficientnet_b0`,
+    /// `effnet_multitask`, `vit`, options after a colon: `resnet18:num_classes=10`), inline
+    /// JSON, or a JSON file.
     #[arg(long, value_name = "SPEC")]
     pub arch: String,
     /// Seed of the initialisation; the same seed gives the same bytes.
