@@ -4,7 +4,7 @@
 //! from a formula both sides compute (full-size weights are too big to commit).
 
 mod common;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use common::*;
 use mnemo::checkpoint::{write_checkpoint, Checkpoint, Dtype, OwnedTensor};
 use mnemo::data::Dataset;
@@ -43,7 +43,7 @@ fn manifest(spec: &ArchSpec) -> Vec<Value> {
 fn names_shapes_and_order_equal_torchvision() {
     let keys = json("state_dict_keys.json");
     let keys = keys.as_object().unwrap();
-    assert_eq!(keys.len(), 6);
+    assert_eq!(keys.len(), 8);
     for (arch, want) in keys {
         let spec = ArchSpec::parse(arch).unwrap();
         let got = manifest(&spec);
@@ -502,4 +502,376 @@ fn bad_zoo_options_exit_2_with_a_reason() {
         assert_eq!(r.code, 2, "{arch}");
         assert!(r.stderr.contains(words), "{arch}: {}", r.stderr);
     }
+}
+
+/// `nn.Upsample` (nearest and bilinear, scale 2 and 3, a `size`): forward and the input
+/// gradient of (y · upstream).sum(), through candle's autograd.
+#[test]
+fn upsample_matches_torch_forward_and_input_gradient() {
+    let refs = Checkpoint::open(zoo("upsample.safetensors")).unwrap();
+    let tensor = |n: &str| {
+        let e = refs.entry(n).unwrap().shape.clone();
+        Tensor::from_vec(refs.to_f32(n).unwrap(), e.as_slice(), &Device::Cpu).unwrap()
+    };
+    let mut checked = 0;
+    for (key, layer) in [
+        ("nearest_2", r#"{"type":"upsample","scale_factor":2}"#),
+        (
+            "nearest_3",
+            r#"{"type":"upsample","scale_factor":3,"mode":"nearest"}"#,
+        ),
+        (
+            "bilinear_2",
+            r#"{"type":"upsample","scale_factor":2,"mode":"bilinear"}"#,
+        ),
+        (
+            "bilinear_3",
+            r#"{"type":"upsample","scale_factor":3,"mode":"bilinear"}"#,
+        ),
+        ("nearest_size", r#"{"type":"upsample","size":[7,9]}"#),
+        (
+            "bilinear_size",
+            r#"{"type":"upsample","size":[7,9],"mode":"bilinear"}"#,
+        ),
+    ] {
+        let spec = ArchSpec::parse(&format!("[{layer}]")).unwrap();
+        let mut model = Model::init(&spec, 0, &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&tensor("input")).unwrap();
+        let y = model
+            .forward(x.as_tensor(), None, Mode::Train, &mut Rng::new(0))
+            .unwrap();
+        let want = tensor(&format!("{key}.out"));
+        assert_eq!(y.dims(), want.dims(), "{key}");
+        let (abs, _) = errors(&flat(&y), &flat(&want));
+        let grads = (y * tensor(&format!("{key}.upstream")))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = flat(grads.get(x.as_tensor()).unwrap());
+        let (gabs, grel) = errors(&gx, &refs.to_f32(&format!("{key}.grad")).unwrap());
+        eprintln!(
+            "upsample {key}: out max abs {abs:.2e}; input grad max abs {gabs:.2e} (rel {grel:.2e})"
+        );
+        assert!(abs < 1e-6, "{key}: {abs}");
+        assert!(grel < 1e-6, "{key}: {grel}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
+
+const MT_ARCH: &str = "effnet_multitask:num_classes=5,num_labels=7,width_mult=0.1,depth_mult=0.5,decoder_channels=8,dropout=0,stochastic_depth=0";
+
+/// The multi-task model against the same model built in torch (torchvision's features, the
+/// heads as nn.Modules): every head's logits in train mode and in eval mode.
+#[test]
+fn multitask_heads_match_torch() {
+    let refs = Checkpoint::open(zoo("multitask.safetensors")).unwrap();
+    let spec = ArchSpec::parse(MT_ARCH).unwrap();
+    assert_eq!(spec.head_names(), ["seg", "det", "cls"]);
+    let d = workdir();
+    let path = d.path().join("mt.safetensors");
+    write_formula(&spec, &path);
+    let data = Dataset::open(zoo("seg_32.safetensors")).unwrap();
+    let (x, _) = data.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();
+    for (head, shape) in [
+        ("seg", vec![4, 1, 32, 32]),
+        ("det", vec![4, 7]),
+        ("cls", vec![4, 5]),
+    ] {
+        let (mut model, _) = Model::open(&path, None, &Device::Cpu).unwrap();
+        let y = model
+            .forward(&x, Some(head), Mode::Train, &mut Rng::new(0))
+            .unwrap();
+        assert_eq!(y.dims(), shape.as_slice(), "{head}");
+        check_logits(
+            &format!("multitask {head} train logits"),
+            &flat(&y),
+            &refs,
+            &format!("mt.{head}.train_logits"),
+        );
+        let (mut model, _) = Model::open(&path, None, &Device::Cpu).unwrap();
+        let names: Vec<String> = model.buffers.keys().cloned().collect();
+        for name in names {
+            let v = refs.to_f32(&format!("mt.calibrated.{name}")).unwrap();
+            let t = Tensor::from_vec(v, model.buffers[&name].dims(), &Device::Cpu).unwrap();
+            model.buffers.insert(name, t);
+        }
+        let y = model
+            .forward(&x, Some(head), Mode::Eval, &mut Rng::new(0))
+            .unwrap();
+        let (_, rel) = check_logits(
+            &format!("multitask {head} eval logits"),
+            &flat(&y),
+            &refs,
+            &format!("mt.{head}.eval_logits"),
+        );
+        assert!(rel <= 1e-5, "{head}: eval rel {rel}");
+    }
+    // Without --head the model cannot run: the heads container names the choices.
+    let (mut model, _) = Model::open(&path, None, &Device::Cpu).unwrap();
+    let e = model
+        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("seg, det, cls"), "{e}");
+    assert!(model.choose_head(Some("box")).is_err());
+}
+
+/// `train-ewc --head seg --loss bce`, one SGD step, against torch's: every tensor after the
+/// step, and the det and cls heads not moved at all.
+#[test]
+fn multitask_seg_step_matches_torch_and_leaves_the_other_heads() {
+    let refs = Checkpoint::open(zoo("multitask.safetensors")).unwrap();
+    let spec = ArchSpec::parse(MT_ARCH).unwrap();
+    let d = workdir();
+    let init = d.path().join("mt.safetensors");
+    write_formula(&spec, &init);
+    let data = zoo("seg_32.safetensors");
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "train-ewc",
+            "mt.safetensors",
+            "--data",
+            data.to_str().unwrap(),
+            "--head",
+            "seg",
+            "--loss",
+            "bce",
+            "-o",
+            "step.safetensors",
+            "--no-shuffle",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = Checkpoint::open(&init).unwrap();
+    let after = Checkpoint::open(d.path().join("step.safetensors")).unwrap();
+    let (mut err, mut scale, mut stat_rel, mut untouched) = (0.0f64, 0.0f64, 0.0f64, 0);
+    for p in spec.params() {
+        let want_name = format!("mt.step.{}", p.name);
+        let other_head = p.name.starts_with("heads.det.") || p.name.starts_with("heads.cls.");
+        match p.kind {
+            ParamKind::Counter => {
+                let want = if other_head { 3 } else { 4 };
+                assert_eq!(after.to_i64(&p.name).unwrap(), vec![want], "{}", p.name);
+            }
+            ParamKind::RunningStat => {
+                let (_, r) = errors(
+                    &after.to_f32(&p.name).unwrap(),
+                    &refs.to_f32(&want_name).unwrap(),
+                );
+                stat_rel = stat_rel.max(r);
+            }
+            ParamKind::Trainable => {
+                let w0 = before.to_f32(&p.name).unwrap();
+                let w1 = after.to_f32(&p.name).unwrap();
+                if other_head {
+                    assert_eq!(w1, w0, "{} moved", p.name);
+                    assert_eq!(refs.to_f32(&want_name).unwrap(), w0, "torch: {}", p.name);
+                    untouched += 1;
+                    continue;
+                }
+                let ours: Vec<f32> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
+                let theirs: Vec<f32> = refs
+                    .to_f32(&want_name)
+                    .unwrap()
+                    .iter()
+                    .zip(&w0)
+                    .map(|(a, b)| a - b)
+                    .collect();
+                let (abs, _) = errors(&ours, &theirs);
+                err = err.max(abs);
+                scale = scale.max(theirs.iter().map(|v| v.abs() as f64).fold(0.0, f64::max));
+            }
+        }
+    }
+    eprintln!(
+        "multitask seg SGD step: update max abs err {err:.2e} (largest update {scale:.2e}, rel {:.2e}); running stats rel {stat_rel:.2e}; {untouched} det/cls tensors unmoved",
+        err / scale
+    );
+    assert_eq!(untouched, 4);
+    assert!(scale > 1e-4, "the step changed nothing");
+    assert!(err / scale < 1e-3, "update error {}", err / scale);
+    assert!(stat_rel < TOLERANCE, "running stats {stat_rel}");
+}
+
+/// AdamW with weight decay on one head: the others get no gradient and do not move (torch
+/// skips parameters without a grad), and the saved optimizer state covers every parameter.
+#[test]
+fn adamw_on_one_head_leaves_the_others_and_saves_every_moment() {
+    let d = workdir();
+    let arch = "effnet_multitask:num_classes=4,num_labels=4,width_mult=0.1,depth_mult=0.34,decoder_channels=8";
+    let r = mnemo_in(d.path(), &["init", "--arch", arch, "-o", "m.safetensors"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let data = zoo("data_32.safetensors");
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train-ewc",
+            "m.safetensors",
+            "--data",
+            data.to_str().unwrap(),
+            "--head",
+            "cls",
+            "--optimizer",
+            "adamw",
+            "--weight-decay",
+            "0.5",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "-o",
+            out,
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let r = mnemo_in(d.path(), &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    train("a.safetensors", &["--save-optimizer", "opt.safetensors"]);
+    let before = Checkpoint::open(d.path().join("m.safetensors")).unwrap();
+    let after = Checkpoint::open(d.path().join("a.safetensors")).unwrap();
+    for name in before.names().filter(|n| n.starts_with("heads.")) {
+        let same = before.to_f32(name).unwrap() == after.to_f32(name).unwrap();
+        assert_eq!(same, !name.starts_with("heads.cls."), "{name}");
+    }
+    let opt = Checkpoint::open(d.path().join("opt.safetensors")).unwrap();
+    assert!(opt.names().any(|n| n == "exp_avg/heads.seg.out.weight"));
+    // The state loads back (moments for every parameter).
+    train("b.safetensors", &["--init-optimizer", "opt.safetensors"]);
+}
+
+/// `init --from` a torchvision efficientnet_b0 state dict (F16, as saved by torch): exactly
+/// its `features.*` tensors load into the multi-task trunk, converted; the classifier is
+/// skipped and the heads keep their initialisation.
+#[test]
+fn init_from_a_torchvision_checkpoint_loads_exactly_the_features() {
+    let d = workdir();
+    let tv = zoo("tv_effnet_small.safetensors");
+    let arch = "effnet_multitask:num_classes=5,width_mult=0.1,depth_mult=0.5,decoder_channels=8";
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "init",
+            "--arch",
+            arch,
+            "--from",
+            tv.to_str().unwrap(),
+            "-o",
+            "m.safetensors",
+            "--seed",
+            "4",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r.last_json();
+    let src = Checkpoint::open(&tv).unwrap();
+    let features: Vec<&str> = src.names().filter(|n| n.starts_with("features.")).collect();
+    assert_eq!(line["loaded"], features.len());
+    assert_eq!(
+        line["skipped"],
+        serde_json::json!(["classifier.1.bias", "classifier.1.weight"])
+    );
+    let spec = ArchSpec::parse(arch).unwrap();
+    let heads = spec
+        .params()
+        .iter()
+        .filter(|p| p.name.starts_with("heads."))
+        .count();
+    assert_eq!(line["initialised_count"], heads);
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "init",
+            "--arch",
+            arch,
+            "-o",
+            "plain.safetensors",
+            "--seed",
+            "4",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = Checkpoint::open(d.path().join("m.safetensors")).unwrap();
+    let plain = Checkpoint::open(d.path().join("plain.safetensors")).unwrap();
+    for name in got.names() {
+        if name.ends_with("num_batches_tracked") {
+            let want = if name.starts_with("features.") {
+                &src
+            } else {
+                &plain
+            };
+            assert_eq!(
+                got.to_i64(name).unwrap(),
+                want.to_i64(name).unwrap(),
+                "{name}"
+            );
+        } else if name.starts_with("features.") {
+            assert_eq!(
+                got.to_f32(name).unwrap(),
+                src.to_f32(name).unwrap(),
+                "{name}"
+            );
+        } else {
+            assert_eq!(
+                got.to_f32(name).unwrap(),
+                plain.to_f32(name).unwrap(),
+                "{name}"
+            );
+        }
+    }
+    // The source's hash is in the provenance.
+    assert!(got.metadata()["mnemo.inputs"].contains(&src.content_hash().unwrap()));
+    // Another width: the first matching name with another shape is refused, naming both
+    // shapes, unless --skip-mismatched.
+    let wide = "effnet_multitask:width_mult=0.25,depth_mult=0.5";
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "init",
+            "--arch",
+            wide,
+            "--from",
+            tv.to_str().unwrap(),
+            "-o",
+            "w.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(
+            "tensor 'features.3.0.block.3.0.weight' has shape [8, 48, 1, 1], expected [16, 48, 1, 1]"
+        ) && r.stderr.contains("--skip-mismatched"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.path().join("w.safetensors").exists());
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "init",
+            "--arch",
+            wide,
+            "--from",
+            tv.to_str().unwrap(),
+            "--skip-mismatched",
+            "-o",
+            "w.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.last_json()["skipped_count"].as_u64().unwrap() > 2);
 }

@@ -4,10 +4,12 @@
 //! torch's default initialisation drawn from mnemo's own seeded RNG.
 
 mod init;
+mod partial;
 pub mod spec;
 pub mod zoo;
 
-pub use spec::{join, ArchSpec, Children, Layer, ParamKind, ParamSpec};
+pub use partial::MatchReport;
+pub use spec::{join, ArchSpec, Children, Layer, ParamKind, ParamSpec, UpsampleMode};
 
 use crate::checkpoint::{Checkpoint, Dtype, OwnedTensor};
 use crate::error::{MnemoError, Result};
@@ -47,6 +49,8 @@ pub struct Model {
     pub counters: BTreeMap<String, i64>,
     /// A LoRA adapter being trained: `params` then holds only the adapter's weights.
     pub lora: Option<LoraAttachment>,
+    /// The head a `heads` container runs: set by `forward` for the length of one pass.
+    active_head: Option<String>,
 }
 
 /// A LoRA adapter attached to a model: the base model's weights are frozen and each
@@ -185,6 +189,7 @@ impl Model {
             buffers,
             counters,
             lora: None,
+            active_head: None,
         })
     }
 
@@ -251,7 +256,11 @@ impl Model {
             (ArchSpec::Sequential(l), _) => vec![(String::new(), l.clone())],
             // A module tree is one root layer, named ''.
             (ArchSpec::Tree(root), _) => {
-                return self.layer_forward("", &root.clone(), x, mode, rng);
+                let root = root.clone();
+                self.active_head = head.map(str::to_string);
+                let y = self.layer_forward("", &root, x, mode, rng);
+                self.active_head = None;
+                return y;
             }
             (ArchSpec::MultiHead { trunk, heads }, Some(h)) => {
                 let hl = heads.get(h).ok_or_else(|| MnemoError::InvalidArch {
@@ -528,6 +537,32 @@ impl Model {
                 (x1 + h).map_err(c)?
             }
             Layer::ClassToken => x.narrow(1, 0, 1).and_then(|t| t.squeeze(1)).map_err(c)?,
+            Layer::Upsample {
+                scale_factor,
+                size,
+                mode: m,
+            } => upsample(x, scale_factor, size, m).map_err(c)?,
+            Layer::Heads { ref heads } => {
+                let Some(h) = self.active_head.clone() else {
+                    return Err(MnemoError::InvalidArch {
+                        origin: None,
+                        reason: format!(
+                            "the model has several heads; choose one with --head ({})",
+                            self.spec.head_names().join(", ")
+                        ),
+                    });
+                };
+                let Some((_, head)) = heads.0.iter().find(|(n, _)| *n == h) else {
+                    return Err(MnemoError::InvalidArch {
+                        origin: None,
+                        reason: format!(
+                            "no head named '{h}'; the model's heads are: {}",
+                            self.spec.head_names().join(", ")
+                        ),
+                    });
+                };
+                self.layer_forward(&join(name, &h), head, x, mode, rng)?
+            }
         })
     }
 
@@ -1101,6 +1136,85 @@ fn pool2d(x: &Tensor, k: usize, s: usize, p: usize, kind: Pool) -> candle_core::
     match kind {
         Pool::Max => Ok(acc),
         Pool::Avg => acc / (k * k) as f64,
+    }
+}
+
+/// torch's `nn.Upsample` on [B, C, H, W], separably: along H then W, each output row
+/// (column) a weighted sum of at most two input rows picked by `index_select`, whose
+/// backward (`index_add`) is exact. candle's own `upsample_nearest2d` is not used: like its
+/// pooling, it is not trusted to have a right backward. Indices and weights follow
+/// ATen's CPU kernels to the float32 rounding: scale = 1/scale_factor (or in/out for
+/// `size`) as f32; nearest takes floor(dst·scale); bilinear (align_corners=False) takes
+/// src = max(scale·(dst + 0.5) − 0.5, 0), i0 = floor(src), i1 = i0 + 1 clamped to the edge,
+/// weights 1 − λ and λ = src − i0.
+fn upsample(
+    x: &Tensor,
+    scale_factor: Option<usize>,
+    size: Option<[usize; 2]>,
+    mode: spec::UpsampleMode,
+) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (oh, ow, scales) = match (scale_factor, size) {
+        (Some(s), _) => {
+            let sc = (1.0 / s as f64) as f32;
+            (h.saturating_mul(s), w.saturating_mul(s), [sc, sc])
+        }
+        (None, Some([oh, ow])) => (oh, ow, [h as f32 / oh as f32, w as f32 / ow as f32]),
+        (None, None) => candle_core::bail!("upsample needs scale_factor or size"),
+    };
+    // An absurd size is an error, not an allocation abort; indices stay exact in f32.
+    let elems = [b, c, oh, ow]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= 1 << 32);
+    if elems.is_none() || oh > 1 << 24 || ow > 1 << 24 {
+        candle_core::bail!("upsampling {h}x{w} to {oh}x{ow} is too large");
+    }
+    let y = upsample_dim(x, 2, h, oh, scales[0], mode)?;
+    upsample_dim(&y, 3, w, ow, scales[1], mode)
+}
+
+/// One axis of `upsample`: `dim` of size `n` becomes `out`.
+fn upsample_dim(
+    x: &Tensor,
+    dim: usize,
+    n: usize,
+    out: usize,
+    scale: f32,
+    mode: spec::UpsampleMode,
+) -> candle_core::Result<Tensor> {
+    if n == out {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let last = n as i64 - 1;
+    match mode {
+        spec::UpsampleMode::Nearest => {
+            let idx: Vec<u32> = (0..out)
+                .map(|d| ((d as f32 * scale).floor() as i64).min(last) as u32)
+                .collect();
+            x.index_select(&Tensor::new(idx.as_slice(), dev)?, dim)
+        }
+        spec::UpsampleMode::Bilinear => {
+            let (mut i0, mut i1, mut l0, mut l1) = (vec![], vec![], vec![], vec![]);
+            for d in 0..out {
+                let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+                let i = (src.floor() as i64).min(last);
+                let lambda = (src - i as f32).clamp(0.0, 1.0);
+                i0.push(i as u32);
+                i1.push((i + i64::from(i < last)) as u32);
+                l0.push(1.0 - lambda);
+                l1.push(lambda);
+            }
+            let mut shape = [1usize; 4];
+            shape[dim] = out;
+            let pick = |i: Vec<u32>, l: Vec<f32>| -> candle_core::Result<Tensor> {
+                let weights = Tensor::from_vec(l, &shape[..], dev)?.to_dtype(x.dtype())?;
+                x.index_select(&Tensor::new(i.as_slice(), dev)?, dim)?
+                    .broadcast_mul(&weights)
+            };
+            pick(i0, l0)? + pick(i1, l1)?
+        }
     }
 }
 

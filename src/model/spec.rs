@@ -110,6 +110,17 @@ pub enum Activation {
     Silu,
 }
 
+/// `nn.Upsample`'s interpolation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpsampleMode {
+    /// torch's default (`mode="nearest"`): source index floor(dst·in/out).
+    #[default]
+    Nearest,
+    /// `mode="bilinear"`, `align_corners=False`.
+    Bilinear,
+}
+
 fn int_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<usize>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -279,6 +290,21 @@ pub enum Layer {
     /// x[:, 0]: the class token of a [B, N, D] sequence.
     #[serde(rename = "class-token")]
     ClassToken,
+    /// `nn.Upsample(scale_factor=S)` or `nn.Upsample(size=[H, W])` on [B, C, H, W]
+    /// (exactly one of the two), nearest or bilinear (`align_corners=False`).
+    #[serde(rename = "upsample")]
+    Upsample {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale_factor: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<[usize; 2]>,
+        #[serde(default)]
+        mode: UpsampleMode,
+    },
+    /// Named alternative heads (`nn.ModuleDict`): the forward pass runs only the head
+    /// chosen with `--head`; the others keep their tensors and are not trained.
+    #[serde(rename = "heads")]
+    Heads { heads: Children },
 }
 
 /// What a named tensor of a model is.
@@ -454,6 +480,22 @@ impl Layer {
                 probability(dropout, "encoder-block dropout")?;
                 probability(attention_dropout, "encoder-block attention_dropout")
             }
+            Layer::Upsample {
+                scale_factor, size, ..
+            } => match (scale_factor, size) {
+                (Some(s), None) => pos(s, "upsample scale_factor"),
+                (None, Some([h, w])) => {
+                    pos(h, "upsample size")?;
+                    pos(w, "upsample size")
+                }
+                _ => Err("upsample needs exactly one of scale_factor and size".into()),
+            },
+            Layer::Heads { ref heads } => {
+                if heads.is_empty() {
+                    return Err("a heads container needs at least one head".into());
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -485,6 +527,8 @@ impl Layer {
             Layer::SelfAttention { .. } => "self-attention",
             Layer::EncoderBlock { .. } => "encoder-block",
             Layer::ClassToken => "class-token",
+            Layer::Upsample { .. } => "upsample",
+            Layer::Heads { .. } => "heads",
         }
     }
 
@@ -517,7 +561,10 @@ impl Layer {
                 .enumerate()
                 .map(|(i, l)| (Cow::Owned(i.to_string()), Cow::Borrowed(l)))
                 .collect(),
-            Layer::Module { ref children } => children
+            Layer::Module { ref children }
+            | Layer::Heads {
+                heads: ref children,
+            } => children
                 .0
                 .iter()
                 .map(|(n, l)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(l)))
@@ -602,6 +649,7 @@ impl Layer {
             self,
             Layer::Sequential { .. }
                 | Layer::Module { .. }
+                | Layer::Heads { .. }
                 | Layer::Residual { .. }
                 | Layer::SqueezeExcitation { .. }
                 | Layer::PatchEmbedding { .. }
@@ -820,6 +868,16 @@ impl ArchSpec {
                     ));
                 }
                 root.check(1)?;
+                // `--head` names one head of the model: two containers would make it ambiguous.
+                let found = self.heads_containers();
+                if found.len() > 1 {
+                    return Err(format!(
+                        "a model may have one heads container; found {} ('{}' and '{}')",
+                        found.len(),
+                        found[0].0,
+                        found[1].0
+                    ));
+                }
             }
         }
         // Sizes a machine can hold: every tensor's and the whole model's bytes in f32 fit in
@@ -905,11 +963,55 @@ impl ArchSpec {
         out
     }
 
+    /// Every `heads` container of a tree (full name, head names), in state-dict order.
+    fn heads_containers(&self) -> Vec<(String, Vec<String>)> {
+        let mut found = Vec::new();
+        if let ArchSpec::Tree(root) = self {
+            root.visit("", &mut |name, layer| {
+                if let Layer::Heads { heads } = layer {
+                    let names = heads.0.iter().map(|(n, _)| n.clone()).collect();
+                    found.push((name.to_string(), names));
+                }
+            });
+        }
+        found
+    }
+
+    /// The heads `--head` chooses from: a multi-head spec's, or those of a tree's `heads`
+    /// container (none for a plain model).
     pub fn head_names(&self) -> Vec<String> {
         match self {
-            ArchSpec::Sequential(_) | ArchSpec::Tree(_) => vec![],
+            ArchSpec::Sequential(_) => vec![],
+            ArchSpec::Tree(_) => self
+                .heads_containers()
+                .into_iter()
+                .next()
+                .map(|(_, names)| names)
+                .unwrap_or_default(),
             ArchSpec::MultiHead { heads, .. } => heads.keys().cloned().collect(),
         }
+    }
+
+    /// Name prefixes (`heads.det.`) of the heads a forward pass with `head` does not run:
+    /// their tensors (and LoRA weights on their modules) get no gradient and are not
+    /// trained. Empty without heads or when no head is chosen.
+    pub fn unchosen_head_prefixes(&self, head: Option<&str>) -> Vec<String> {
+        let Some(head) = head else { return vec![] };
+        let (container, names) = match self {
+            ArchSpec::Sequential(_) => return vec![],
+            ArchSpec::MultiHead { heads, .. } => {
+                ("heads".to_string(), heads.keys().cloned().collect())
+            }
+            ArchSpec::Tree(_) => match self.heads_containers().into_iter().next() {
+                Some(c) => c,
+                None => return vec![],
+            },
+        };
+        names
+            .into_iter()
+            .filter(|n| n != head)
+            .map(|n| format!("{}.", join(&container, &n)))
+            .collect()
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -1141,6 +1243,73 @@ mod tests {
             r#"{"type":"sequential","layers":[{"type":"self-attention","embed_dim":6,"num_heads":4}]}"#,
         );
         assert!(e.contains("divisible by num_heads"), "{e}");
+    }
+
+    #[test]
+    fn upsample_and_heads_are_checked() {
+        let err = |s: &str| ArchSpec::parse(s).unwrap_err().to_string();
+        for (layer, words) in [
+            (
+                r#"{"type":"upsample","scale_factor":0}"#,
+                "scale_factor must be positive",
+            ),
+            (
+                r#"{"type":"upsample"}"#,
+                "exactly one of scale_factor and size",
+            ),
+            (
+                r#"{"type":"upsample","scale_factor":2,"size":[4,4]}"#,
+                "exactly one",
+            ),
+            (
+                r#"{"type":"upsample","size":[4,0]}"#,
+                "size must be positive",
+            ),
+            (
+                r#"{"type":"upsample","scale_factor":2,"mode":"bicubic"}"#,
+                "bicubic",
+            ),
+            (r#"{"type":"upsample","scale_factor":1.5}"#, "1.5"),
+            (r#"{"type":"upsample","scale_factor":-2}"#, "-2"),
+        ] {
+            let e = err(&format!("[{layer}]"));
+            assert!(e.contains(words), "{layer}: {e}");
+        }
+        let up = ArchSpec::parse(r#"[{"type":"upsample","scale_factor":2}]"#).unwrap();
+        assert_eq!(
+            up.to_json(),
+            r#"[{"type":"upsample","scale_factor":2,"mode":"nearest"}]"#
+        );
+        let fc = r#"{"type":"linear","in_features":2,"out_features":2}"#;
+        let e = err(r#"{"type":"module","children":{"h":{"type":"heads","heads":{}}}}"#);
+        assert!(e.contains("at least one head"), "{e}");
+        let e = err(&format!(
+            r#"{{"type":"module","children":{{"a":{{"type":"heads","heads":{{"x":{fc}}}}},"b":{{"type":"heads","heads":{{"y":{fc}}}}}}}}}"#
+        ));
+        assert!(
+            e.contains("one heads container") && e.contains("'a' and 'b'"),
+            "{e}"
+        );
+        let spec = ArchSpec::parse(&format!(
+            r#"{{"type":"module","children":{{"trunk":{fc},"out":{{"type":"heads","heads":{{"p":{fc},"q":{fc}}}}}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(spec.head_names(), ["p", "q"]);
+        assert_eq!(spec.unchosen_head_prefixes(Some("p")), ["out.q."]);
+        assert!(spec.unchosen_head_prefixes(None).is_empty());
+        let names: Vec<String> = spec.params().into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            [
+                "trunk.weight",
+                "trunk.bias",
+                "out.p.weight",
+                "out.p.bias",
+                "out.q.weight",
+                "out.q.bias"
+            ]
+        );
+        assert_eq!(ArchSpec::parse(&spec.to_json()).unwrap(), spec);
     }
 
     /// Deep nesting is refused, never a stack overflow: JSON deeper than serde_json's

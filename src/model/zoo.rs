@@ -7,16 +7,22 @@
 //! - `efficientnet_b0` {num_classes=1000, width_mult=1, depth_mult=1, dropout=0.2,
 //!   stochastic_depth=0.2}: torchvision's `EfficientNet` with `_efficientnet_conf`'s B0
 //!   stages scaled as torchvision scales them (`efficientnet_b0()` at the defaults).
+//! - `effnet_multitask` {num_classes=10, num_labels=80, width_mult=1, depth_mult=1,
+//!   decoder_channels=64, dropout=0.2, stochastic_depth=0.2}: efficientnet_b0's `features`
+//!   (torchvision's names, so its ImageNet weights load with `init --from`) shared by three
+//!   heads in a `heads` container: `seg` (an upsampling decoder to [B, 1, H, W] mask logits
+//!   for H, W divisible by 32), `det` (multi-label presence, [B, num_labels]) and `cls`
+//!   ([B, num_classes]).
 //! - `vit` {image_size=32, patch_size=4, in_channels=3, dim=64, depth=4, heads=4,
 //!   mlp_dim=128, num_classes=10, dropout=0, attention_dropout=0}: a small pre-norm ViT
 //!   laid out like torchvision's `VisionTransformer`, with the attention projections as
 //!   separate `q_proj`/`k_proj`/`v_proj`/`o_proj` linear layers.
 
-use super::spec::{Activation, ArchSpec, Children, Layer};
+use super::spec::{Activation, ArchSpec, Children, Layer, UpsampleMode};
 use crate::error::{MnemoError, Result};
 
 /// The zoo's names, for messages and help.
-pub const NAMES: [&str; 3] = ["resnet18", "efficientnet_b0", "vit"];
+pub const NAMES: [&str; 4] = ["resnet18", "efficientnet_b0", "effnet_multitask", "vit"];
 
 /// Most blocks a depth option may ask for: far beyond any real model, small enough that
 /// the spec itself is never an absurd allocation.
@@ -60,6 +66,31 @@ pub fn parse(s: &str) -> Result<Option<ArchSpec>> {
             ])
             .map_err(bad)?;
             efficientnet_b0(&conf).map_err(bad)?
+        }
+        "effnet_multitask" => {
+            let conf = MultitaskConf {
+                num_classes: opts.size("num_classes", 10).map_err(bad)?,
+                num_labels: opts.size("num_labels", 80).map_err(bad)?,
+                decoder_channels: opts.size("decoder_channels", 64).map_err(bad)?,
+                trunk: EfficientNetConf {
+                    num_classes: 1,
+                    width_mult: opts.positive("width_mult", 1.0).map_err(bad)?,
+                    depth_mult: opts.positive("depth_mult", 1.0).map_err(bad)?,
+                    dropout: opts.probability("dropout", 0.2).map_err(bad)?,
+                    stochastic_depth: opts.probability("stochastic_depth", 0.2).map_err(bad)?,
+                },
+            };
+            opts.finish(&[
+                "num_classes",
+                "num_labels",
+                "width_mult",
+                "depth_mult",
+                "decoder_channels",
+                "dropout",
+                "stochastic_depth",
+            ])
+            .map_err(bad)?;
+            effnet_multitask(&conf).map_err(bad)?
         }
         _ => {
             let conf = VitConf {
@@ -339,6 +370,24 @@ fn mbconv(expand_ratio: f64, kernel: usize, stride: usize, i: usize, o: usize, s
 /// torchvision's EfficientNet with the B0 stages (`_efficientnet_conf("efficientnet_b0",
 /// width_mult, depth_mult)`), stochastic depth growing linearly with the block index.
 pub fn efficientnet_b0(c: &EfficientNetConf) -> std::result::Result<Layer, String> {
+    let (features, last_out) = efficientnet_b0_features(c)?;
+    Ok(module(vec![
+        ("features", features),
+        ("avgpool", Layer::AdaptiveAvgPool),
+        ("flatten", Layer::Flatten),
+        (
+            "classifier",
+            sequential(vec![
+                Layer::Dropout { p: c.dropout },
+                linear(last_out, c.num_classes),
+            ]),
+        ),
+    ]))
+}
+
+/// EfficientNet-B0's `features` (stem, seven MBConv stages, 1×1 head conv) and its
+/// output channels (1280 at width_mult 1).
+fn efficientnet_b0_features(c: &EfficientNetConf) -> std::result::Result<(Layer, usize), String> {
     // (expand_ratio, kernel, stride, input_channels, out_channels, num_layers)
     let stages: [(f64, usize, usize, usize, usize, usize); 7] = [
         (1.0, 3, 1, 32, 16, 1),
@@ -377,16 +426,76 @@ pub fn efficientnet_b0(c: &EfficientNetConf) -> std::result::Result<Layer, Strin
     let last_in = width(stages[6].4);
     let last_out = last_in.saturating_mul(4);
     features.push(conv_bn_act(last_in, last_out, 1, 1, 1, true));
+    Ok((sequential(features), last_out))
+}
+
+pub struct MultitaskConf {
+    pub num_classes: usize,
+    pub num_labels: usize,
+    pub decoder_channels: usize,
+    /// The trunk's options (its `num_classes` is unused).
+    pub trunk: EfficientNetConf,
+}
+
+/// Stages of ×2 upsampling in the segmentation decoder: stride 32 → 4; the last upsample
+/// (×4) brings the logits back to the input size.
+const DECODER_STAGES: usize = 3;
+
+/// EfficientNet-B0's features shared by a segmentation, a detection (multi-label presence)
+/// and a classification head.
+///
+/// `seg`: `proj` (1×1 conv to `decoder_channels`, BN, ReLU), `up1`..`up3` (bilinear ×2,
+/// 3×3 conv, BN, ReLU), `out` (1×1 conv to one channel, with bias), `resize` (bilinear ×4):
+/// [B, 1, H, W] logits for H, W divisible by 32. `det` and `cls`: global average pool,
+/// flatten, dropout, `fc`, as torchvision's classifier.
+pub fn effnet_multitask(c: &MultitaskConf) -> std::result::Result<Layer, String> {
+    let (features, last_out) = efficientnet_b0_features(&c.trunk)?;
+    let d = c.decoder_channels;
+    let bilinear = |s: usize| Layer::Upsample {
+        scale_factor: Some(s),
+        size: None,
+        mode: UpsampleMode::Bilinear,
+    };
+    let mut seg = vec![(
+        "proj".to_string(),
+        sequential(vec![conv(last_out, d, 1, 1, 1), bn(d), Layer::Relu]),
+    )];
+    for i in 1..=DECODER_STAGES {
+        seg.push((
+            format!("up{i}"),
+            sequential(vec![bilinear(2), conv(d, d, 3, 1, 1), bn(d), Layer::Relu]),
+        ));
+    }
+    let mut out = conv(d, 1, 1, 1, 1);
+    if let Layer::Conv2d { bias, .. } = &mut out {
+        *bias = true;
+    }
+    seg.push(("out".to_string(), out));
+    seg.push(("resize".to_string(), bilinear(1 << (5 - DECODER_STAGES))));
+    let classifier = |n: usize| {
+        module(vec![
+            ("avgpool", Layer::AdaptiveAvgPool),
+            ("flatten", Layer::Flatten),
+            ("dropout", Layer::Dropout { p: c.trunk.dropout }),
+            ("fc", linear(last_out, n)),
+        ])
+    };
     Ok(module(vec![
-        ("features", sequential(features)),
-        ("avgpool", Layer::AdaptiveAvgPool),
-        ("flatten", Layer::Flatten),
+        ("features", features),
         (
-            "classifier",
-            sequential(vec![
-                Layer::Dropout { p: c.dropout },
-                linear(last_out, c.num_classes),
-            ]),
+            "heads",
+            Layer::Heads {
+                heads: named(vec![
+                    (
+                        "seg",
+                        Layer::Module {
+                            children: Children(seg),
+                        },
+                    ),
+                    ("det", classifier(c.num_labels)),
+                    ("cls", classifier(c.num_classes)),
+                ]),
+            },
         ),
     ]))
 }
@@ -534,6 +643,53 @@ mod tests {
         assert_eq!(
             ArchSpec::parse("efficientnet_b0").unwrap().num_parameters(),
             5_288_548
+        );
+    }
+
+    #[test]
+    fn multitask_is_under_8m_parameters_and_its_heads_fit_any_multiple_of_32() {
+        let spec = ArchSpec::parse("effnet_multitask").unwrap();
+        // B0's features (4,007,548) + seg decoder + det (80 labels) + cls (10 classes).
+        assert_eq!(spec.num_parameters(), 4_315_927);
+        assert!(spec.num_parameters() <= 8_000_000);
+        assert_eq!(spec.head_names(), ["seg", "det", "cls"]);
+        // The trunk is efficientnet_b0's features, name for name.
+        let b0 = ArchSpec::parse("efficientnet_b0").unwrap().params();
+        let trunk: Vec<_> = spec
+            .params()
+            .into_iter()
+            .filter(|p| p.name.starts_with("features."))
+            .collect();
+        let b0_features: Vec<_> = b0
+            .into_iter()
+            .filter(|p| p.name.starts_with("features."))
+            .collect();
+        assert_eq!(trunk, b0_features);
+        // CI size: a few channels, 64 and 96 px.
+        let spec = ArchSpec::parse(
+            "effnet_multitask:width_mult=0.25,depth_mult=0.34,decoder_channels=8,num_classes=3,num_labels=5",
+        )
+        .unwrap();
+        let dev = candle_core::Device::Cpu;
+        let mut m = crate::model::Model::init(&spec, 1, &dev).unwrap();
+        let mut rng = crate::rng::Rng::new(0);
+        for (hw, head, want) in [
+            ((64, 64), "seg", vec![2, 1, 64, 64]),
+            ((64, 96), "seg", vec![2, 1, 64, 96]),
+            ((64, 64), "det", vec![2, 5]),
+            ((64, 64), "cls", vec![2, 3]),
+        ] {
+            let x = candle_core::Tensor::ones((2, 3, hw.0, hw.1), candle_core::DType::F32, &dev)
+                .unwrap();
+            let y = m
+                .forward(&x, Some(head), crate::model::Mode::Train, &mut rng)
+                .unwrap();
+            assert_eq!(y.dims(), want.as_slice(), "{head} {hw:?}");
+        }
+        let e = ArchSpec::parse("effnet_multitask:decoder_channels=0").unwrap_err();
+        assert!(
+            e.to_string().contains("decoder_channels must be positive"),
+            "{e}"
         );
     }
 }

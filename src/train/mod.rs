@@ -452,11 +452,18 @@ fn update(
         }
     }
     let mut pen = 0.0;
+    // Heads the forward pass did not run are not trained (torch skips a parameter whose
+    // grad is None): no gradient, no weight decay, no moment update.
+    let unchosen = model.spec.unchosen_head_prefixes(cfg.head.as_deref());
+    let frozen = |name: &str| unchosen.iter().any(|p| name.starts_with(p.as_str()));
     for (name, w) in host.iter() {
         let g = acc
             .entry(name.clone())
             .or_insert_with(|| vec![0.0; w.len()]);
         pen += penalty.apply(name, w, g);
+        if frozen(name) {
+            g.fill(0.0);
+        }
     }
     let norm = acc
         .values()
@@ -477,6 +484,10 @@ fn update(
     for (name, var) in &model.params {
         let w = host.get_mut(name).expect("host copy of every parameter");
         let shape = var.as_tensor().dims();
+        if frozen(name) {
+            opt.skip(name, w.len());
+            continue;
+        }
         opt.update(name, shape, w, &acc[name], lr);
     }
     if dense.is_none() {

@@ -61,6 +61,27 @@ impl Optimizer {
         self.step += 1;
     }
 
+    /// Leaves a parameter untouched this step (one that received no gradient), but gives
+    /// it zero moments if it has none, so a saved optimizer state covers every parameter
+    /// (zero moments continue exactly as absent ones would start).
+    pub fn skip(&mut self, name: &str, n: usize) {
+        let c = self.config.as_ref().expect("configured");
+        let (first, second) = match c.kind {
+            OptimizerKind::Sgd { momentum, .. } => (momentum != 0.0, false),
+            _ => (true, true),
+        };
+        if first {
+            self.m
+                .entry(name.to_string())
+                .or_insert_with(|| vec![0.0; n]);
+        }
+        if second {
+            self.v
+                .entry(name.to_string())
+                .or_insert_with(|| vec![0.0; n]);
+        }
+    }
+
     /// Updates `w` in place from gradient `g` (already including any penalty gradient).
     pub fn update(&mut self, name: &str, shape: &[usize], w: &mut [f32], g: &[f32], lr: f64) {
         let c = self.config.clone().expect("configured");
