@@ -124,7 +124,9 @@ pub struct Record {
 }
 
 /// Fields that never name a run.
-const NOT_LABELS: &[&str] = &["data", "event", "output", "path", "metric", "detector"];
+const NOT_LABELS: &[&str] = &[
+    "data", "event", "output", "path", "metric", "detector", "loss_fn",
+];
 
 /// Reads records with `stage`, `task` and `metric` fields from JSON Lines text; lines
 /// without them (summaries, epoch events) are skipped. Errors name the file and line.
