@@ -232,9 +232,9 @@ fn check_scores_mixed_tasks_by_their_own_metric() {
     let p = d.path();
     // Task 1 (segmentation, miou) loses 20 points; task 2 (classes, accuracy) keeps all.
     let lines = [
-        r#"{"stage":1,"task":1,"miou":0.80,"pixel_accuracy":0.95,"method":"ewc"}"#,
+        r#"{"stage":1,"task":1,"miou":0.80,"pixel_accuracy":0.95,"loss_fn":"dice-bce","method":"ewc"}"#,
         r#"{"stage":1,"task":2,"accuracy":0.10,"method":"ewc"}"#,
-        r#"{"stage":2,"task":1,"miou":0.60,"pixel_accuracy":0.94,"method":"ewc"}"#,
+        r#"{"stage":2,"task":1,"miou":0.60,"pixel_accuracy":0.94,"loss_fn":"dice-bce","method":"ewc"}"#,
         r#"{"stage":2,"task":2,"accuracy":0.90,"method":"ewc"}"#,
     ];
     std::fs::write(p.join("r.jsonl"), lines.join("\n")).unwrap();
