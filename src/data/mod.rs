@@ -8,6 +8,7 @@
 pub mod folder;
 pub mod raw;
 pub mod rotate;
+pub mod shapes;
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::{MnemoError, Result};
