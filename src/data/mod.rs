@@ -5,10 +5,12 @@
 //! batching. In masks the value 255 ([`VOID`]) means "no label here" (Pascal VOC's
 //! object boundaries): losses and metrics skip those pixels.
 
+pub mod coco;
 pub mod folder;
 pub mod raw;
 pub mod rotate;
 pub mod shapes;
+pub mod voc;
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::{MnemoError, Result};

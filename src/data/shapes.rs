@@ -135,7 +135,10 @@ fn background(rng: &mut Rng, s: usize) -> Vec<u8> {
     let m = s as i64 - 1;
     let proj = |x: i64, y: i64| gx * x + gy * y;
     let corners = [proj(0, 0), proj(m, 0), proj(0, m), proj(m, m)];
-    let (lo, hi) = (*corners.iter().min().unwrap(), *corners.iter().max().unwrap());
+    let (lo, hi) = (
+        *corners.iter().min().unwrap(),
+        *corners.iter().max().unwrap(),
+    );
     let span = (hi - lo).max(1);
     let pattern = rng.below(5); // 0, 1: stripes; 2, 3: checker; 4: plain gradient
     let (sx, sy) = [(1, 0), (0, 1), (1, 1), (1, -1)][rng.below(4) as usize];
@@ -217,7 +220,7 @@ impl Scene {
         let bg = background(&mut rng, size);
         let k = KINDS.len() as u64;
         let mut shapes: Vec<Shape> = Vec::new();
-        let mut add = |rng: &mut Rng, kind: Kind, radii, max_area, shapes: &mut Vec<Shape>| {
+        let add = |rng: &mut Rng, kind: Kind, radii, max_area, shapes: &mut Vec<Shape>| {
             let (x, y, r) = place(rng, size, kind, radii, shapes, max_area)?;
             let rgb = shape_colour(rng, &bg, size, x, y);
             shapes.push(Shape { kind, x, y, r, rgb });
@@ -236,12 +239,24 @@ impl Scene {
             }
             Task::Cls => {
                 let kind = Kind(rng.below(k) as usize);
-                let main = add(&mut rng, kind, ((3 * s / 20).max(5), (s / 4).max(6)), None, &mut shapes)
-                    .expect("the first shape always fits");
+                let main = add(
+                    &mut rng,
+                    kind,
+                    ((3 * s / 20).max(5), (s / 4).max(6)),
+                    None,
+                    &mut shapes,
+                )
+                .expect("the first shape always fits");
                 let extra = rng.below(3);
                 for _ in 0..extra {
                     let kind = Kind(rng.below(k) as usize);
-                    add(&mut rng, kind, (4, (s / 10).max(4)), Some(main), &mut shapes);
+                    add(
+                        &mut rng,
+                        kind,
+                        (4, (s / 10).max(4)),
+                        Some(main),
+                        &mut shapes,
+                    );
                 }
             }
         }
@@ -498,12 +513,20 @@ mod tests {
         for i in 0..200 {
             let mask = &seg.target_u8[i * s * s..(i + 1) * s * s];
             let comps = components(mask, s);
-            assert!((1..=3).contains(&comps.len()), "example {i}: {}", comps.len());
-            let mut want = vec![0u8; 80];
+            assert!(
+                (1..=3).contains(&comps.len()),
+                "example {i}: {}",
+                comps.len()
+            );
+            let mut want = [0u8; 80];
             for c in &comps {
                 want[kind_of(c)] = 1;
             }
-            assert_eq!(&det.target_u8[i * 80..(i + 1) * 80], &want[..], "example {i}");
+            assert_eq!(
+                &det.target_u8[i * 80..(i + 1) * 80],
+                &want[..],
+                "example {i}"
+            );
         }
         let cls = generate(200, s, 12, Task::Cls, 5).unwrap();
         for i in 0..200 {
@@ -525,8 +548,19 @@ mod tests {
             // 400 expected; ±4 standard deviations (σ ≈ 17.9).
             assert!((328..=472).contains(&c), "cls kind {k}: {c}");
             let d = (0..n).filter(|i| det.target_u8[i * 5 + k] == 1).count();
-            let mean = (0..n).map(|i| det.target_u8[i * 5..(i + 1) * 5].iter().filter(|&&v| v == 1).count()).sum::<usize>() as f64 / 5.0;
-            assert!((d as f64 - mean).abs() < 0.1 * mean, "det kind {k}: {d} vs {mean}");
+            let mean = (0..n)
+                .map(|i| {
+                    det.target_u8[i * 5..(i + 1) * 5]
+                        .iter()
+                        .filter(|&&v| v == 1)
+                        .count()
+                })
+                .sum::<usize>() as f64
+                / 5.0;
+            assert!(
+                (d as f64 - mean).abs() < 0.1 * mean,
+                "det kind {k}: {d} vs {mean}"
+            );
         }
     }
 
