@@ -147,7 +147,11 @@ fn training_on_masks_with_void_pixels_runs_and_other_out_of_range_values_are_ref
     std::fs::write(&bad, v).unwrap();
     let r = train(bad.to_str().unwrap());
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("bad254.safetensors") && r.stderr.contains("= 254"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bad254.safetensors") && r.stderr.contains("= 254"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -301,7 +301,7 @@ mod tests {
         // Pillow 13: np.array(Image.fromarray(np.arange(H)[:, None].repeat(3, 1)
         //   .astype(np.uint8), "P").resize((3, OH), Image.NEAREST))[:, 0]
         assert_eq!(nearest_index(2, 5), [0, 0, 1, 1, 1]);
-        assert_eq!(nearest_index(4, 6), [0, 1, 1, 2, 3, 3]);
+        assert_eq!(nearest_index(4, 6), [0, 1, 1, 2, 2, 3]);
         assert_eq!(nearest_index(12, 5), [1, 3, 6, 8, 10]);
         assert_eq!(nearest_index(5, 5), [0, 1, 2, 3, 4]);
     }

@@ -407,7 +407,15 @@ mod tests {
         let y = f.to_i64("voidmc_target").unwrap();
         assert!(y.contains(&VOID));
         let x = f.to_f32("voidmc_logits").unwrap();
-        let (_, g) = loss_grad(Loss::Ce, TargetKind::Mask { h: 4, w: 5 }, &x, &[2, 3, 4, 5], &y, 0.1, 1.0);
+        let (_, g) = loss_grad(
+            Loss::Ce,
+            TargetKind::Mask { h: 4, w: 5 },
+            &x,
+            &[2, 3, 4, 5],
+            &y,
+            0.1,
+            1.0,
+        );
         for (i, &t) in y.iter().enumerate() {
             let (b, px) = (i / 20, i % 20);
             for k in 0..3 {
@@ -421,7 +429,18 @@ mod tests {
                 _ => (&[1, 1, 2, 2], &l),
             };
             let y = vec![VOID; dims[2] * dims[3]];
-            let (v, g) = loss_grad(loss, TargetKind::Mask { h: dims[2], w: dims[3] }, l, dims, &y, 0.0, 1.0);
+            let (v, g) = loss_grad(
+                loss,
+                TargetKind::Mask {
+                    h: dims[2],
+                    w: dims[3],
+                },
+                l,
+                dims,
+                &y,
+                0.0,
+                1.0,
+            );
             assert_eq!(v, 0.0, "{}", loss.name());
             assert!(g.iter().all(|&g| g == 0.0), "{}", loss.name());
         }
