@@ -834,3 +834,316 @@ fn class_names_follow_the_examples() {
     assert_eq!(names("r.st").as_deref(), Some(r#"["zebra","cat"]"#));
     assert_eq!(ds(dir, "r.st").2, vec![1, 1, 1, 0, 0, 0]);
 }
+
+/// Target tensor of a dataset file: shape, dtype name and bytes.
+fn target(dir: &Path, name: &str) -> (Vec<usize>, String, Vec<u8>) {
+    let c = Checkpoint::open(dir.join(name)).unwrap();
+    let e = c.entry("target").unwrap();
+    (
+        e.shape.clone(),
+        e.dtype.to_string(),
+        c.bytes("target").unwrap().to_vec(),
+    )
+}
+
+#[test]
+fn voc_import_matches_pillow_resize_and_palette_indices() {
+    let d = workdir();
+    let root = fixture("data/voc");
+    // Three sizes: --size is needed.
+    refused(
+        d.path(),
+        &["data", "import", "voc", &root, "-o", "no.st"],
+        "2007_000039.jpg",
+        "pass --size H,W",
+    );
+    let r = ok(mnemo_in(
+        d.path(),
+        &[
+            "data", "import", "voc", &root, "--size", "16,20", "-o", "t.st",
+        ],
+    ));
+    assert_eq!(r.last_json()["target_shape"], serde_json::json!([16, 20]));
+    let (shape, x, _) = {
+        let c = Checkpoint::open(d.path().join("t.st")).unwrap();
+        let e = c.entry("input").unwrap();
+        (e.shape.clone(), c.bytes("input").unwrap().to_vec(), ())
+    };
+    let (want_shape, want) = npy("voc_train_x.npy");
+    assert_eq!(shape, want_shape);
+    let ids = ["2007_000032.jpg", "2007_000039.jpg", "2008_000123.jpg"];
+    compare_images(&x, &want, &ids);
+    // Masks: exact (palette indices through Pillow's NEAREST; one mask has a shuffled
+    // palette, one is greyscale).
+    let (tshape, dtype, y) = target(d.path(), "t.st");
+    let (want_shape, want) = npy("voc_train_y.npy");
+    assert_eq!((tshape, dtype.as_str()), (want_shape, "U8"));
+    assert_eq!(y, want);
+    assert!(y.contains(&255) && y.iter().any(|&v| v > 1 && v < 255));
+    let c = Checkpoint::open(d.path().join("t.st")).unwrap();
+    let names: Vec<String> = serde_json::from_str(&c.metadata()["mnemo.data.class_names"]).unwrap();
+    assert_eq!(names.len(), 21);
+    assert_eq!(
+        (names[0].as_str(), names[20].as_str()),
+        ("background", "tvmonitor")
+    );
+    // Binary masks: objects 1, void kept.
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data", "import", "voc", &root, "--size", "16,20", "--mask", "binary", "-o", "b.st",
+        ],
+    ));
+    assert_eq!(target(d.path(), "b.st").2, npy("voc_train_bin_y.npy").1);
+    // val: one size, no resize; one mask is a 4-bit palette PNG.
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data", "import", "voc", &root, "--split", "val", "-o", "v.st",
+        ],
+    ));
+    let (_, x, _) = ds_u8(d.path(), "v.st");
+    compare_images(
+        &x,
+        &npy("voc_val_x.npy").1,
+        &["2009_000001.jpg", "2009_000002.jpg"],
+    );
+    let (tshape, _, y) = target(d.path(), "v.st");
+    assert_eq!(tshape, vec![2, 9, 11]);
+    assert_eq!(y, npy("voc_val_y.npy").1);
+    // A list file given by path.
+    let list = d.path().join("mine.txt");
+    std::fs::write(&list, "\n2009_000002\n\n").unwrap();
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data",
+            "import",
+            "voc",
+            &root,
+            "--split",
+            list.to_str().unwrap(),
+            "-o",
+            "m.st",
+        ],
+    ));
+    assert_eq!(target(d.path(), "m.st").2, npy("voc_val_y.npy").1[99..]);
+}
+
+fn ds_u8(dir: &Path, name: &str) -> (Vec<usize>, Vec<u8>, ()) {
+    let c = Checkpoint::open(dir.join(name)).unwrap();
+    (
+        c.entry("input").unwrap().shape.clone(),
+        c.bytes("input").unwrap().to_vec(),
+        (),
+    )
+}
+
+#[test]
+fn voc_masks_resize_as_pillow_nearest() {
+    let d = workdir();
+    let root = fixture("data/voc");
+    for (h, w) in [(64, 64), (10, 10), (20, 100), (7, 5), (37, 53)] {
+        let size = format!("{h},{w}");
+        ok(mnemo_in(
+            d.path(),
+            &[
+                "data", "import", "voc", &root, "--split", "nearest", "--size", &size, "-o", "n.st",
+            ],
+        ));
+        let want = if (h, w) == (37, 53) {
+            npy("voc_nearest_src.npy").1
+        } else {
+            npy(&format!("voc_nearest_{h}x{w}.npy")).1
+        };
+        let (shape, _, y) = target(d.path(), "n.st");
+        assert_eq!(shape, vec![1, h, w]);
+        assert_eq!(y, want, "{h}x{w}");
+    }
+}
+
+#[test]
+fn voc_errors_name_the_file() {
+    let d = workdir();
+    let root = fixture("data/voc");
+    let voc = |split: &str| -> Vec<String> {
+        [
+            "data", "import", "voc", &root, "--split", split, "--size", "8,8", "-o", "e.st",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    for (split, file, what) in [
+        (
+            "missing",
+            "2010_999999.jpg",
+            "no image for id '2010_999999'",
+        ),
+        (
+            "badsize",
+            "2011_000001.png",
+            "the mask is 9×11 (H×W) but its image",
+        ),
+        (
+            "badindex",
+            "2011_000002.png",
+            "pixel (row 5, column 6) has palette index 21",
+        ),
+        (
+            "test",
+            "ImageSets/Segmentation/test.txt",
+            "no such split list",
+        ),
+    ] {
+        let args = voc(split);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(d.path(), &args, file, what);
+    }
+}
+
+#[test]
+fn coco_import_maps_category_ids_in_ascending_order() {
+    let d = workdir();
+    let ann = fixture("data/coco/annotations.json");
+    let imgs = fixture("data/coco/images");
+    // Three sizes: --size is needed.
+    refused(
+        d.path(),
+        &["data", "import", "coco", &ann, &imgs, "-o", "no.st"],
+        "b.png",
+        "pass --size H,W",
+    );
+    let r = ok(mnemo_in(
+        d.path(),
+        &[
+            "data", "import", "coco", &ann, &imgs, "--size", "12,10", "-o", "c.st",
+        ],
+    ));
+    assert!(
+        r.stderr.contains("1 image(s) without annotations kept"),
+        "{}",
+        r.stderr
+    );
+    let (shape, x, _) = ds_u8(d.path(), "c.st");
+    let (want_shape, want) = npy("coco_x.npy");
+    assert_eq!(shape, want_shape);
+    assert_eq!(x, want, "PNG pixels must equal Pillow's");
+    let (tshape, dtype, y) = target(d.path(), "c.st");
+    assert_eq!((tshape, dtype.as_str()), (vec![5, 4], "U8"));
+    assert_eq!(y, npy("coco_y.npy").1);
+    // Columns: ids 1, 3, 7, 90 (listed 7, 1, 90, 3); the crowd-only image has bicycle.
+    assert_eq!(&y[8..12], &[0, 1, 0, 0]);
+    assert_eq!(&y[12..16], &[0, 0, 0, 0]);
+    let c = Checkpoint::open(d.path().join("c.st")).unwrap();
+    assert_eq!(
+        c.metadata()["mnemo.data.class_names"],
+        r#"["person","bicycle","car","toothbrush"]"#
+    );
+    assert_eq!(c.metadata()["mnemo.data.category_ids"], "[1,3,7,90]");
+    // --skip-empty drops the image without annotations.
+    ok(mnemo_in(
+        d.path(),
+        &[
+            "data",
+            "import",
+            "coco",
+            &ann,
+            &imgs,
+            "--size",
+            "12,10",
+            "--skip-empty",
+            "-q",
+            "-o",
+            "s.st",
+        ],
+    ));
+    assert_eq!(ds_u8(d.path(), "s.st").1, npy("coco_skip_x.npy").1);
+    assert_eq!(target(d.path(), "s.st").2, npy("coco_skip_y.npy").1);
+    // The multi-hot rows are a dataset the engine accepts (eval reads them).
+    mnemo::data::Dataset::open(d.path().join("s.st")).unwrap();
+}
+
+#[test]
+fn coco_errors_name_the_file_and_annotation() {
+    let d = workdir();
+    let imgs = fixture("data/coco/images");
+    for (json, file, what) in [
+        (
+            "bad_image_id.json",
+            "bad_image_id.json",
+            "annotation id 77: image_id 999",
+        ),
+        (
+            "bad_category.json",
+            "bad_category.json",
+            "annotation id 78: category_id 2",
+        ),
+        ("missing_file.json", "nope.png", "no such image"),
+        ("malformed.json", "malformed.json", "line 3 column"),
+    ] {
+        let ann = fixture(&format!("data/coco/{json}"));
+        refused(
+            d.path(),
+            &[
+                "data", "import", "coco", &ann, &imgs, "--size", "8,8", "-o", "e.st",
+            ],
+            file,
+            what,
+        );
+    }
+}
+
+#[test]
+fn shapes_are_deterministic_and_their_targets_fit_the_engine() {
+    let d = workdir();
+    let run = |task: &str, seed: &str, out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "data", "shapes", "-n", "40", "--size", "32", "--seed", seed, "--task", task,
+        ];
+        a.extend(extra);
+        a.extend(["-o", out]);
+        ok(mnemo_in(d.path(), &a))
+    };
+    run("seg", "3", "seg.st", &[]);
+    run("seg", "3", "seg2.st", &[]);
+    run("det", "3", "det.st", &["--labels", "80"]);
+    run("cls", "3", "cls.st", &[]);
+    let bytes = |n: &str| std::fs::read(d.path().join(n)).unwrap();
+    // Provenance metadata holds the command line (the output name differs): compare tensors.
+    let (s1, s2) = (ds_u8(d.path(), "seg.st"), ds_u8(d.path(), "seg2.st"));
+    assert_eq!(s1.1, s2.1);
+    assert_eq!(target(d.path(), "seg.st"), target(d.path(), "seg2.st"));
+    assert!(!bytes("seg.st").is_empty());
+    // seg and det: the same images.
+    assert_eq!(s1.1, ds_u8(d.path(), "det.st").1);
+    assert_eq!(s1.0, vec![40, 3, 32, 32]);
+    let (ts, _, m) = target(d.path(), "seg.st");
+    assert_eq!(ts, vec![40, 32, 32]);
+    assert!(m.iter().all(|&v| v <= 1) && m.contains(&1));
+    let (ts, _, p) = target(d.path(), "det.st");
+    assert_eq!(ts, vec![40, 80]);
+    for row in p.chunks(80) {
+        let n = row.iter().filter(|&&v| v == 1).count();
+        assert!((1..=3).contains(&n) && row[5..].iter().all(|&v| v == 0));
+    }
+    let c = Checkpoint::open(d.path().join("cls.st")).unwrap();
+    assert_eq!(
+        c.metadata()["mnemo.data.class_names"],
+        r#"["circle","square","triangle","cross","diamond"]"#
+    );
+    for f in ["seg.st", "det.st", "cls.st"] {
+        mnemo::data::Dataset::open(d.path().join(f)).unwrap();
+    }
+    let r = mnemo_in(
+        d.path(),
+        &["data", "shapes", "-n", "4", "--size", "8", "-o", "x.st"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = mnemo_in(
+        d.path(),
+        &["data", "shapes", "-n", "4", "--labels", "80", "-o", "x.st"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--labels"), "{}", r.stderr);
+}

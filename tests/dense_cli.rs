@@ -62,11 +62,13 @@ fn train_ewc_bce_one_sgd_step_matches_torch() {
 }
 
 fn check_mask_eval(case: &str, extra: &[&str]) {
+    // mask_void: the model of `mask` on its data with void pixels.
+    let model = case.trim_end_matches("_void");
     let dir = workdir();
-    let arch = fixture(&format!("dense/{case}.arch.json"));
+    let arch = fixture(&format!("dense/{model}.arch.json"));
     let mut argv = vec![
         "eval".to_string(),
-        fixture(&format!("dense/{case}_conv.safetensors")),
+        fixture(&format!("dense/{model}_conv.safetensors")),
         "--arch".into(),
         arch,
         "--data".into(),
@@ -90,7 +92,66 @@ fn check_mask_eval(case: &str, extra: &[&str]) {
     for (a, b) in iou.iter().zip(want) {
         assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-12);
     }
+    if let Some(acc) = exp.get("pixel_accuracy") {
+        let d = (line["pixel_accuracy"].as_f64().unwrap() - acc.as_f64().unwrap()).abs();
+        assert!(d < 1e-12, "{line}");
+    }
     assert_eq!(line["n"], 6);
+}
+
+#[test]
+fn eval_skips_void_pixels_as_torch_ignore_index_does() {
+    check_mask_eval("mask_void", &[]);
+    check_mask_eval("binary_void", &["--loss", "dice-bce"]);
+}
+
+#[test]
+fn training_on_masks_with_void_pixels_runs_and_other_out_of_range_values_are_refused() {
+    let dir = workdir();
+    let train = |data: &str| {
+        mnemo_in(
+            dir.path(),
+            &[
+                "train-ewc",
+                &fixture("dense/mask_conv.safetensors"),
+                "--arch",
+                &fixture("dense/mask.arch.json"),
+                "--data",
+                data,
+                "--epochs",
+                "1",
+                "-o",
+                "out.safetensors",
+            ],
+        )
+    };
+    ok(train(&fixture("dense/mask_void_data.safetensors")));
+    // 254 is neither a class of a 3-channel model nor void.
+    let d = Checkpoint::open(fixture("dense/mask_void_data.safetensors")).unwrap();
+    let x = d.bytes("input").unwrap().to_vec();
+    let mut y = d.to_i64("target").unwrap();
+    let at = y.iter().position(|&v| v == 255).unwrap();
+    y[at] = 254;
+    let tgt: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let header = format!(
+        r#"{{"input":{{"dtype":"F32","shape":[6,1,8,8],"data_offsets":[0,{}]}},"target":{{"dtype":"I64","shape":[6,8,8],"data_offsets":[{},{}]}}}}"#,
+        x.len(),
+        x.len(),
+        x.len() + tgt.len()
+    );
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend(header.as_bytes());
+    v.extend(&x);
+    v.extend(&tgt);
+    let bad = dir.path().join("bad254.safetensors");
+    std::fs::write(&bad, v).unwrap();
+    let r = train(bad.to_str().unwrap());
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bad254.safetensors") && r.stderr.contains("= 254"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -1,11 +1,14 @@
-//! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder, split,
-//! permute, rotate, shuffle, take, concat, stats). Every output is a dataset safetensors
-//! (`input`, `target`) written atomically, with provenance.
+//! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco,
+//! shapes, split, permute, rotate, shuffle, take, concat, stats). Every output is a dataset
+//! safetensors (`input`, `target`) written atomically, with provenance.
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
+use mnemo::data::coco::{import_coco, CocoOptions};
 use mnemo::data::folder::{import_folder, FolderOptions};
-use mnemo::data::raw::{import_idx, import_npy, import_npz, RawDataset};
+use mnemo::data::raw::{import_idx, import_npy, import_npz, RawDataset, U8Dataset};
+use mnemo::data::shapes::{self, Task};
+use mnemo::data::voc::{import_voc, VocOptions};
 use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,9 @@ pub const HELP: HelpExtra = HelpExtra {
         ("Rotated-MNIST task: every image turned 45 degrees counter-clockwise (the flattened rows are 28x28 images)", "mnemo data rotate mnist-train.safetensors --degrees 45 --shape 28,28 -o rot45.safetensors"),
         ("a folder of class sub-folders of PNG/JPEG images, resized to 32x32 (like torchvision's ImageFolder)", "mnemo data import folder photos/ --size 32,32 -o photos.safetensors"),
         ("arrays saved by np.savez / np.savez_compressed (Keras' mnist.npz names them x_train, y_train)", "mnemo data import npz mnist.npz --x x_train --y y_train -o mnist-train.safetensors"),
+        ("Pascal VOC 2012's train split as 21-class masks at 128x128 (void pixels stay 255)", "mnemo data import voc VOCdevkit/VOC2012 --split train --size 128,128 -o voc-train.safetensors"),
+        ("COCO's category presence per image (80 columns, ids 1-90 mapped to 0-79)", "mnemo data import coco annotations/instances_val2017.json val2017/ --size 224,224 -o coco-val.safetensors"),
+        ("a generated shapes dataset: binary masks, then presence (80 columns) on the same images", "mnemo data shapes -n 2000 --task seg --seed 1 -o shapes-seg.safetensors && mnemo data shapes -n 2000 --task det --labels 80 --seed 1 -o shapes-det.safetensors"),
         ("a 1000-example validation set after the first 50000", "mnemo data take mnist-train.safetensors 1000 --skip 50000 -o val.safetensors"),
         ("examples per class and value range", "mnemo data stats task2.safetensors"),
     ],
@@ -100,6 +106,53 @@ pub enum DataCommand {
     },
     /// Examples per class, shape, dtype and value range, as JSON.
     Stats { input: PathBuf },
+    /// Generate images of shapes on textured backgrounds: masks, presence or class targets.
+    ///
+    /// Each S×S RGB image (U8 [N,3,S,S]) shows 1-3 non-overlapping flat-coloured shapes
+    /// (circle, square, triangle, cross, diamond: label ids 0-4, listed in the metadata as
+    /// mnemo.data.class_names) on a gradient with stripes or a checkerboard, with per-pixel
+    /// noise over everything. --task seg: target U8 [N,S,S], 1 on every shape pixel (exact:
+    /// no anti-aliasing); det: U8 [N,K] multi-hot presence of each kind (K = 5, or --labels);
+    /// cls: [N] the kind of the largest shape (one main shape and 0-2 smaller ones). seg and
+    /// det draw the same images for one seed; the bytes depend on the seed alone, and -n M
+    /// is the first M examples of any larger -n.
+    Shapes {
+        /// Number of examples.
+        #[arg(short = 'n', long = "examples", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        n: u64,
+        /// Image side S (pixels).
+        #[arg(long, default_value_t = 64, value_name = "S", value_parser = clap::value_parser!(u64).range(16..=1024))]
+        size: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Which target to write.
+        #[arg(long, value_enum, default_value_t = ShapesTask::Seg)]
+        task: ShapesTask,
+        /// det only: columns of the presence rows (>= 5; the extra ones stay 0), e.g. 80 for
+        /// a head sized for COCO.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(5..=100_000))]
+        labels: Option<u64>,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ShapesTask {
+    /// Binary foreground masks [N,S,S].
+    Seg,
+    /// Multi-hot presence of each shape kind [N,K].
+    Det,
+    /// The kind of the largest shape [N].
+    Cls,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum VocMask {
+    /// Class ids 0-20 (255 void).
+    Classes,
+    /// 1 for any object, 0 for background (255 void).
+    Binary,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -154,6 +207,49 @@ pub enum ImportCommand {
         /// One channel (luma, Pillow's convert("L")) instead of RGB.
         #[arg(long)]
         grayscale: bool,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// Pascal VOC 2012 segmentation: input U8 [N,3,H,W], target U8 [N,H,W] masks.
+    ///
+    /// Ids from ROOT/ImageSets/Segmentation/SPLIT.txt (or a list file given by path);
+    /// images ROOT/JPEGImages/ID.jpg, masks ROOT/SegmentationClass/ID.png: palette PNGs whose
+    /// palette indices are the class ids (0 background, 1-20 objects, 255 void: object
+    /// boundaries, which the losses and metrics skip). 8-bit greyscale masks holding the same
+    /// ids are read too. The 21 class names go into the metadata (mnemo.data.class_names).
+    Voc {
+        root: PathBuf,
+        /// train, val, trainval (a list under ImageSets/Segmentation/) or a list file's path.
+        #[arg(long, default_value = "train", value_name = "SPLIT|FILE")]
+        split: String,
+        /// Resize images with Pillow's bilinear filter (as import folder) and masks with
+        /// Pillow's nearest neighbour (Image.NEAREST, bit-identical); without it every image
+        /// must have the same size.
+        #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+        size: Option<(usize, usize)>,
+        /// classes: ids 0-20; binary: 1 for any object, 0 background (void stays 255).
+        #[arg(long, value_enum, default_value_t = VocMask::Classes)]
+        mask: VocMask,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// COCO instances JSON: input U8 [N,3,H,W], target U8 [N,K] category presence.
+    ///
+    /// Columns are the file's categories in ascending id order (COCO 2017: ids 1-90 with
+    /// gaps become columns 0-79; names in mnemo.data.class_names, ids in
+    /// mnemo.data.category_ids). Rows follow the file's images (IMAGES_DIR/file_name); a
+    /// row is 1 where the image has an annotation of that category, crowd annotations
+    /// (iscrowd=1) included. Images without annotations get an all-zero row.
+    Coco {
+        annotations: PathBuf,
+        images: PathBuf,
+        /// Resize every image with Pillow's bilinear filter (as import folder); without it
+        /// every image must have the same size.
+        #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+        size: Option<(usize, usize)>,
+        /// Leave out images that have no annotation.
+        #[arg(long)]
+        skip_empty: bool,
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
@@ -222,8 +318,148 @@ fn write(
     }))
 }
 
+/// Writes a dataset with masks or multi-hot rows, and reports what the target holds:
+/// pixels per value (masks) or positives per column (multi-hot rows).
+fn write_u8(
+    d: &U8Dataset,
+    out: &Path,
+    inputs: &[&Path],
+    extra: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let mut prov = Provenance::from_args(&super::argv());
+    for p in inputs {
+        prov.input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
+    }
+    let mut meta = prov.metadata();
+    for (k, v) in extra {
+        meta.insert(format!("mnemo.data.{k}"), v.clone());
+    }
+    d.write(out, &meta)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let mut line = json!({
+        "output": out.display().to_string(), "examples": d.len(), "dtype": "U8",
+        "example_shape": d.example_shape, "target_shape": d.target_shape,
+    });
+    if d.target_shape.len() == 2 {
+        let mut counts = std::collections::BTreeMap::<u8, u64>::new();
+        for &v in &d.target {
+            *counts.entry(v).or_default() += 1;
+        }
+        let m: serde_json::Map<String, serde_json::Value> = counts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        line["pixels"] = json!(m);
+    } else {
+        let k = d.target_shape[0];
+        let mut pos = vec![0u64; k];
+        for (i, &v) in d.target.iter().enumerate() {
+            pos[i % k] += v as u64;
+        }
+        line["positives"] = json!(pos);
+    }
+    JsonLines::stdout().emit(&line)
+}
+
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     match args.command {
+        DataCommand::Import(ImportCommand::Voc {
+            root,
+            split,
+            size,
+            mask,
+            output,
+        }) => {
+            let binary = matches!(mask, VocMask::Binary);
+            let v = import_voc(
+                &root,
+                &VocOptions {
+                    split,
+                    size,
+                    binary,
+                },
+            )?;
+            let mut extra = vec![
+                (CLASS_NAMES, json!(v.classes).to_string()),
+                ("void", "255".to_string()),
+            ];
+            if let Some((h, w)) = size {
+                extra.push(("size", format!("{h},{w}")));
+            }
+            // The list file is hashed; the tree of images is not one file.
+            write_u8(&v.dataset, &output, &[&v.list], &extra)?;
+        }
+        DataCommand::Import(ImportCommand::Coco {
+            annotations,
+            images,
+            size,
+            skip_empty,
+            output,
+        }) => {
+            let c = import_coco(&annotations, &images, &CocoOptions { size, skip_empty })?;
+            if c.empty > 0 {
+                g.say(format!(
+                    "mnemo: {} image(s) without annotations {}",
+                    c.empty,
+                    if skip_empty {
+                        "left out"
+                    } else {
+                        "kept as all-zero rows"
+                    }
+                ));
+            }
+            let mut extra = vec![
+                (CLASS_NAMES, json!(c.categories).to_string()),
+                ("category_ids", json!(c.category_ids).to_string()),
+            ];
+            if let Some((h, w)) = size {
+                extra.push(("size", format!("{h},{w}")));
+            }
+            write_u8(&c.dataset, &output, &[&annotations], &extra)?;
+        }
+        DataCommand::Shapes {
+            n,
+            size,
+            seed,
+            task,
+            labels,
+            output,
+        } => {
+            let t = match task {
+                ShapesTask::Seg => Task::Seg,
+                ShapesTask::Det => Task::Det,
+                ShapesTask::Cls => Task::Cls,
+            };
+            if labels.is_some() && !matches!(t, Task::Det) {
+                anyhow::bail!("--labels applies to --task det only");
+            }
+            let k = labels.map_or(shapes::KINDS.len(), |k| k as usize);
+            let d = shapes::generate(n as usize, size as usize, seed, t, k)?;
+            let extra = vec![
+                (CLASS_NAMES, json!(shapes::KINDS).to_string()),
+                ("shapes_seed", seed.to_string()),
+                ("shapes_task", format!("{task:?}").to_lowercase()),
+            ];
+            let s = size as usize;
+            if matches!(t, Task::Cls) {
+                let raw = RawDataset {
+                    path: output.clone(),
+                    dtype: mnemo::checkpoint::Dtype::U8,
+                    example_shape: vec![3, s, s],
+                    input: d.input,
+                    target: d.target_class,
+                };
+                write(&raw, &output, &[], &extra)?;
+            } else {
+                let u = U8Dataset {
+                    example_shape: vec![3, s, s],
+                    input: d.input,
+                    target_shape: d.target_shape,
+                    target: d.target_u8,
+                };
+                write_u8(&u, &output, &[], &extra)?;
+            }
+        }
         DataCommand::Import(ImportCommand::Idx {
             images,
             labels,

@@ -292,8 +292,9 @@ pub fn resize_bilinear(
 /// One image as channels-first bytes `[C, H, W]`, and its (H, W) before any resize.
 type Loaded = (Vec<u8>, (usize, usize));
 
-/// Decodes, converts and resizes one image file.
-fn load(path: &Path, opts: &FolderOptions) -> Result<Loaded> {
+/// Decodes, converts and resizes one image file (as `data import folder` does, for the
+/// other importers too).
+pub(crate) fn load(path: &Path, opts: &FolderOptions) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
     let img = ::image::load_from_memory(&bytes)
         .map_err(|e| bad(path, format!("cannot decode the image: {e}")))?;

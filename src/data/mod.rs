@@ -2,17 +2,26 @@
 //! or a float dtype) and `target`: `[N]` integer class ids, `[N, H, W]` integer
 //! masks (a class id per pixel; 0/1 for binary masks) or `[N, K]` multi-hot
 //! rows (U8/I64/F32 values 0 or 1: multi-label presence). Seeded shuffling and
-//! batching.
+//! batching. In masks the value 255 ([`VOID`]) means "no label here" (Pascal VOC's
+//! object boundaries): losses and metrics skip those pixels.
 
+pub mod coco;
 pub mod folder;
 pub mod raw;
 pub mod rotate;
+pub mod shapes;
+pub mod voc;
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::{MnemoError, Result};
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
+
+/// The mask value of void (unlabelled) pixels: torch's `ignore_index` as torchvision's
+/// segmentation references set it for Pascal VOC. Allowed in masks only, whatever the
+/// number of output channels (so a mask model cannot have a class 255).
+pub const VOID: i64 = 255;
 
 /// What `target` holds, told apart by its rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,18 +257,18 @@ impl Dataset {
                     .targets
                     .iter()
                     .enumerate()
-                    .find(|(_, &t)| t as usize >= top)
+                    .find(|(_, &t)| t as usize >= top && t != VOID)
                 {
                     let (e, px) = (i / (h * w), i % (h * w));
                     return Err(bad(if classes == 1 {
                         format!(
-                            "'target' example {e} pixel ({}, {}) = {t}: the {which} has one output channel (a binary mask), so targets must be 0 or 1",
+                            "'target' example {e} pixel ({}, {}) = {t}: the {which} has one output channel (a binary mask), so targets must be 0 or 1 (or 255: void)",
                             px / w,
                             px % w
                         )
                     } else {
                         format!(
-                            "'target' example {e} pixel ({}, {}) = {t} is out of range: the {which} has {classes} output channels (labels 0..{})",
+                            "'target' example {e} pixel ({}, {}) = {t} is out of range: the {which} has {classes} output channels (labels 0..{}, or 255: void)",
                             px / w,
                             px % w,
                             classes - 1

@@ -155,6 +155,50 @@ impl RawDataset {
     }
 }
 
+/// A dataset whose target is not class ids, as the importers and generators build it:
+/// `input` U8 `[N, ...]` and `target` U8 `[N, ...]` (masks `[N, H, W]` or multi-hot rows
+/// `[N, K]`), both as bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct U8Dataset {
+    /// Shape of one example's input.
+    pub example_shape: Vec<usize>,
+    pub input: Vec<u8>,
+    /// Shape of one example's target (`[H, W]` or `[K]`).
+    pub target_shape: Vec<usize>,
+    pub target: Vec<u8>,
+}
+
+impl U8Dataset {
+    pub fn len(&self) -> usize {
+        self.target.len() / self.target_shape.iter().product::<usize>().max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.target.is_empty()
+    }
+
+    /// Writes the dataset atomically (both tensors U8).
+    pub fn write(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
+        let n = self.len();
+        let shape = |per: &[usize]| [&[n][..], per].concat();
+        let tensors = vec![
+            OwnedTensor {
+                name: "input".into(),
+                dtype: Dtype::U8,
+                shape: shape(&self.example_shape),
+                data: Cow::Borrowed(&self.input),
+            },
+            OwnedTensor {
+                name: "target".into(),
+                dtype: Dtype::U8,
+                shape: shape(&self.target_shape),
+                data: Cow::Borrowed(&self.target),
+            },
+        ];
+        write_checkpoint(path, tensors, metadata)
+    }
+}
+
 /// Reads a whole file, gunzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;

@@ -6,7 +6,9 @@
 //! (binary) logits the foreground where the logit is > 0, whose IoU is then the only
 //! class reported. A class absent from both prediction and target has no IoU (`None`)
 //! and is left out of the mean: sklearn's `jaccard_score(average="macro")`, whose labels
-//! are those present in either.
+//! are those present in either. Void pixels (target 255, `crate::data::VOID`) are left
+//! out of every count (IoU and pixel accuracy), as torchvision's segmentation reference's
+//! `ConfusionMatrix` drops targets outside 0..C.
 //!
 //! Average precision: sklearn's `average_precision_score`, AP = Σ_n (R_n − R_{n−1})·P_n
 //! over the distinct scores in decreasing order (tied scores form one threshold), without
@@ -36,12 +38,16 @@ impl IouTotals {
         }
     }
 
-    /// Adds `[B, C, H, W]` logits (row-major; `hw` = H·W) against `[B, H, W]` ids.
+    /// Adds `[B, C, H, W]` logits (row-major; `hw` = H·W) against `[B, H, W]` ids; void
+    /// pixels are skipped.
     pub fn add(&mut self, logits: &[f32], hw: usize, targets: &[i64]) {
         let c = self.channels;
         let b = targets.len() / hw.max(1);
         for i in 0..b {
             for px in 0..hw {
+                if targets[i * hw + px] == crate::data::VOID {
+                    continue;
+                }
                 let at = |k: usize| logits[(i * c + k) * hw + px];
                 let pred = if c == 1 {
                     (at(0) > 0.0) as usize
@@ -227,6 +233,31 @@ mod tests {
         let d = (t.mean().unwrap() - f64s(&f, "iou_bin_fg")[0]).abs();
         eprintln!("binary foreground IoU: |Δ| = {d:.1e}");
         assert!(d < 1e-12);
+    }
+
+    #[test]
+    fn iou_and_pixel_accuracy_skip_void_pixels() {
+        let f = fixture();
+        let x = f.to_f32("voidiou_logits").unwrap();
+        let y = f.to_i64("voidiou_target").unwrap();
+        assert!(y.contains(&crate::data::VOID));
+        let mut t = IouTotals::new(4);
+        t.add(&x, 20, &y);
+        let d = close(&t.per_class(), &f64s(&f, "voidiou_per_class"));
+        let da = (t.pixel_accuracy() - f64s(&f, "voidiou_acc")[0]).abs();
+        eprintln!("IoU with void: max |Δ| = {d:.1e}, |Δacc| = {da:.1e}");
+        assert!(d < 1e-12 && da < 1e-12);
+        // Class 3 is predicted only on void pixels: no IoU.
+        assert_eq!(t.per_class()[3], None);
+        assert_eq!(t.pixels, y.iter().filter(|&&v| v != 255).count() as u64);
+        let x = f.to_f32("voidiou_bin_logits").unwrap();
+        let y = f.to_i64("voidiou_bin_target").unwrap();
+        let mut t = IouTotals::new(1);
+        t.add(&x, 20, &y);
+        let d = (t.mean().unwrap() - f64s(&f, "voidiou_bin_fg")[0]).abs();
+        let da = (t.pixel_accuracy() - f64s(&f, "voidiou_bin_acc")[0]).abs();
+        eprintln!("binary IoU with void: |Δ| = {d:.1e}, |Δacc| = {da:.1e}");
+        assert!(d < 1e-12 && da < 1e-12);
     }
 
     #[test]

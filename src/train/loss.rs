@@ -4,7 +4,8 @@
 //!
 //! - `ce`: softmax cross-entropy with label smoothing, for class ids (`[B, C]` logits,
 //!   mean over the batch) and for masks (`[B, C, H, W]` logits against `[B, H, W]` ids,
-//!   softmax over C, mean over all B·H·W pixels: torch's `F.cross_entropy` on 4-d input).
+//!   softmax over C, mean over the B·H·W pixels that are not void: torch's
+//!   `F.cross_entropy(..., ignore_index=255)` on 4-d input).
 //! - `bce`: `binary_cross_entropy_with_logits`, mean over every element:
 //!   max(x, 0) − x·t + log(1 + e^(−|x|)).
 //! - `focal`: torchvision's `sigmoid_focal_loss`: α_t·(1 − p_t)^γ·bce(x, t) with
@@ -16,8 +17,17 @@
 //!
 //! The sigmoid losses take multi-hot rows (`[B, K]` logits) or binary masks (`[B, 1, H, W]`
 //! logits against 0/1 `[B, H, W]` targets); `dice` and `dice-bce` take binary masks only.
+//!
+//! Void pixels: a mask value of 255 ([`VOID`], Pascal VOC's boundary label, torch's
+//! `ignore_index` in torchvision's segmentation references) is left out of every loss:
+//! no value, zero gradient, and not counted in the mean. `bce` and `focal` are then the sum
+//! over the other elements divided by their number (torch:
+//! `F.binary_cross_entropy_with_logits(x, t, weight=w, reduction="sum") / w.sum()` with
+//! w = (t ≠ 255), not `reduction="mean"`, which would divide by every element); `dice`
+//! leaves them out of Σ p·t, Σ p and Σ t. A batch whose pixels are all void has loss 0 and
+//! zero gradient (torch gives NaN).
 
-use crate::data::{Dataset, TargetKind};
+use crate::data::{Dataset, TargetKind, VOID};
 use crate::error::{MnemoError, Result};
 
 /// The task loss (`--loss`).
@@ -176,7 +186,7 @@ pub fn loss_grad(
 }
 
 /// Cross-entropy over channel 1 of `[B, C, ...]` logits against `[B, ...]` ids, mean over
-/// the B·(spatial) positions; targets (1 − ε)·onehot + ε/C.
+/// the B·(spatial) positions whose id is not [`VOID`]; targets (1 − ε)·onehot + ε/C.
 pub fn pixel_cross_entropy(
     l: &[f32],
     dims: &[usize],
@@ -186,7 +196,7 @@ pub fn pixel_cross_entropy(
 ) -> (f64, Vec<f32>) {
     let (b, c) = (dims[0], dims[1]);
     let hw: usize = dims[2..].iter().product();
-    let n = (b * hw) as f64;
+    let n = y.iter().filter(|&&t| t != VOID).count().max(1) as f64;
     let (on, off) = (1.0 - smoothing + smoothing / c as f64, smoothing / c as f64);
     let mut grad = vec![0f32; l.len()];
     let mut loss = 0.0;
@@ -195,6 +205,9 @@ pub fn pixel_cross_entropy(
         let base = i * c * hw;
         for px in 0..hw {
             let at = |k: usize| base + k * hw + px;
+            if y[i * hw + px] == VOID {
+                continue;
+            }
             let max = (0..c).fold(f64::NEG_INFINITY, |m, k| m.max(l[at(k)] as f64));
             let mut s = 0.0;
             for (k, e) in e.iter_mut().enumerate() {
@@ -213,14 +226,22 @@ pub fn pixel_cross_entropy(
     (loss / n, grad)
 }
 
-/// BCE with logits, mean over all elements.
+/// Elements that are not void, at least 1 (the divisor of the sigmoid losses' means).
+fn counted(y: &[i64]) -> f64 {
+    y.iter().filter(|&&t| t != VOID).count().max(1) as f64
+}
+
+/// BCE with logits, mean over the elements that are not void.
 pub fn bce(l: &[f32], y: &[i64], scale: f64) -> (f64, Vec<f32>) {
-    let n = l.len() as f64;
+    let n = counted(y);
     let mut loss = 0.0;
     let grad = l
         .iter()
         .zip(y)
         .map(|(&x, &t)| {
+            if t == VOID {
+                return 0.0;
+            }
             let (x, t) = (x as f64, t as f64);
             loss += bce_term(x, t);
             ((sigmoid(x) - t) / n * scale) as f32
@@ -229,14 +250,17 @@ pub fn bce(l: &[f32], y: &[i64], scale: f64) -> (f64, Vec<f32>) {
     (loss / n, grad)
 }
 
-/// torchvision's sigmoid focal loss, mean over all elements.
+/// torchvision's sigmoid focal loss, mean over the elements that are not void.
 pub fn focal(l: &[f32], y: &[i64], alpha: f64, gamma: f64, scale: f64) -> (f64, Vec<f32>) {
-    let n = l.len() as f64;
+    let n = counted(y);
     let mut loss = 0.0;
     let grad = l
         .iter()
         .zip(y)
         .map(|(&x, &t)| {
+            if t == VOID {
+                return 0.0;
+            }
             let (x, t) = (x as f64, t as f64);
             let (p, q) = (sigmoid(x), sigmoid(-x));
             let ce = bce_term(x, t);
@@ -263,20 +287,30 @@ pub fn focal(l: &[f32], y: &[i64], alpha: f64, gamma: f64, scale: f64) -> (f64, 
 }
 
 /// Soft dice on sigmoid probabilities: per example over its elements,
-/// 1 − (2·Σ p·t + s)/(Σ p + Σ t + s), mean over the `b` examples.
+/// 1 − (2·Σ p·t + s)/(Σ p + Σ t + s), mean over the `b` examples; void elements are in
+/// none of the sums.
 pub fn dice(l: &[f32], b: usize, y: &[i64], smooth: f64, scale: f64) -> (f64, Vec<f32>) {
     let per = l.len() / b.max(1);
     let mut loss = 0.0;
     let mut grad = vec![0f32; l.len()];
     for i in 0..b {
         let r = i * per..(i + 1) * per;
-        let p: Vec<f64> = l[r.clone()].iter().map(|&x| sigmoid(x as f64)).collect();
         let t = &y[r.clone()];
-        let inter: f64 = p.iter().zip(t).map(|(p, &t)| p * t as f64).sum();
-        let den = p.iter().sum::<f64>() + t.iter().map(|&t| t as f64).sum::<f64>() + smooth;
+        // Void elements: p = t = 0, so they add nothing to any sum (and get no gradient).
+        let p: Vec<f64> = l[r.clone()]
+            .iter()
+            .zip(t)
+            .map(|(&x, &t)| if t == VOID { 0.0 } else { sigmoid(x as f64) })
+            .collect();
+        let tv = |t: i64| if t == VOID { 0.0 } else { t as f64 };
+        let inter: f64 = p.iter().zip(t).map(|(p, &t)| p * tv(t)).sum();
+        let den = p.iter().sum::<f64>() + t.iter().map(|&t| tv(t)).sum::<f64>() + smooth;
         let num = 2.0 * inter + smooth;
         loss += 1.0 - num / den;
         for (j, (p, &t)) in p.iter().zip(t).enumerate() {
+            if t == VOID {
+                continue;
+            }
             let dp = -(2.0 * t as f64 * den - num) / (den * den);
             grad[i * per + j] = (dp * p * (1.0 - p) / b as f64 * scale) as f32;
         }
@@ -351,12 +385,64 @@ mod tests {
             ("bm_dicebce", Loss::DiceBce, mask, 0.0),
             ("mc_ce", Loss::Ce, mask, 0.0),
             ("mc_ces", Loss::Ce, mask, 0.1),
+            // Void pixels (255): ignore_index / a weight mask in torch.
+            ("voidmc_ce", Loss::Ce, mask, 0.0),
+            ("voidmc_ces", Loss::Ce, mask, 0.1),
+            ("voidbm_bce", Loss::Bce, mask, 0.0),
+            ("voidbm_focal", focal, mask, 0.0),
+            ("voidbm_dice", Loss::Dice, mask, 0.0),
+            ("voidbm_dicebce", Loss::DiceBce, mask, 0.0),
         ];
         for (case, loss, kind, eps) in cases {
             let (dv, dg) = compare(&f, case, loss, kind, eps);
             eprintln!("{case}: |Δloss| = {dv:.2e}, max |Δgrad| = {dg:.2e}");
             assert!(dv < 1e-5, "{case}: loss off by {dv}");
             assert!(dg < 1e-6, "{case}: gradient off by {dg}");
+        }
+    }
+
+    #[test]
+    fn void_pixels_get_no_gradient_and_all_void_is_zero() {
+        let f = fixture();
+        let y = f.to_i64("voidmc_target").unwrap();
+        assert!(y.contains(&VOID));
+        let x = f.to_f32("voidmc_logits").unwrap();
+        let (_, g) = loss_grad(
+            Loss::Ce,
+            TargetKind::Mask { h: 4, w: 5 },
+            &x,
+            &[2, 3, 4, 5],
+            &y,
+            0.1,
+            1.0,
+        );
+        for (i, &t) in y.iter().enumerate() {
+            let (b, px) = (i / 20, i % 20);
+            for k in 0..3 {
+                assert_eq!(g[(b * 3 + k) * 20 + px] == 0.0, t == VOID, "pixel {i}");
+            }
+        }
+        let l = [0.3f32, -2.0, 1.0, 0.5];
+        for loss in [Loss::Bce, Loss::Dice, Loss::DiceBce, Loss::Ce] {
+            let (dims, l): (&[usize], &[f32]) = match loss {
+                Loss::Ce => (&[1, 2, 1, 2], &l),
+                _ => (&[1, 1, 2, 2], &l),
+            };
+            let y = vec![VOID; dims[2] * dims[3]];
+            let (v, g) = loss_grad(
+                loss,
+                TargetKind::Mask {
+                    h: dims[2],
+                    w: dims[3],
+                },
+                l,
+                dims,
+                &y,
+                0.0,
+                1.0,
+            );
+            assert_eq!(v, 0.0, "{}", loss.name());
+            assert!(g.iter().all(|&g| g == 0.0), "{}", loss.name());
         }
     }
 
