@@ -1147,3 +1147,146 @@ fn shapes_are_deterministic_and_their_targets_fit_the_engine() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--labels"), "{}", r.stderr);
 }
+
+/// take, shuffle and concat move masks and multi-hot rows with their examples, in their
+/// dtype; permute, rotate and split, which need class ids, refuse them naming the file.
+#[test]
+fn row_tools_carry_masks_and_multi_hot_rows() {
+    let d = workdir();
+    let p = d.path();
+    for (task, n) in [("seg", "12"), ("seg", "5"), ("det", "12"), ("det", "5")] {
+        ok(mnemo_in(
+            p,
+            &[
+                "data",
+                "shapes",
+                "-n",
+                n,
+                "--size",
+                "16",
+                "--seed",
+                "4",
+                "--task",
+                task,
+                "-o",
+                &format!("{task}{n}.safetensors"),
+            ],
+        ));
+    }
+    for task in ["seg", "det"] {
+        // -n 5 is the first five examples of -n 12: take must give exactly those bytes.
+        ok(mnemo_in(
+            p,
+            &[
+                "data",
+                "take",
+                &format!("{task}12.safetensors"),
+                "5",
+                "-o",
+                "t.safetensors",
+            ],
+        ));
+        let (a, b) = (
+            Checkpoint::open(p.join("t.safetensors")).unwrap(),
+            Checkpoint::open(p.join(format!("{task}5.safetensors"))).unwrap(),
+        );
+        for name in ["input", "target"] {
+            assert_eq!(a.entry(name).unwrap().dtype, b.entry(name).unwrap().dtype);
+            assert_eq!(a.entry(name).unwrap().shape, b.entry(name).unwrap().shape);
+            assert_eq!(
+                a.bytes(name).unwrap(),
+                b.bytes(name).unwrap(),
+                "{task} {name}"
+            );
+        }
+        // Shuffled then concatenated: every (input, target) pair survives intact.
+        ok(mnemo_in(
+            p,
+            &[
+                "data",
+                "shuffle",
+                &format!("{task}5.safetensors"),
+                "--seed",
+                "9",
+                "-o",
+                "s.safetensors",
+            ],
+        ));
+        ok(mnemo_in(
+            p,
+            &[
+                "data",
+                "concat",
+                "s.safetensors",
+                "t.safetensors",
+                "-o",
+                "c.safetensors",
+            ],
+        ));
+        let c = Checkpoint::open(p.join("c.safetensors")).unwrap();
+        let (ci, ct) = (c.bytes("input").unwrap(), c.bytes("target").unwrap());
+        let (bi, bt) = (b.bytes("input").unwrap(), b.bytes("target").unwrap());
+        let (ri, rt) = (bi.len() / 5, bt.len() / 5);
+        assert_eq!(ci.len(), 2 * bi.len());
+        for k in 0..10 {
+            let row = &ci[k * ri..(k + 1) * ri];
+            let j = (0..5)
+                .find(|&j| &bi[j * ri..(j + 1) * ri] == row)
+                .unwrap_or_else(|| panic!("{task}: example {k} is not an input of the source"));
+            assert_eq!(
+                &ct[k * rt..(k + 1) * rt],
+                &bt[j * rt..(j + 1) * rt],
+                "{task} {k}"
+            );
+        }
+        let moved = (0..5).any(|k| ci[k * ri..(k + 1) * ri] != bi[k * ri..(k + 1) * ri]);
+        assert!(moved, "{task}: the shuffle kept the order");
+        for args in [
+            vec![
+                "permute",
+                "s.safetensors",
+                "--seed",
+                "1",
+                "-o",
+                "x.safetensors",
+            ],
+            vec![
+                "rotate",
+                "s.safetensors",
+                "--degrees",
+                "10",
+                "-o",
+                "x.safetensors",
+            ],
+            vec![
+                "split",
+                "s.safetensors",
+                "--classes",
+                "0",
+                "-o",
+                "x.safetensors",
+            ],
+        ] {
+            let mut a = vec!["data"];
+            a.extend(args);
+            let r = mnemo_in(p, &a);
+            assert_eq!(r.code, 2, "{a:?}: {}", r.stderr);
+            assert!(r.stderr.contains("s.safetensors"), "{}", r.stderr);
+            assert!(!p.join("x.safetensors").exists());
+        }
+    }
+    // Masks and multi-hot rows do not mix.
+    let r = mnemo_in(
+        p,
+        &[
+            "data",
+            "concat",
+            "seg5.safetensors",
+            "det5.safetensors",
+            "-o",
+            "x.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("det5.safetensors"), "{}", r.stderr);
+}

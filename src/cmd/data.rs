@@ -312,10 +312,14 @@ fn write(
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
-    JsonLines::stdout().emit(&json!({
+    let mut line = json!({
         "output": out.display().to_string(), "examples": d.len(), "dtype": d.dtype.to_string(),
         "example_shape": d.example_shape, "classes": counts,
-    }))
+    });
+    if !d.has_classes() {
+        line["target_shape"] = json!(d.target_shape);
+    }
+    JsonLines::stdout().emit(&line)
 }
 
 /// Writes a dataset with masks or multi-hot rows, and reports what the target holds:
@@ -448,6 +452,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     example_shape: vec![3, s, s],
                     input: d.input,
                     target: d.target_class,
+                    target_shape: vec![],
+                    target_dtype: mnemo::checkpoint::Dtype::I64,
                 };
                 write(&raw, &output, &[], &extra)?;
             } else {
@@ -510,6 +516,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             output,
         } => {
             let d = RawDataset::open(&input)?;
+            // The input turns; masks would have to turn with it (not done here).
+            d.require_classes("rotate")?;
             let r = mnemo::data::rotate::rotate(&d, degrees, shape)?;
             let mut extra = vec![("rotate_degrees", degrees.to_string())];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
@@ -522,6 +530,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             output,
         } => {
             let d = RawDataset::open(&input)?;
+            d.require_classes("split --classes")?;
             let rows: Vec<usize> = (0..d.len())
                 .filter(|&i| classes.contains(&d.target[i]))
                 .collect();
@@ -564,7 +573,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             seed,
             output,
         } => {
-            let (p, _) = RawDataset::open(&input)?.permuted(seed);
+            let d = RawDataset::open(&input)?;
+            // A feature permutation of the input would leave masks behind.
+            d.require_classes("permute")?;
+            let (p, _) = d.permuted(seed);
             let mut extra = vec![("permutation_seed", seed.to_string())];
             extra.extend(class_names(&input).map(|n| (CLASS_NAMES, n)));
             write(&p, &output, &[&input], &extra)?;
@@ -631,13 +643,39 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect();
-            JsonLines::stdout().emit(&json!({
+            let mut line = json!({
                 "path": input.display().to_string(), "examples": d.len(),
                 "dtype": raw.dtype.to_string(), "example_shape": raw.example_shape,
                 "classes": counts,
                 // As the model sees it (U8 scaled by 1/255).
                 "min": lo, "max": hi,
-            }))?;
+            });
+            match raw.target_shape.len() {
+                0 => {}
+                // Masks: pixels per value (255: void).
+                2 => {
+                    let mut px = std::collections::BTreeMap::<i64, u64>::new();
+                    for &v in &raw.target {
+                        *px.entry(v).or_default() += 1;
+                    }
+                    line["target_shape"] = json!(raw.target_shape);
+                    line["pixels"] = json!(px
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), json!(v)))
+                        .collect::<serde_json::Map<_, _>>());
+                }
+                // Multi-hot rows: positives per column.
+                _ => {
+                    let k = raw.target_shape[0].max(1);
+                    let mut pos = vec![0i64; k];
+                    for (i, &v) in raw.target.iter().enumerate() {
+                        pos[i % k] += v;
+                    }
+                    line["target_shape"] = json!(raw.target_shape);
+                    line["positives"] = json!(pos);
+                }
+            }
+            JsonLines::stdout().emit(&line)?;
         }
     }
     Ok(Status::Success)

@@ -386,6 +386,8 @@ pub fn import_folder(dir: &Path, opts: &FolderOptions) -> Result<FolderImport> {
             example_shape: vec![c, h, w],
             input,
             target: files.iter().map(|(_, t)| *t).collect(),
+            target_shape: vec![],
+            target_dtype: Dtype::I64,
         },
         classes,
         skipped,

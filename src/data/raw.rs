@@ -19,7 +19,13 @@ pub struct RawDataset {
     /// Shape of one example.
     pub example_shape: Vec<usize>,
     pub input: Vec<u8>,
+    /// Targets, example-major: one class id per example, or `target_shape` values per
+    /// example (masks `[H, W]`, multi-hot rows `[K]`).
     pub target: Vec<i64>,
+    /// Shape of one example's target: empty for class ids.
+    pub target_shape: Vec<usize>,
+    /// The target's dtype in the file (class ids are always written back as I64).
+    pub target_dtype: Dtype,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> MnemoError {
@@ -34,20 +40,51 @@ impl RawDataset {
     pub fn open(path: impl AsRef<Path>) -> Result<RawDataset> {
         let path = path.as_ref();
         // The full validation (names, counts, dtypes, labels, finite values) lives there.
-        super::Dataset::open(path)?.require_class("the data tools")?;
+        let kind = super::Dataset::open(path)?.target_kind;
         let ckpt = Checkpoint::open(path)?;
         let e = ckpt.entry("input")?;
+        let t = ckpt.entry("target")?;
+        let (target_shape, target_dtype) = match kind {
+            super::TargetKind::Class => (vec![], Dtype::I64),
+            _ => (t.shape[1..].to_vec(), t.dtype),
+        };
         Ok(RawDataset {
             path: path.to_path_buf(),
             dtype: e.dtype,
             example_shape: e.shape[1..].to_vec(),
             input: ckpt.bytes("input")?.to_vec(),
             target: ckpt.to_i64("target")?,
+            target_shape,
+            target_dtype,
         })
     }
 
+    /// Target values per example (1 for class ids).
+    fn target_len(&self) -> usize {
+        self.target_shape.iter().product::<usize>()
+    }
+
+    /// Whether the targets are class ids (not masks or multi-hot rows).
+    pub fn has_classes(&self) -> bool {
+        self.target_shape.is_empty()
+    }
+
+    /// Fails unless the targets are class ids: `what` needs them.
+    pub fn require_classes(&self, what: &str) -> Result<()> {
+        if self.has_classes() {
+            return Ok(());
+        }
+        Err(bad(
+            &self.path,
+            format!(
+                "'target' is {:?} per example (masks or multi-hot rows); {what} needs class ids [N]",
+                self.target_shape
+            ),
+        ))
+    }
+
     pub fn len(&self) -> usize {
-        self.target.len()
+        self.target.len() / self.target_len().max(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,13 +99,16 @@ impl RawDataset {
     /// The examples `rows`, in that order.
     pub fn select(&self, rows: &[usize]) -> RawDataset {
         let rb = self.row_bytes();
+        let tl = self.target_len();
         let mut input = Vec::with_capacity(rows.len() * rb);
+        let mut target = Vec::with_capacity(rows.len() * tl);
         for &r in rows {
             input.extend_from_slice(&self.input[r * rb..(r + 1) * rb]);
+            target.extend_from_slice(&self.target[r * tl..(r + 1) * tl]);
         }
         RawDataset {
             input,
-            target: rows.iter().map(|&r| self.target[r]).collect(),
+            target,
             ..self.clone()
         }
     }
@@ -105,6 +145,17 @@ impl RawDataset {
 
     /// Appends `other` (same dtype and example shape).
     pub fn concat(mut self, other: &RawDataset) -> Result<RawDataset> {
+        if other.target_shape != self.target_shape {
+            return Err(bad(
+                &other.path,
+                format!(
+                    "'target' is {:?} per example but {} has {:?}",
+                    other.target_shape,
+                    self.path.display(),
+                    self.target_shape
+                ),
+            ));
+        }
         if other.dtype != self.dtype || other.example_shape != self.example_shape {
             return Err(bad(
                 &other.path,
@@ -123,20 +174,43 @@ impl RawDataset {
         Ok(self)
     }
 
-    /// Examples per class id.
+    /// Examples per class id (empty for masks and multi-hot rows).
     pub fn class_counts(&self) -> BTreeMap<i64, usize> {
         let mut m = BTreeMap::new();
+        if !self.has_classes() {
+            return m;
+        }
         for &t in &self.target {
             *m.entry(t).or_insert(0) += 1;
         }
         m
     }
 
-    /// Writes the dataset atomically (`input` in its dtype, `target` I64).
+    /// Writes the dataset atomically (`input` in its dtype; `target` I64 for class ids,
+    /// masks and multi-hot rows in their own dtype).
     pub fn write(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
         let mut shape = vec![self.len()];
         shape.extend(&self.example_shape);
-        let target: Vec<u8> = self.target.iter().flat_map(|t| t.to_le_bytes()).collect();
+        let mut target_shape = vec![self.len()];
+        target_shape.extend(&self.target_shape);
+        // Masks and multi-hot values are small non-negative integers (0/1, class ids, 255):
+        // each dtype the loader accepts for them holds them exactly.
+        let (target_dtype, target): (Dtype, Vec<u8>) = match self.target_dtype {
+            Dtype::U8 if !self.has_classes() => {
+                (Dtype::U8, self.target.iter().map(|&t| t as u8).collect())
+            }
+            Dtype::F32 if !self.has_classes() => (
+                Dtype::F32,
+                self.target
+                    .iter()
+                    .flat_map(|&t| (t as f32).to_le_bytes())
+                    .collect(),
+            ),
+            _ => (
+                Dtype::I64,
+                self.target.iter().flat_map(|t| t.to_le_bytes()).collect(),
+            ),
+        };
         let tensors = vec![
             OwnedTensor {
                 name: "input".into(),
@@ -146,8 +220,8 @@ impl RawDataset {
             },
             OwnedTensor {
                 name: "target".into(),
-                dtype: Dtype::I64,
-                shape: vec![self.len()],
+                dtype: target_dtype,
+                shape: target_shape,
                 data: Cow::Owned(target),
             },
         ];
@@ -326,6 +400,8 @@ pub fn idx_dataset(
         example_shape,
         input,
         target: lab.iter().map(|&b| b as i64).collect(),
+        target_shape: vec![],
+        target_dtype: Dtype::I64,
     })
 }
 
@@ -589,6 +665,8 @@ fn from_arrays(xs: Npy, x: &Path, ys: Npy, y: &Path) -> Result<RawDataset> {
         example_shape: xs.shape[1..].to_vec(),
         input: xs.data,
         target,
+        target_shape: vec![],
+        target_dtype: Dtype::I64,
     })
 }
 
@@ -706,6 +784,8 @@ mod tests {
             example_shape: vec![3],
             input: vec![1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0],
             target: vec![0, 1],
+            target_shape: vec![],
+            target_dtype: Dtype::I64,
         };
         let (p, perm) = d.permuted(7);
         for (row, src) in p.input.chunks(6).zip(d.input.chunks(6)) {

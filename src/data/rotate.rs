@@ -206,6 +206,8 @@ mod tests {
             example_shape,
             input,
             target: vec![0; n],
+            target_shape: vec![],
+            target_dtype: Dtype::I64,
         }
     }
 
