@@ -151,3 +151,85 @@ fn permuted_mnist_pipeline_runs_at_ci_size() {
         "the optimizer state changes the run"
     );
 }
+
+/// The multi-task vision example at CI size: generated shapes at 64 px, a narrow
+/// EfficientNet-B0 trunk with seg/det/cls heads, three stages under fine-tuning, EWC and EWC
+/// with the balancing pass; per-stage mIoU / mAP / accuracy records, the criterion's
+/// verdict and the loss-curve figure.
+#[test]
+fn multitask_vision_pipeline_runs_at_ci_size() {
+    let d = workdir();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = d.path().join("out");
+    let r = Command::new("bash")
+        .arg(format!("{root}/examples/multitask-vision/run.sh"))
+        .env("MNEMO", env!("CARGO_BIN_EXE_mnemo"))
+        .env("OUT", &out)
+        .envs([
+            ("N_TRAIN", "32"),
+            ("N_VAL", "16"),
+            ("N_TEST", "16"),
+            ("EPOCHS", "1"),
+            ("BATCH", "16"),
+            ("FISHER_N", "8"),
+            ("BALANCE", "1"),
+            ("BALANCE_N", "16"),
+            (
+                "ARCH",
+                "effnet_multitask:num_classes=5,width_mult=0.25,depth_mult=0.34,decoder_channels=8",
+            ),
+        ])
+        .current_dir(d.path())
+        .output()
+        .expect("run the pipeline");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    // Three runs (finetune, ewc, ewc-balanced) × (stage 0 + three stages) × three tasks.
+    assert_eq!(results.lines().count(), 3 * 4 * 3, "{results}");
+    let lines: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (task, field) in [(1, "miou"), (2, "map"), (3, "accuracy")] {
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l["task"] == task)
+                .all(|l| l[field].is_number()),
+            "task {task} records need '{field}'"
+        );
+    }
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "check",
+            "out/results.jsonl",
+            "--metric",
+            "miou,map,accuracy",
+        ],
+    );
+    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+    let runs = r.last_json()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 3, "{}", r.stdout);
+    assert!(runs
+        .iter()
+        .all(|run| run["tasks"].as_array().unwrap().len() == 3));
+    let r = mnemo_in(
+        d.path(),
+        &[
+            "report",
+            "out/curves/ewc-stage1-seg.jsonl",
+            "out/curves/ewc-stage2-det.jsonl",
+            "out/curves/ewc-stage3-cls.jsonl",
+            "-o",
+            "curves.png",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(d.path().join("curves.png").metadata().unwrap().len() > 1000);
+    // EWC wrote a Fisher per earlier task, each from its own head's loss.
+    let f =
+        mnemo::checkpoint::Checkpoint::open(out.join("runs/ewc/fisher1-seg.safetensors")).unwrap();
+    assert_eq!(f.metadata()["mnemo.fisher.loss"], "dice-bce");
+    assert_eq!(f.metadata()["mnemo.fisher.head"], "seg");
+}
