@@ -3,6 +3,7 @@
 //! that have a backward (candle's fused norms and softmax do not), and
 //! torch's default initialisation drawn from mnemo's own seeded RNG.
 
+pub mod conv;
 mod init;
 mod partial;
 pub mod spec;
@@ -350,9 +351,8 @@ impl Model {
                 bias,
                 ..
             } => {
-                let y = x
-                    .conv2d(&w(self, "weight")?, padding, stride, 1, groups)
-                    .map_err(c)?;
+                // f32 on the CPU: the host kernels of conv.rs; candle's conv2d otherwise.
+                let y = conv::conv2d(x, &w(self, "weight")?, padding, stride, groups).map_err(c)?;
                 let y = if bias {
                     let b = w(self, "bias")?;
                     let n = b.dim(0).map_err(c)?;
