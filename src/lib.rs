@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod drift;
 pub mod error;
+mod linalg;
 pub mod lora;
 pub mod merge;
 pub mod metrics;

@@ -291,12 +291,11 @@ fn class_names(path: &Path) -> Option<String> {
         .cloned()
 }
 
-fn write(
-    d: &RawDataset,
-    out: &Path,
+/// Provenance (the command, the inputs' hashes) plus `mnemo.data.*` entries.
+fn metadata(
     inputs: &[&Path],
     extra: &[(&str, String)],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let mut prov = Provenance::from_args(&super::argv());
     for p in inputs {
         prov.input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
@@ -305,6 +304,16 @@ fn write(
     for (k, v) in extra {
         meta.insert(format!("mnemo.data.{k}"), v.clone());
     }
+    Ok(meta)
+}
+
+fn write(
+    d: &RawDataset,
+    out: &Path,
+    inputs: &[&Path],
+    extra: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let meta = metadata(inputs, extra)?;
     d.write(out, &meta)
         .with_context(|| format!("writing {}", out.display()))?;
     let counts: serde_json::Map<String, serde_json::Value> = d
@@ -330,14 +339,7 @@ fn write_u8(
     inputs: &[&Path],
     extra: &[(&str, String)],
 ) -> anyhow::Result<()> {
-    let mut prov = Provenance::from_args(&super::argv());
-    for p in inputs {
-        prov.input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
-    }
-    let mut meta = prov.metadata();
-    for (k, v) in extra {
-        meta.insert(format!("mnemo.data.{k}"), v.clone());
-    }
+    let meta = metadata(inputs, extra)?;
     d.write(out, &meta)
         .with_context(|| format!("writing {}", out.display()))?;
     let mut line = json!({

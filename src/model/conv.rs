@@ -17,8 +17,8 @@
 //! of batch chunks fixed by the shapes and are added in chunk order. Other devices and dtypes
 //! go to candle's conv2d.
 
+use crate::linalg::{matmul, Parallelism};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 /// conv2d with dilation 1: this module's kernels for f32 on the CPU, candle's conv2d otherwise
@@ -500,49 +500,6 @@ fn dw_grad_weight(geo: &Geom, x: &[f32], g: &[f32]) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------------
 // Everything else: im2col + gemm per image and group.
 // ---------------------------------------------------------------------------------------------
-
-/// dst[m×n] (+)= lhs[m×k]·rhs[k×n], every operand given by its (row, column) strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    par: Parallelism,
-) {
-    assert!(m > 0 && n > 0 && k > 0);
-    assert!(dst.len() >= m * n);
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts above keep every index the strides can reach inside the slices;
-    // dst does not alias lhs or rhs (distinct borrows).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-}
 
 /// One image [cin, h, w] unfolded into `col` [cin·k·k, ho·wo], rows in `Geom::row` order;
 /// each output row is a run of copies (stride 1) or a strided gather, with zeros where the

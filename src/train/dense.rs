@@ -9,8 +9,8 @@
 //! land directly in the engine's host buffers. Other layer types (and CUDA)
 //! use candle's autograd; both paths are checked against PyTorch.
 
+use crate::linalg::Parallelism;
 use crate::model::{ArchSpec, Layer};
-use gemm::{gemm, Parallelism};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,54 +47,27 @@ fn par() -> Parallelism {
     Parallelism::Rayon(rayon::current_num_threads())
 }
 
-/// dst[m×n] (+)= lhs[m×k]·rhs[k×n], every operand given by its (row, column) strides.
+/// `linalg::matmul` on every thread of the pool.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    assert!(dst.len() >= m * n);
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts above keep every index the strides can reach inside the slices;
-    // dst does not alias lhs or rhs (distinct borrows).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par(),
-        );
-    }
+    crate::linalg::matmul(
+        dims,
+        dst,
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        par(),
+    );
 }
 
 impl DenseNet {

@@ -223,6 +223,12 @@ pub fn fisher(
         }
         progress(idx.len());
     }
+    mean_over(acc, model, n)
+}
+
+/// The Fisher from sums of squared gradients over `n` examples: every trainable parameter,
+/// zeros where no gradient reached it.
+fn mean_over(mut acc: BTreeMap<String, Tensor>, model: &Model, n: usize) -> Result<FisherDiag> {
     let scale = 1.0 / n as f64;
     let mut values = BTreeMap::new();
     for (name, var) in &model.params {
@@ -295,19 +301,7 @@ fn loss_fisher(
         }
         progress(idx.len());
     }
-    let scale = 1.0 / order.len() as f64;
-    let mut values = BTreeMap::new();
-    for (name, var) in &model.params {
-        let t = match acc.remove(name) {
-            Some(t) => (t * scale).map_err(ce("Fisher"))?,
-            None => var.as_tensor().zeros_like().map_err(ce("Fisher"))?,
-        };
-        values.insert(name.clone(), t);
-    }
-    Ok(FisherDiag {
-        values,
-        samples: order.len(),
-    })
+    mean_over(acc, model, order.len())
 }
 
 /// `fisher` for dense networks, on host buffers (see `DenseNet::backward_squared`).
