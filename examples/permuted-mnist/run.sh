@@ -26,6 +26,9 @@ LAMBDA=${LAMBDA:-250}
 ONLINE_LAMBDA=${ONLINE_LAMBDA:-500}
 GAMMA=${GAMMA:-0.9}
 OPTIMIZER=${OPTIMIZER:-carry}
+# The Fisher's label: empirical (the true one) or predicted (the model's argmax, as van de
+# Ven & Tolias's code does).
+FISHER_MODE=${FISHER_MODE:-empirical}
 
 mkdir -p "$OUT/data"
 say() { echo "permuted-mnist: $*" >&2; }
@@ -52,9 +55,12 @@ results="$OUT/results.jsonl"
 : > "$results"
 tests=()
 for k in $(seq 1 "$TASKS"); do tests+=("$OUT/data/task$k-test.safetensors"); done
+# Runs with the predicted-label Fisher are a different run in the records.
+fisher_label=()
+[ "$FISHER_MODE" != empirical ] && fisher_label=(--label "fisher=$FISHER_MODE")
 record() {
   "$MNEMO" eval "$5" --data "${tests[@]}" --stage "$4" -q \
-    --label "scenario=domain" --label "method=$2" --label "optimizer=$OPTIMIZER" --label "seed=$3" | grep '"task"' >> "$results"
+    --label "scenario=domain" --label "method=$2" --label "optimizer=$OPTIMIZER" ${fisher_label[@]+"${fisher_label[@]}"} --label "seed=$3" | grep '"task"' >> "$results"
 }
 
 for seed in $SEEDS; do
@@ -81,14 +87,14 @@ for seed in $SEEDS; do
         ewc)
           "$MNEMO" train-ewc "$prev" --data "$train" ${penalties[@]+"${penalties[@]}"} --lambda "$LAMBDA" \
             $TRAIN ${optim[@]+"${optim[@]}"} --seed "$seed" -o "$out" >/dev/null
-          "$MNEMO" fisher "$out" --data "$train" -o "$d/fisher$k.safetensors" >/dev/null
+          "$MNEMO" fisher "$out" --data "$train" --mode "$FISHER_MODE" -o "$d/fisher$k.safetensors" >/dev/null
           penalties+=(--penalty "$d/fisher$k.safetensors:$out") ;;
         online-ewc)
           "$MNEMO" train-ewc "$prev" --data "$train" ${penalties[@]+"${penalties[@]}"} --lambda "$ONLINE_LAMBDA" \
             $TRAIN ${optim[@]+"${optim[@]}"} --seed "$seed" -o "$out" >/dev/null
           acc=()
           [ "$k" -gt 1 ] && acc=(--accumulate "$d/fisher$((k - 1)).safetensors" --gamma "$GAMMA")
-          "$MNEMO" fisher "$out" --data "$train" ${acc[@]+"${acc[@]}"} -o "$d/fisher$k.safetensors" >/dev/null
+          "$MNEMO" fisher "$out" --data "$train" --mode "$FISHER_MODE" ${acc[@]+"${acc[@]}"} -o "$d/fisher$k.safetensors" >/dev/null
           penalties=(--penalty "$d/fisher$k.safetensors:$out") ;;
         *) echo "unknown method $method" >&2; exit 2 ;;
       esac
