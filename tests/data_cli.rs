@@ -1290,3 +1290,82 @@ fn row_tools_carry_masks_and_multi_hot_rows() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("det5.safetensors"), "{}", r.stderr);
 }
+
+/// `data pad`: a flat MNIST-like input padded through --shape stays flat, with the image in
+/// the middle and zeros around it; masks and a flat input without --shape are refused.
+#[test]
+fn pad_puts_zero_borders_around_every_image() {
+    let d = workdir();
+    let p = d.path();
+    let src = fixture("mnist-small/test.safetensors");
+    ok(mnemo_in(
+        p,
+        &[
+            "data",
+            "pad",
+            &src,
+            "--pad",
+            "2",
+            "--shape",
+            "28,28",
+            "-o",
+            "p.safetensors",
+        ],
+    ));
+    let (a, b) = (
+        Checkpoint::open(&src).unwrap(),
+        Checkpoint::open(p.join("p.safetensors")).unwrap(),
+    );
+    let n = a.entry("input").unwrap().shape[0];
+    assert_eq!(b.entry("input").unwrap().shape, vec![n, 32 * 32]);
+    assert_eq!(a.bytes("target").unwrap(), b.bytes("target").unwrap());
+    let (x, y) = (a.bytes("input").unwrap(), b.bytes("input").unwrap());
+    for i in [0, n / 2, n - 1] {
+        for r in 0..32 {
+            for c in 0..32 {
+                let got = y[i * 1024 + r * 32 + c];
+                let want = if (2..30).contains(&r) && (2..30).contains(&c) {
+                    x[i * 784 + (r - 2) * 28 + (c - 2)]
+                } else {
+                    0
+                };
+                assert_eq!(got, want, "example {i} at ({r}, {c})");
+            }
+        }
+    }
+    let r = mnemo_in(
+        p,
+        &["data", "pad", &src, "--pad", "2", "-o", "x.safetensors"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--shape"), "{}", r.stderr);
+    ok(mnemo_in(
+        p,
+        &[
+            "data",
+            "shapes",
+            "-n",
+            "2",
+            "--size",
+            "16",
+            "--task",
+            "seg",
+            "-o",
+            "m.safetensors",
+        ],
+    ));
+    let r = mnemo_in(
+        p,
+        &[
+            "data",
+            "pad",
+            "m.safetensors",
+            "--pad",
+            "1",
+            "-o",
+            "x.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!p.join("x.safetensors").exists());
+}

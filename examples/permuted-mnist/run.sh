@@ -29,6 +29,10 @@ OPTIMIZER=${OPTIMIZER:-carry}
 # The Fisher's label: empirical (the true one) or predicted (the model's argmax, as van de
 # Ven & Tolias's code does).
 FISHER_MODE=${FISHER_MODE:-empirical}
+# Their code's data: PAD=2 zero-pads the 28×28 digits to 32×32 before permuting (1,024
+# inputs), FIRST_UNPERMUTED=1 leaves task 1 as plain MNIST.
+PAD=${PAD:-0}
+FIRST_UNPERMUTED=${FIRST_UNPERMUTED:-0}
 
 mkdir -p "$OUT/data"
 say() { echo "permuted-mnist: $*" >&2; }
@@ -39,12 +43,21 @@ for part in train test; do
     "$MNEMO" data take "$src" "$take" -o "$OUT/data/$part-base.safetensors" >/dev/null
     src="$OUT/data/$part-base.safetensors"
   fi
+  if [ "$PAD" -gt 0 ]; then
+    "$MNEMO" data pad "$src" --pad "$PAD" --shape 28,28 -o "$OUT/data/$part-pad.safetensors" >/dev/null
+    src="$OUT/data/$part-pad.safetensors"
+  fi
   for k in $(seq 1 "$TASKS"); do
     f="$OUT/data/task$k-$part.safetensors"
-    [ -f "$f" ] || "$MNEMO" data permute "$src" --seed "$k" -o "$f" >/dev/null
+    if [ "$k" = 1 ] && [ "$FIRST_UNPERMUTED" = 1 ]; then
+      cp "$src" "$f"
+    else
+      [ -f "$f" ] || "$MNEMO" data permute "$src" --seed "$k" -o "$f" >/dev/null
+    fi
   done
 done
 n=$("$MNEMO" data stats "$OUT/data/task1-train.safetensors" | sed 's/.*"examples":\([0-9]*\).*/\1/')
+inputs=$(( (28 + 2 * PAD) * (28 + 2 * PAD) ))
 per_epoch=$(( (n + 127) / 128 ))
 epochs=$(( (ITERS + per_epoch - 1) / per_epoch ))
 batches=$(( (ITERS + epochs - 1) / epochs ))
@@ -58,6 +71,8 @@ for k in $(seq 1 "$TASKS"); do tests+=("$OUT/data/task$k-test.safetensors"); don
 # Runs with the predicted-label Fisher are a different run in the records.
 fisher_label=()
 [ "$FISHER_MODE" != empirical ] && fisher_label=(--label "fisher=$FISHER_MODE")
+[ "$PAD" -gt 0 ] && fisher_label+=(--label "pad=p$PAD")
+[ "$FIRST_UNPERMUTED" = 1 ] && fisher_label+=(--label "first=unpermuted")
 record() {
   "$MNEMO" eval "$5" --data "${tests[@]}" --stage "$4" -q \
     --label "scenario=domain" --label "method=$2" --label "optimizer=$OPTIMIZER" ${fisher_label[@]+"${fisher_label[@]}"} --label "seed=$3" | grep '"task"' >> "$results"
@@ -67,7 +82,7 @@ for seed in $SEEDS; do
   dir="$OUT/runs/seed$seed"
   mkdir -p "$dir"
   m0="$dir/init.safetensors"
-  "$MNEMO" init --arch "mlp:784-$HIDDEN-$HIDDEN-10" --seed "$seed" -o "$m0" >/dev/null
+  "$MNEMO" init --arch "mlp:$inputs-$HIDDEN-$HIDDEN-10" --seed "$seed" -o "$m0" >/dev/null
   for method in $METHODS; do
     say "seed $seed, $method"
     d="$dir/$method"

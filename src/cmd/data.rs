@@ -23,6 +23,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("arrays saved by np.savez / np.savez_compressed (Keras' mnist.npz names them x_train, y_train)", "mnemo data import npz mnist.npz --x x_train --y y_train -o mnist-train.safetensors"),
         ("Pascal VOC 2012's train split as 21-class masks at 128x128 (void pixels stay 255)", "mnemo data import voc VOCdevkit/VOC2012 --split train --size 128,128 -o voc-train.safetensors"),
         ("COCO's category presence per image (80 columns, ids 1-90 mapped to 0-79)", "mnemo data import coco annotations/instances_val2017.json val2017/ --size 224,224 -o coco-val.safetensors"),
+        ("MNIST padded to 32x32 (flat rows stay flat), as van de Ven & Tolias before permuting", "mnemo data pad mnist.safetensors --pad 2 --shape 28,28 -o mnist32.safetensors"),
         ("a generated shapes dataset: binary masks, then presence (80 columns) on the same images", "mnemo data shapes -n 2000 --task seg --seed 1 -o shapes-seg.safetensors && mnemo data shapes -n 2000 --task det --labels 80 --seed 1 -o shapes-det.safetensors"),
         ("a 1000-example validation set after the first 50000", "mnemo data take mnist-train.safetensors 1000 --skip 50000 -o val.safetensors"),
         ("examples per class and value range", "mnemo data stats task2.safetensors"),
@@ -66,6 +67,20 @@ pub enum DataCommand {
         /// Angle in degrees, counter-clockwise (negative: clockwise).
         #[arg(long, allow_negative_numbers = true, value_name = "D", value_parser = parse_degrees)]
         degrees: f64,
+        /// Image height and width of a flat input (each row is C·H·W values).
+        #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+        shape: Option<(usize, usize)>,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// Zero borders of P pixels around every image (torchvision's transforms.Pad(P)): Permuted
+    /// MNIST as van de Ven & Tolias run it pads 28×28 to 32×32 before permuting. Images are the
+    /// last two axes of each example; a flat [N,H·W] input needs --shape H,W and stays flat.
+    Pad {
+        input: PathBuf,
+        /// Pixels added on each side.
+        #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=4096))]
+        pad: u64,
         /// Image height and width of a flat input (each row is C·H·W values).
         #[arg(long, value_name = "H,W", value_parser = parse_hw)]
         shape: Option<(usize, usize)>,
@@ -522,6 +537,20 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             d.require_classes("rotate")?;
             let r = mnemo::data::rotate::rotate(&d, degrees, shape)?;
             let mut extra = vec![("rotate_degrees", degrees.to_string())];
+            extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
+            write(&r, &output, &[&input], &extra)?;
+        }
+        DataCommand::Pad {
+            input,
+            pad,
+            shape,
+            output,
+        } => {
+            let d = RawDataset::open(&input)?;
+            // Masks would need the same border.
+            d.require_classes("pad")?;
+            let r = mnemo::data::pad::pad(&d, pad as usize, shape)?;
+            let mut extra = vec![("pad", pad.to_string())];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
             write(&r, &output, &[&input], &extra)?;
         }

@@ -101,17 +101,22 @@ fn sample(t: &Tap, v: &[f64]) -> f64 {
     acc
 }
 
-/// Rotates every `h`×`w` plane of every example by `degrees` (counter-clockwise), keeping the
-/// shape and dtype. `plane` is (H, W) for a flat input (`[N, H·W]` or `[N, C·H·W]`); without
-/// it the last two axes of the example shape are the image.
-pub fn rotate(d: &RawDataset, degrees: f64, plane: Option<(usize, usize)>) -> Result<RawDataset> {
-    if !degrees.is_finite() {
-        return Err(bad(d, format!("cannot rotate by {degrees} degrees")));
-    }
+/// The (H, W) of the images in `d`: `plane` for a flat input (`[N, H·W]` or `[N, C·H·W]`),
+/// else the last two axes of the example shape. `what` names the operation in errors.
+pub fn image_plane(
+    d: &RawDataset,
+    plane: Option<(usize, usize)>,
+    what: &str,
+) -> Result<(usize, usize)> {
     let features: usize = d.example_shape.iter().product();
     let es = &d.example_shape;
-    let (h, w) = match (plane, es.len()) {
-        (_, 0) => return Err(bad(d, "examples are scalars: there is no image to rotate")),
+    Ok(match (plane, es.len()) {
+        (_, 0) => {
+            return Err(bad(
+                d,
+                format!("examples are scalars: there is no image to {what}"),
+            ))
+        }
         (None, 1) => {
             let side = (features as f64).sqrt().round() as usize;
             let hint = if side * side == features {
@@ -144,7 +149,17 @@ pub fn rotate(d: &RawDataset, degrees: f64, plane: Option<(usize, usize)>) -> Re
             }
             (h, w)
         }
-    };
+    })
+}
+
+/// Rotates every `h`×`w` plane of every example by `degrees` (counter-clockwise), keeping the
+/// shape and dtype. `plane` is (H, W) for a flat input (`[N, H·W]` or `[N, C·H·W]`); without
+/// it the last two axes of the example shape are the image.
+pub fn rotate(d: &RawDataset, degrees: f64, plane: Option<(usize, usize)>) -> Result<RawDataset> {
+    if !degrees.is_finite() {
+        return Err(bad(d, format!("cannot rotate by {degrees} degrees")));
+    }
+    let (h, w) = image_plane(d, plane, "rotate")?;
     if h * w == 0 {
         return Err(bad(
             d,
