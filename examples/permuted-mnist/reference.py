@@ -88,6 +88,9 @@ def main():
         model.train()
         return float((pred == yte).float().mean())
 
+    # A string field, so `mnemo report` tells the data protocols apart as runs.
+    protocol = f"{28 + 2 * a.pad}x{28 + 2 * a.pad}-" + (
+        "first-unpermuted" if a.first_unpermuted else "all-permuted")
     results = []
     t0 = time.time()
     for k in range(a.tasks):
@@ -127,6 +130,7 @@ def main():
                 fishers.append((fi, st))
         for j in range(a.tasks):
             r = {"stage": k + 1, "task": j + 1, "accuracy": accuracy(j), "method": a.method,
+                 "protocol": protocol,
                  "pad": a.pad, "first_unpermuted": a.first_unpermuted, "fisher": a.fisher,
                  "seed": a.seed, "tool": "torch"}
             results.append(r)
