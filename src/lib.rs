@@ -2,13 +2,15 @@
 //! and JSON Lines. The library knows nothing of the command line; `src/cmd/`
 //! maps arguments onto it. See ARCHITECTURE.md for the map.
 
+pub mod arch;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod drift;
 pub mod error;
+pub mod eval;
 mod linalg;
 pub mod lora;
+pub mod loss;
 pub mod merge;
 pub mod metrics;
 pub mod mlflow;

@@ -3,7 +3,7 @@
 //! `parse` turns argv into the final `ArgMatches`:
 //! 1. clap parses argv as typed (a missing required argument is forgiven for now: the
 //!    file or the environment may supply it);
-//! 2. `resolve` reads the layers (`mnemo::config`: the `--config` file, `MNEMO_*`
+//! 2. `resolve` reads the layers (`cmd/layers.rs`: the `--config` file, `MNEMO_*`
 //!    variables, `--set`), asks clap which arguments the command line gave
 //!    (`ArgMatches::value_source`), picks each setting's value by precedence (file <
 //!    environment < command line < --set), checks every value that came from a layer with
@@ -16,11 +16,11 @@
 //!
 //! The typed `Args` structs are then built from those matches as before.
 
+use super::layers::{effective, ConfigFile, Kind, Layers, Schema, Source, Value, GLOBAL};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::ArgAction;
-use mnemo::config::{effective, ConfigFile, Kind, Layers, Schema, Source, Value, GLOBAL};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -151,7 +151,7 @@ pub fn tree() -> Tree {
                 walk(s, path, out);
             } else {
                 out.insert(
-                    mnemo::config::table_name(path),
+                    super::layers::table_name(path),
                     s.get_arguments()
                         .filter(|a| !a.is_global_set())
                         .filter_map(key_arg)
@@ -218,7 +218,7 @@ pub fn mnemo_env() -> anyhow::Result<Vec<(String, String)>> {
         let Some(k) = k.to_str().map(str::to_string) else {
             continue;
         };
-        if !k.starts_with(mnemo::config::ENV_PREFIX) {
+        if !k.starts_with(super::layers::ENV_PREFIX) {
             continue;
         }
         let v = v
@@ -300,7 +300,7 @@ fn origin(s: &Setting, set: &[String]) -> String {
             .rev()
             .find(|w| {
                 w.split_once('=')
-                    .is_some_and(|(k, _)| mnemo::config::normalize_key(k) == s.arg.key)
+                    .is_some_and(|(k, _)| super::layers::normalize_key(k) == s.arg.key)
             })
             .map(|w| format!("--set {w}"))
             .unwrap_or_else(|| format!("--set {}", s.arg.key)),
@@ -322,7 +322,7 @@ pub fn resolve(argv: &[OsString], env: &[(String, String)]) -> anyhow::Result<Re
         path.push(name.to_string());
         leaf = sub;
     }
-    let table = mnemo::config::table_name(&path);
+    let table = super::layers::table_name(&path);
     let program = argv.first().cloned().unwrap_or_else(|| "mnemo".into());
     let unchanged = |path: Vec<String>| Resolution {
         path,

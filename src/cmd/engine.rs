@@ -10,8 +10,8 @@ use mnemo::model::{Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
 use mnemo::train::{
     self, optim_file, AnchorPull, Event, EwcPenalty, Job, Optimizer, OptimizerConfig,
-    OptimizerKind, Outcome, Penalty, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit,
-    StateFile, TrainConfig,
+    OptimizerKind, Outcome, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit, StateFile,
+    Strategy, TrainConfig,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -311,7 +311,7 @@ pub fn ewc_penalty(
     lambda: f64,
     model: &Model,
     prov: &mut Provenance,
-) -> anyhow::Result<Penalty> {
+) -> anyhow::Result<Option<EwcPenalty>> {
     let mut terms = Vec::new();
     for spec in pairs {
         let (f, a) = spec
@@ -326,10 +326,7 @@ pub fn ewc_penalty(
         prov.input(f, fisher.content_hash()?);
         prov.input(a, anchor.content_hash()?);
     }
-    Ok(Penalty {
-        ewc: (!terms.is_empty()).then_some(EwcPenalty { terms, lambda }),
-        pull: None,
-    })
+    Ok((!terms.is_empty()).then_some(EwcPenalty { terms, lambda }))
 }
 
 /// What a training subcommand hands to `fit` besides the engine flags.
@@ -338,8 +335,8 @@ pub struct Fit<'a> {
     pub model: Model,
     pub data: &'a Dataset,
     pub head: Option<String>,
-    /// The command's penalties (the --l2-anchor pull is added here).
-    pub penalty: Penalty,
+    /// The command's EWC penalties (the --l2-anchor pull is added here).
+    pub penalty: Option<EwcPenalty>,
     /// Provenance with the command's inputs already recorded.
     pub prov: Provenance,
     /// Settings outside the engine flags that change the result (part of the state's
@@ -373,9 +370,10 @@ pub fn fit_with(
     let cfg = e.train_config(f.head.clone())?;
     let opt_cfg = e.optimizer();
     f.prov.seed = Some(e.seed);
+    let mut pull = None;
     if let Some(a) = &e.l2_anchor {
         let ckpt = Checkpoint::open(a)?;
-        f.penalty.pull = Some(
+        pull = Some(
             AnchorPull::load(&ckpt, &f.model, e.l2_lambda)
                 .with_context(|| format!("--l2-anchor {}", a.display()))?,
         );
@@ -394,29 +392,16 @@ pub fn fit_with(
         f.prov
             .input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
     }
-    let state = e.state.as_ref().map(|path| {
-        // Inputs by content and every setting: not paths, not the hidden test hook.
-        let mut h = blake3::Hasher::new();
-        for (_, hash) in &f.prov.inputs {
-            h.update(hash.as_bytes());
-        }
-        let settings = format!(
-            "{}|{:?}|{:?}|{}",
+    let state = e.state.as_ref().map(|path| StateFile {
+        path: path.clone(),
+        fingerprint: StateFile::fingerprint(
+            f.prov.inputs.iter().map(|(_, hash)| hash.as_str()),
             f.command,
-            TrainConfig {
-                halt_after: None,
-                log_every: None,
-                ..cfg.clone()
-            },
-            opt_cfg,
-            f.settings
-        );
-        h.update(settings.as_bytes());
-        StateFile {
-            path: path.clone(),
-            fingerprint: h.finalize().to_hex().to_string(),
-            save_every: e.save_every,
-        }
+            &cfg,
+            &opt_cfg,
+            &f.settings,
+        ),
+        save_every: e.save_every,
     });
     let mut opt = Optimizer::new(opt_cfg);
     if let Some(p) = &e.init_optimizer {
@@ -435,12 +420,22 @@ pub fn fit_with(
             );
         }
     }
+    // Penalties first, then replay: the order their hooks run in.
+    let mut strategies: Vec<&mut dyn Strategy> = Vec::new();
+    if let Some(p) = f.penalty.as_mut() {
+        strategies.push(p);
+    }
+    if let Some(p) = pull.as_mut() {
+        strategies.push(p);
+    }
+    if let Some(r) = f.replay.as_mut() {
+        strategies.push(r);
+    }
     let mut job = Job {
         data: f.data,
         val: val.as_ref(),
-        penalty: &f.penalty,
         state: state.as_ref(),
-        replay: f.replay.as_mut(),
+        strategies,
     };
     let mut model = f.model;
     let outcome = train::train(&mut model, &mut opt, &cfg, &mut job, &mut |ev| {
@@ -465,8 +460,8 @@ pub fn fit_with(
                     "event": "epoch", "epoch": r.epoch + 1, "steps": r.steps, "examples": r.examples,
                     "task_loss": num(r.task_loss), "penalty": num(r.penalty), "lr": num(r.lr),
                 });
-                if let Some(l) = r.replay_loss {
-                    v["replay_loss"] = num(l);
+                for (k, x) in &r.fields {
+                    v[*k] = num(*x);
                 }
                 if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
                     v["val_loss"] = num(l);
@@ -477,8 +472,7 @@ pub fn fit_with(
                 v
             }
         };
-        out.emit(&v)
-            .map_err(|e| mnemo::MnemoError::io("<stdout>", std::io::Error::other(e.to_string())))
+        out.emit_io(&v)
     })?;
     pb.finish_and_clear();
     if outcome.halted {

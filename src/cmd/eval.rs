@@ -5,11 +5,9 @@ use super::engine::LossName;
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::data::{Dataset, TargetKind};
+use mnemo::eval::{self, EvalConfig};
 use mnemo::metrics::dense::mean_present;
-use mnemo::metrics::{score, ClassificationTotals};
-use mnemo::model::{Mode, Model};
-use mnemo::rng::Rng;
-use mnemo::MnemoError;
+use mnemo::model::Model;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -109,22 +107,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut accuracies = Vec::new();
     for (task, path) in args.data.iter().enumerate() {
         let data = Dataset::open(path)?;
-        let (mut line, accuracy) = if data.target_kind == TargetKind::Class {
+        if data.target_kind == TargetKind::Class {
             if let Some(l) = args.loss {
                 l.to_loss(args.focal.alpha, args.focal.gamma)?
                     .check_targets(&data)?;
             }
-            let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
-            let line = json!({
-                "loss": num(totals.loss()),
-                "accuracy": num(totals.accuracy()),
-                "top5": num(totals.top_k_accuracy()),
-                "n": totals.n,
-            });
-            (line, totals.accuracy())
-        } else {
-            evaluate_dense(&args, &mut model, head.as_deref(), &data, &mut out, g)?
-        };
+        }
+        let (mut line, accuracy) =
+            evaluate_one(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
         if several {
             line["task"] = json!(task as u64 + args.task);
             line["data"] = json!(path.display().to_string());
@@ -151,32 +141,9 @@ fn opt_num(v: Option<f64>) -> serde_json::Value {
     v.map_or(serde_json::Value::Null, num)
 }
 
-/// The loss for `data` when none is named: ce for class ids, bce for multi-hot rows, and for
-/// masks ce unless the model has a single output channel (a binary mask), then bce.
-pub(crate) fn default_loss(
-    model: &mut Model,
-    head: Option<&str>,
-    data: &Dataset,
-) -> anyhow::Result<LossName> {
-    Ok(match data.target_kind {
-        TargetKind::Class => LossName::Ce,
-        TargetKind::MultiLabel { .. } => LossName::Bce,
-        TargetKind::Mask { .. } => {
-            let (x, _) = data.batch(&[0], &model.device)?;
-            let dims = model
-                .forward(&x, head, Mode::Eval, &mut Rng::new(0))?
-                .dims()
-                .to_vec();
-            match dims.get(1) {
-                Some(1) => LossName::Bce,
-                _ => LossName::Ce,
-            }
-        }
-    })
-}
-
-/// Masks or multi-hot targets: the result line and its accuracy (pixel or label accuracy).
-fn evaluate_dense(
+/// Scores `data` through the library's evaluation loop (per-batch lines with --stream) and
+/// returns the result line and its accuracy (class, pixel or label accuracy).
+fn evaluate_one(
     args: &Args,
     model: &mut Model,
     head: Option<&str>,
@@ -184,31 +151,48 @@ fn evaluate_dense(
     out: &mut JsonLines,
     g: &Global,
 ) -> anyhow::Result<(serde_json::Value, f64)> {
-    let name = match args.loss {
-        Some(l) => l,
-        None => default_loss(model, head, data)?,
+    let loss = match args.loss {
+        Some(l) => l.to_loss(args.focal.alpha, args.focal.gamma)?,
+        None => eval::default_loss(model, head, data)?,
     };
-    let loss = name.to_loss(args.focal.alpha, args.focal.gamma)?;
     let pb = g.progress(data.len() as u64, "eval");
     let stream = args.stream;
-    let t = mnemo::train::evaluate_dense(
-        model,
-        data,
+    let cfg = EvalConfig {
         head,
-        args.batch_size as usize,
+        batch_size: args.batch_size as usize,
         loss,
-        &mut |b, n, l| {
-            pb.inc(n as u64);
-            if stream {
-                out.emit(&json!({"batch": b, "n": n, "loss": num(l)}))
-                    .map_err(|e| {
-                        MnemoError::io("<stdout>", std::io::Error::other(e.to_string()))
-                    })?;
+        top_k: 5,
+        per_example: false,
+    };
+    let t = eval::evaluate(model, data, &cfg, &mut |b| {
+        pb.inc(b.n as u64);
+        if stream {
+            let mut line = json!({"batch": b.index, "n": b.n, "loss": num(b.loss)});
+            if let Some(a) = b.accuracy {
+                line["accuracy"] = num(a);
             }
-            Ok(())
-        },
-    )?;
+            out.emit_io(&line)?;
+        }
+        Ok(())
+    })
+    .with_context(|| {
+        format!(
+            "evaluating {} on {}",
+            args.model.display(),
+            data.path.display()
+        )
+    })?;
     pb.finish_and_clear();
+    if data.target_kind == TargetKind::Class {
+        let totals = t.classes.clone().unwrap_or_default();
+        let line = json!({
+            "loss": num(totals.loss()),
+            "accuracy": num(totals.accuracy()),
+            "top5": num(totals.top_k_accuracy()),
+            "n": totals.n,
+        });
+        return Ok((line, totals.accuracy()));
+    }
     let mut line = json!({"loss": num(t.loss), "loss_fn": loss.name()});
     if let Some(iou) = &t.iou {
         let per = iou.per_class();
@@ -224,56 +208,4 @@ fn evaluate_dense(
     }
     line["n"] = json!(t.n);
     Ok((line, t.accuracy()))
-}
-
-/// Scores `model` on `data` in eval mode (streaming per-batch lines with --stream).
-fn evaluate(
-    args: &Args,
-    model: &mut Model,
-    head: Option<&str>,
-    data: &Dataset,
-    out: &mut JsonLines,
-    g: &Global,
-) -> anyhow::Result<ClassificationTotals> {
-    let device = model.device.clone();
-    let mut totals = ClassificationTotals::default();
-    let mut rng = Rng::new(0); // unused in eval mode: dropout is off
-    let order = data.order(None);
-    let pb = g.progress(data.len() as u64, "eval");
-    for (b, idx) in order.chunks(args.batch_size as usize).enumerate() {
-        let (x, y) = data.batch(idx, &device)?;
-        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
-        let compute = |e| MnemoError::Compute {
-            context: format!("{}: reading logits", args.model.display()),
-            source: e,
-        };
-        let dims = logits.dims().to_vec();
-        if dims.len() != 2 {
-            anyhow::bail!(
-                "{}: the model's output has shape {dims:?}; eval needs [batch, classes] logits",
-                args.model.display()
-            );
-        }
-        if b == 0 {
-            data.check_labels(dims[1], head)?;
-        }
-        let flat: Vec<f32> = logits
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(compute)?;
-        let s = score(&flat, dims[1], &y, 5);
-        totals.add(&s);
-        if args.stream {
-            let n = s.loss.len() as f64;
-            out.emit(&json!({
-                "batch": b,
-                "n": s.loss.len(),
-                "loss": num(s.loss.iter().sum::<f64>() / n),
-                "accuracy": num(s.correct.iter().filter(|&&c| c).count() as f64 / n),
-            }))?;
-        }
-        pb.inc(idx.len() as u64);
-    }
-    pb.finish_and_clear();
-    Ok(totals)
 }

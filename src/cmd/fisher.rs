@@ -131,11 +131,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         Mode::Batch => FisherMode::Batch,
         Mode::Predicted => FisherMode::Predicted,
     };
-    let loss_name = match args.loss {
-        Some(l) => l,
-        None => super::eval::default_loss(&mut model, head.as_deref(), &data)?,
+    let loss = match args.loss {
+        Some(l) => l.to_loss(args.focal.alpha, args.focal.gamma)?,
+        None => mnemo::eval::default_loss(&mut model, head.as_deref(), &data)?,
     };
-    let loss = loss_name.to_loss(args.focal.alpha, args.focal.gamma)?;
     let start = std::time::Instant::now();
     let pb = g.progress(
         args.samples.unwrap_or(data.len()).min(data.len()) as u64,

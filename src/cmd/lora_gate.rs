@@ -11,7 +11,6 @@ use mnemo::lora::{resolve_targets, Adapter, LoraConfig};
 use mnemo::metrics::paired::{paired_bootstrap, paired_t_test};
 use mnemo::model::{Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
-use mnemo::train::evaluate_examples;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -193,10 +192,23 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     if !(0.0..1.0).contains(&config.dropout) {
         anyhow::bail!("--dropout {}: must be in [0, 1)", config.dropout);
     }
-    model.attach_lora(config.clone(), modules, init.as_ref(), args.engine.seed)?;
+    mnemo::lora::attach::attach(
+        &mut model,
+        config.clone(),
+        modules,
+        init.as_ref(),
+        args.engine.seed,
+    )?;
 
     let score_of = |model: &mut Model| -> anyhow::Result<Vec<f64>> {
-        let s = evaluate_examples(model, &val, head.as_deref(), 256)?;
+        let cfg = mnemo::eval::EvalConfig {
+            head: head.as_deref(),
+            per_example: true,
+            ..Default::default()
+        };
+        let s = mnemo::eval::evaluate(model, &val, &cfg, &mut |_| Ok(()))?
+            .examples
+            .unwrap_or_default();
         Ok(match args.metric {
             Metric::NegLoss => s.loss.iter().map(|l| -l).collect(),
             Metric::Accuracy => s.correct.iter().map(|&c| c as u8 as f64).collect(),
@@ -219,7 +231,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             model,
             data: &data,
             head: head.clone(),
-            penalty: Default::default(),
+            penalty: None,
             prov: prov.clone(),
             settings,
             metadata: Default::default(),
@@ -270,12 +282,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         if let Some(m) = &args.merged {
             let mut mmeta = meta.clone();
             mmeta.insert(ARCH_KEY.into(), model.spec.to_json());
-            write_checkpoint(m, model.merged_tensors()?, &mmeta)
+            write_checkpoint(m, mnemo::lora::attach::merged_tensors(&model)?, &mmeta)
                 .with_context(|| format!("writing {}", m.display()))?;
             line["merged"] = json!(m.display().to_string());
         }
         meta.insert("mnemo.lora.base".into(), base_hash);
-        let adapter = model.adapter()?.expect("an adapter is attached");
+        let adapter = mnemo::lora::attach::adapter_of(&model)?.expect("an adapter is attached");
         adapter
             .write_dir(&args.output, &meta)
             .with_context(|| format!("writing the adapter to {}", args.output.display()))?;

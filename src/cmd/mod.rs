@@ -13,6 +13,7 @@ pub mod eval;
 pub mod fisher;
 pub mod init;
 pub mod inspect;
+pub mod layers;
 pub mod log;
 pub mod lora;
 pub mod lora_gate;
@@ -68,7 +69,7 @@ pub fn argv() -> Vec<String> {
 
 impl Global {
     pub fn device(&self) -> anyhow::Result<candle_core::Device> {
-        Ok(mnemo::model::parse_device(&self.device)?)
+        Ok(parse_device(&self.device)?)
     }
 
     /// A progress bar on stderr, hidden when stderr is not a terminal or with -q.
@@ -150,6 +151,29 @@ impl JsonLines {
             .with_context(|| format!("writing to {what}"))?;
         Ok(())
     }
+
+    /// `emit` inside a callback of the library's loops: the error becomes a
+    /// `MnemoError::Io` that keeps the write's own kind, so a closed pipe stays a closed
+    /// pipe (which ends the command quietly).
+    pub fn emit_io(&mut self, value: &serde_json::Value) -> mnemo::Result<()> {
+        self.emit(value).map_err(|e| {
+            let kind = e
+                .chain()
+                .find_map(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .map(|io| io.kind())
+                        .or_else(|| {
+                            c.downcast_ref::<serde_json::Error>()
+                                .and_then(|j| j.io_error_kind())
+                        })
+                })
+                .unwrap_or(std::io::ErrorKind::Other);
+            mnemo::MnemoError::io(
+                format!("<{}>", self.what),
+                std::io::Error::new(kind, format!("{e:#}")),
+            )
+        })
+    }
 }
 
 /// Plain text on stdout (tables), with write errors (a closed pipe) reported, not panicking.
@@ -216,3 +240,27 @@ pub const EXIT_PLAIN: &[(u8, &str)] = &[
         "error: bad arguments or input (the message names the file, tensor or line)",
     ),
 ];
+
+/// Parses `--device cpu|cuda[:N]`.
+pub fn parse_device(s: &str) -> mnemo::Result<candle_core::Device> {
+    let err = |reason: String| mnemo::MnemoError::Device {
+        device: s.to_string(),
+        reason,
+    };
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| err(format!("'{n}' is not a GPU index")))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(err("this mnemo was built without the 'cuda' feature (cargo build --release --features cuda)".into()));
+            }
+            candle_core::Device::new_cuda(ordinal).map_err(|e| err(e.to_string()))
+        }
+        _ => Err(err("expected cpu, cuda or cuda:N".into())),
+    }
+}

@@ -146,11 +146,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             settings,
             metadata: Default::default(),
             output: &args.output,
-            replay: Some(Replay {
-                buffer,
-                ratio: args.replay_ratio,
-                distill: args.distill,
-            }),
+            replay: Some(Replay::new(buffer, args.replay_ratio, args.distill)),
         },
         &args.engine,
         g,

@@ -7,11 +7,13 @@
 //! `[out, r, 1, 1]`, as PEFT builds them. In the adapter file they are named
 //! `base_model.model.<m>.lora_A.weight` and `base_model.model.<m>.lora_B.weight`.
 
+use crate::arch::{ArchSpec, Layer};
 use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use crate::error::{MnemoError, Result};
-use crate::model::{ArchSpec, Layer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub mod attach;
 
 /// PEFT's key prefix for a model wrapped by `get_peft_model`.
 pub const KEY_PREFIX: &str = "base_model.model.";

@@ -4,7 +4,7 @@
 //! A patch embedding's class token starts at 0 and its position embedding at N(0, 0.02²),
 //! as torchvision's ViT. Tensors are drawn in state-dict order.
 
-use super::spec::{join, ArchSpec, Layer};
+use crate::arch::{join, ArchSpec, Layer};
 use crate::rng::Rng;
 use std::collections::BTreeMap;
 

@@ -7,15 +7,39 @@
 //! to a per-example loop.
 
 use super::dense::DenseNet;
-use super::loss::{loss_grad, Loss};
-use super::{host_logits, softmax_rows};
 use crate::checkpoint::{Checkpoint, OwnedTensor};
 use crate::data::{Dataset, TargetKind};
 use crate::error::{MnemoError, Result};
+use crate::loss::softmax_rows;
+use crate::loss::{loss_grad, Loss};
 use crate::model::{ArchSpec, Layer, Mode, Model, Taps};
 use crate::rng::Rng;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
+
+/// Logits as a host vector, checked to be [n, classes].
+pub(crate) fn host_logits(
+    logits: &Tensor,
+    data: &Dataset,
+    head: Option<&str>,
+    check: bool,
+) -> Result<(Vec<f32>, usize)> {
+    let dims = logits.dims().to_vec();
+    if dims.len() != 2 {
+        return Err(MnemoError::InvalidArch {
+            origin: None,
+            reason: format!("the model's output has shape {dims:?}; classification needs [batch, classes] logits"),
+        });
+    }
+    if check {
+        data.check_labels(dims[1], head)?;
+    }
+    let v = logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .map_err(MnemoError::compute("reading logits"))?;
+    Ok((v, dims[1]))
+}
 
 /// How the expectation over labels is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,13 +71,6 @@ impl FisherMode {
 pub struct FisherDiag {
     pub values: BTreeMap<String, Tensor>,
     pub samples: usize,
-}
-
-fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
-    move |source| MnemoError::Compute {
-        context: ctx.to_string(),
-        source,
-    }
 }
 
 /// True when the model is a flat list of layers (no module tree, no containers) whose
@@ -109,7 +126,7 @@ fn weightings(mode: FisherMode, p: &[f64], targets: &[i64], c: usize) -> Vec<Vec
 
 fn add(acc: &mut BTreeMap<String, Tensor>, name: &str, t: Tensor) -> Result<()> {
     let v = match acc.remove(name) {
-        Some(a) => (a + t).map_err(ce("accumulating the Fisher"))?,
+        Some(a) => (a + t).map_err(MnemoError::compute("accumulating the Fisher"))?,
         None => t,
     };
     acc.insert(name.to_string(), v);
@@ -182,11 +199,12 @@ pub fn fisher(
             weightings(mode, &p, &y, c)
         };
         for g in passes {
-            let gt = Tensor::from_vec(g, (idx.len(), c), &device).map_err(ce("Fisher pass"))?;
+            let gt = Tensor::from_vec(g, (idx.len(), c), &device)
+                .map_err(MnemoError::compute("Fisher pass"))?;
             let grads = (&logits * gt)
                 .and_then(|t| t.sum_all())
                 .and_then(|t| t.backward())
-                .map_err(ce("Fisher backward pass"))?;
+                .map_err(MnemoError::compute("Fisher backward pass"))?;
             if fast {
                 for (layer, (input, probe)) in &taps.linear {
                     let delta =
@@ -196,26 +214,29 @@ pub fn fisher(
                                 context: format!("no gradient reached layer {layer}"),
                                 source: candle_core::Error::Msg("probe gradient missing".into()),
                             })?;
-                    let d2 = delta.sqr().map_err(ce("Fisher"))?;
-                    let a2 = input.sqr().map_err(ce("Fisher"))?;
+                    let d2 = delta.sqr().map_err(MnemoError::compute("Fisher"))?;
+                    let a2 = input.sqr().map_err(MnemoError::compute("Fisher"))?;
                     let fw = d2
                         .t()
                         .and_then(|t| t.matmul(&a2))
-                        .map_err(ce("Fisher matmul"))?;
+                        .map_err(MnemoError::compute("Fisher matmul"))?;
                     add(&mut acc, &format!("{layer}.weight"), fw)?;
                     if model.params.contains_key(&format!("{layer}.bias")) {
                         add(
                             &mut acc,
                             &format!("{layer}.bias"),
-                            d2.sum(0).map_err(ce("Fisher"))?,
+                            d2.sum(0).map_err(MnemoError::compute("Fisher"))?,
                         )?;
                     }
                 }
             } else {
                 for (name, var) in &model.params {
                     let g = match grads.get(var.as_tensor()) {
-                        Some(g) => g.sqr().map_err(ce("Fisher"))?,
-                        None => var.as_tensor().zeros_like().map_err(ce("Fisher"))?,
+                        Some(g) => g.sqr().map_err(MnemoError::compute("Fisher"))?,
+                        None => var
+                            .as_tensor()
+                            .zeros_like()
+                            .map_err(MnemoError::compute("Fisher"))?,
                     };
                     add(&mut acc, name, g)?;
                 }
@@ -233,8 +254,11 @@ fn mean_over(mut acc: BTreeMap<String, Tensor>, model: &Model, n: usize) -> Resu
     let mut values = BTreeMap::new();
     for (name, var) in &model.params {
         let t = match acc.remove(name) {
-            Some(t) => (t * scale).map_err(ce("Fisher"))?,
-            None => var.as_tensor().zeros_like().map_err(ce("Fisher"))?,
+            Some(t) => (t * scale).map_err(MnemoError::compute("Fisher"))?,
+            None => var
+                .as_tensor()
+                .zeros_like()
+                .map_err(MnemoError::compute("Fisher"))?,
         };
         values.insert(name.clone(), t);
     }
@@ -286,17 +310,22 @@ fn loss_fisher(
         let l: Vec<f32> = logits
             .flatten_all()
             .and_then(|t| t.to_vec1())
-            .map_err(ce("reading logits"))?;
+            .map_err(MnemoError::compute("reading logits"))?;
         // The gradient of the batch's mean loss: per example when bs = 1.
         let (_, g) = loss_grad(loss, data.target_kind, &l, &dims, &y, 0.0, 1.0);
-        let gt = Tensor::from_vec(g, dims.as_slice(), &device).map_err(ce("Fisher pass"))?;
+        let gt = Tensor::from_vec(g, dims.as_slice(), &device)
+            .map_err(MnemoError::compute("Fisher pass"))?;
         let grads = (&logits * gt)
             .and_then(|t| t.sum_all())
             .and_then(|t| t.backward())
-            .map_err(ce("Fisher backward pass"))?;
+            .map_err(MnemoError::compute("Fisher backward pass"))?;
         for (name, var) in &model.params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                add(&mut acc, name, g.sqr().map_err(ce("Fisher"))?)?;
+                add(
+                    &mut acc,
+                    name,
+                    g.sqr().map_err(MnemoError::compute("Fisher"))?,
+                )?;
             }
         }
         progress(idx.len());
@@ -322,7 +351,7 @@ fn dense_fisher(
             .as_tensor()
             .flatten_all()
             .and_then(|t| t.to_vec1())
-            .map_err(ce("reading weights"))?;
+            .map_err(MnemoError::compute("reading weights"))?;
         weights.insert(name.clone(), v);
     }
     let c = net.classes();
@@ -364,7 +393,8 @@ fn dense_fisher(
             }
             None => vec![0.0; shape.iter().product()],
         };
-        let t = Tensor::from_vec(v, shape.as_slice(), &model.device).map_err(ce("Fisher"))?;
+        let t = Tensor::from_vec(v, shape.as_slice(), &model.device)
+            .map_err(MnemoError::compute("Fisher"))?;
         values.insert(name.clone(), t);
     }
     Ok(FisherDiag {
@@ -486,8 +516,9 @@ pub fn accumulate(new: &mut FisherDiag, prev: &Checkpoint, gamma: f64) -> Result
             });
         }
         let p = Tensor::from_vec(prev.to_f32(name)?, t.dims(), t.device())
-            .map_err(ce("reading the previous Fisher"))?;
-        *t = ((p * gamma).and_then(|p| p + &*t)).map_err(ce("accumulating the Fisher"))?;
+            .map_err(MnemoError::compute("reading the previous Fisher"))?;
+        *t = ((p * gamma).and_then(|p| p + &*t))
+            .map_err(MnemoError::compute("accumulating the Fisher"))?;
     }
     if let Some(extra) = prev.names().find(|n| !new.values.contains_key(*n)) {
         return Err(MnemoError::UnexpectedTensor {

@@ -6,27 +6,28 @@
 
 pub mod dense;
 pub mod fisher;
-pub mod loss;
 pub mod optim;
 pub mod optim_file;
 pub mod penalty;
+pub mod replay;
 pub mod schedule;
 pub mod state;
+pub mod strategy;
 
 use crate::data::Dataset;
 use crate::error::{MnemoError, Result};
-use crate::metrics::{score, ClassificationTotals};
+pub use crate::loss::{self, Loss};
 use crate::model::{Mode, Model, Snapshot};
-use crate::replay::ReservoirBuffer;
 use crate::rng::Rng;
 use candle_core::Tensor;
-pub use loss::Loss;
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use penalty::{AnchorPull, EwcPenalty, Penalty, PenaltyTerm};
+pub use penalty::{AnchorPull, EwcPenalty, PenaltyTerm};
+pub use replay::Replay;
 pub use schedule::{Schedule, ScheduleKind, ScheduleUnit};
 pub use state::{Best, Progress, StateFile};
 use std::collections::BTreeMap;
 use std::time::Instant;
+pub use strategy::{BatchOut, Pass, Strategy, UpdateCtx};
 
 /// Loop settings.
 #[derive(Clone, Debug)]
@@ -111,9 +112,8 @@ pub struct EpochReport {
     pub task_loss: f64,
     /// Mean over the epoch's updates of the penalties' weighted value, before each update.
     pub penalty: f64,
-    /// With replay: mean over the epoch's replay batches of their loss (cross-entropy plus
-    /// distillation), unweighted by the replay ratio.
-    pub replay_loss: Option<f64>,
+    /// The strategies' own fields (e.g. replay's `replay_loss`), in strategy order.
+    pub fields: Vec<(&'static str, f64)>,
     /// The rate of the epoch's last update.
     pub lr: f64,
     pub val_loss: Option<f64>,
@@ -138,114 +138,12 @@ pub struct Outcome {
     pub epochs_done: usize,
 }
 
-fn ce(ctx: &str) -> impl FnOnce(candle_core::Error) -> MnemoError + '_ {
-    move |source| MnemoError::Compute {
-        context: ctx.to_string(),
-        source,
-    }
-}
-
-/// Softmax rows of `logits` [n, c] in f64, and per-row log-sum-exp.
-pub(crate) fn softmax_rows(logits: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut p = Vec::with_capacity(logits.len());
-    let mut lse = Vec::with_capacity(logits.len() / c);
-    for row in logits.chunks_exact(c) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let s: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        lse.push(max + s.ln());
-        p.extend(row.iter().map(|&v| (v as f64 - max).exp() / s));
-    }
-    (p, lse)
-}
-
-/// Logits as a host vector, checked to be [n, classes].
-pub(crate) fn host_logits(
-    logits: &Tensor,
-    data: &Dataset,
-    head: Option<&str>,
-    check: bool,
-) -> Result<(Vec<f32>, usize)> {
-    let dims = logits.dims().to_vec();
-    if dims.len() != 2 {
-        return Err(MnemoError::InvalidArch {
-            origin: None,
-            reason: format!("the model's output has shape {dims:?}; classification needs [batch, classes] logits"),
-        });
-    }
-    if check {
-        data.check_labels(dims[1], head)?;
-    }
-    let v = logits
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .map_err(ce("reading logits"))?;
-    Ok((v, dims[1]))
-}
-
-/// The fused cross-entropy of logits `l` [n, c] against (label-smoothed) targets `y`:
-/// the summed loss, and its gradient (softmax − target)·scale/n, computed on the host so
-/// that no log-softmax graph is ever built.
-pub(crate) fn cross_entropy_grad(
-    l: &[f32],
-    c: usize,
-    y: &[i64],
-    smoothing: f64,
-    scale: f64,
-) -> (f64, Vec<f32>) {
-    let (p, lse) = softmax_rows(l, c);
-    let b = y.len() as f64;
-    let (on, off) = (1.0 - smoothing + smoothing / c as f64, smoothing / c as f64);
-    let mut loss = 0.0;
-    let mut grad = vec![0f32; l.len()];
-    for (i, &t) in y.iter().enumerate() {
-        let t = t as usize;
-        let row = &l[i * c..(i + 1) * c];
-        // −Σ_k q_k log p_k = lse − Σ_k q_k l_k
-        let dot: f64 = row
-            .iter()
-            .enumerate()
-            .map(|(k, &v)| if k == t { on } else { off } * v as f64)
-            .sum();
-        loss += lse[i] - dot;
-        for k in 0..c {
-            let q = if k == t { on } else { off };
-            grad[i * c + k] = ((p[i * c + k] - q) / b * scale) as f32;
-        }
-    }
-    (loss, grad)
-}
-
-/// Adds W·mean((l − z)²) over all of a batch's logits to the loss gradient `grad`
-/// (scaled by `scale`), and returns that distillation loss.
-fn distill_grad(l: &[f32], z: &[f32], weight: f64, scale: f64, grad: &mut [f32]) -> f64 {
-    let n = l.len() as f64;
-    let mut sum = 0.0;
-    for ((g, &l), &z) in grad.iter_mut().zip(l).zip(z) {
-        let d = l as f64 - z as f64;
-        sum += d * d;
-        *g += (2.0 * weight * d / n * scale) as f32;
-    }
-    weight * sum / n
-}
-
-/// What one batch's backward pass reports.
-struct BatchOut {
-    /// Mean cross-entropy.
-    loss: f64,
-    /// The distillation term's value (0 without one).
-    distill: f64,
-    /// The logits, when asked for (row-major [b, classes]).
-    logits: Option<Vec<f32>>,
-    /// The model's number of outputs (classes).
-    classes: usize,
-}
-
 /// One batch's loss; its gradients (scaled by `scale`) are added into `acc`. Dense
 /// networks use the fused path (`dense`), everything else candle's autograd, where the
-/// loss gradient enters through a surrogate `(logits·G).sum()`. `distill` adds
-/// W·MSE(logits, stored logits) (dark experience replay).
+/// loss gradient enters through a surrogate `(logits·G).sum()`. `term` adds a strategy's
+/// term at the logits (dark experience replay's MSE to stored logits).
 #[allow(clippy::too_many_arguments)]
-fn backward(
+pub(crate) fn backward(
     model: &mut Model,
     dense: Option<&mut dense::DenseNet>,
     host: &BTreeMap<String, Vec<f32>>,
@@ -256,7 +154,7 @@ fn backward(
     scale: f64,
     check_labels: bool,
     acc: &mut BTreeMap<String, Vec<f32>>,
-    distill: Option<(&[f32], f64)>,
+    term: Option<strategy::LogitTerm>,
     want_logits: bool,
 ) -> Result<BatchOut> {
     let head = cfg.head.as_deref();
@@ -280,12 +178,12 @@ fn backward(
             cfg.label_smoothing,
             scale,
         );
-        let d = distill.map_or(0.0, |(z, w)| distill_grad(logits, z, w, scale, &mut g));
+        let extra = term.map_or(0.0, |t| t(logits, scale, &mut g));
         let logits = want_logits.then(|| logits.to_vec());
         net.backward(host, &g, acc);
         return Ok(BatchOut {
             loss,
-            distill: d,
+            extra,
             logits,
             classes: c,
         });
@@ -299,15 +197,16 @@ fn backward(
     let l: Vec<f32> = logits
         .flatten_all()
         .and_then(|t| t.to_vec1())
-        .map_err(ce("reading logits"))?;
+        .map_err(MnemoError::compute("reading logits"))?;
     let (loss, mut grad) =
         loss::loss_grad(cfg.loss, kind, &l, &dims, &y, cfg.label_smoothing, scale);
-    let d = distill.map_or(0.0, |(z, w)| distill_grad(&l, z, w, scale, &mut grad));
-    let g = Tensor::from_vec(grad, dims.as_slice(), &device).map_err(ce("loss gradient"))?;
+    let extra = term.map_or(0.0, |t| t(&l, scale, &mut grad));
+    let g = Tensor::from_vec(grad, dims.as_slice(), &device)
+        .map_err(MnemoError::compute("loss gradient"))?;
     let grads = (logits * g)
         .and_then(|t| t.sum_all())
         .and_then(|t| t.backward())
-        .map_err(ce("backward pass"))?;
+        .map_err(MnemoError::compute("backward pass"))?;
     for (name, var) in &model.params {
         let Some(g) = grads.get(var.as_tensor()) else {
             continue;
@@ -315,7 +214,7 @@ fn backward(
         let g: Vec<f32> = g
             .flatten_all()
             .and_then(|t| t.to_vec1())
-            .map_err(ce("reading gradients"))?;
+            .map_err(MnemoError::compute("reading gradients"))?;
         match acc.get_mut(name) {
             Some(a) => a.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
             None => {
@@ -325,7 +224,7 @@ fn backward(
     }
     Ok(BatchOut {
         loss,
-        distill: d,
+        extra,
         logits: want_logits.then_some(l),
         classes: c,
     })
@@ -335,29 +234,18 @@ fn backward(
 fn sync(model: &Model, host: &BTreeMap<String, Vec<f32>>) -> Result<()> {
     for (name, var) in &model.params {
         let t = Tensor::from_slice(&host[name], var.as_tensor().dims(), &model.device)
-            .map_err(ce("writing weights"))?;
-        var.set(&t).map_err(ce("writing weights"))?;
+            .map_err(MnemoError::compute("writing weights"))?;
+        var.set(&t)
+            .map_err(MnemoError::compute("writing weights"))?;
     }
     Ok(())
-}
-
-/// Experience replay during training: each batch is paired with a batch of the same size
-/// drawn from the buffer, loss = (1 − ratio)·new + ratio·replay (the new batch alone while
-/// the buffer is empty), replay adding `distill`·MSE against the stored logits; after each
-/// update the new examples of the first epoch are offered to the buffer.
-pub struct Replay {
-    pub buffer: ReservoirBuffer,
-    pub ratio: f64,
-    pub distill: f64,
 }
 
 /// What one update reports.
 struct UpdateOut {
     /// Summed mean losses of the new batches.
     loss_sum: f64,
-    /// Summed replay losses (cross-entropy + distillation) and how many replay batches.
-    replay_sum: f64,
-    replay_batches: usize,
+    /// The strategies' penalty terms.
     penalty: f64,
     /// Global gradient norm before clipping.
     grad_norm: f64,
@@ -365,11 +253,12 @@ struct UpdateOut {
 
 /// One optimizer update from the batches `group` (gradients averaged); the host copy
 /// `host` of the parameters is updated (and written to the model unless `dense` runs the
-/// network on the host). `acc` is reused across updates.
+/// network on the host). `acc` is reused across updates. The strategies join at their
+/// hooks (`train/strategy.rs`), in order.
 #[allow(clippy::too_many_arguments)]
 fn update(
     model: &mut Model,
-    mut dense: Option<&mut dense::DenseNet>,
+    dense: Option<&mut dense::DenseNet>,
     host: &mut BTreeMap<String, Vec<f32>>,
     acc: &mut BTreeMap<String, Vec<f32>>,
     data: &Dataset,
@@ -377,80 +266,48 @@ fn update(
     opt: &mut Optimizer,
     rng: &mut Rng,
     cfg: &TrainConfig,
-    penalty: &Penalty,
+    strategies: &mut [&mut dyn Strategy],
     lr: f64,
+    epoch: usize,
     check_labels: bool,
-    mut replay: Option<(&mut Replay, &mut Rng, bool)>,
 ) -> Result<UpdateOut> {
     let scale = 1.0 / group.len() as f64;
     acc.values_mut().for_each(|g| g.fill(0.0));
-    let mut out = UpdateOut {
-        loss_sum: 0.0,
-        replay_sum: 0.0,
-        replay_batches: 0,
-        penalty: 0.0,
-        grad_norm: 0.0,
+    let mut ctx = UpdateCtx {
+        epoch,
+        head: cfg.head.as_deref(),
+        scale,
+        check: false,
     };
-    // Logits are kept with buffered examples under distillation (or once a buffer has them).
-    let keep_logits = replay
-        .as_ref()
-        .is_some_and(|(r, _, insert)| *insert && (r.distill > 0.0 || r.buffer.has_logits()));
+    strategies.iter_mut().for_each(|s| s.begin_update(&ctx));
+    let keep_logits = strategies.iter().any(|s| s.wants_logits());
+    let mut loss_sum = 0.0;
     let mut captured = Vec::with_capacity(group.len());
-    for (i, idx) in group.iter().enumerate() {
-        // Drawn from the buffer as it stood before this update.
-        let draw = match replay.as_mut() {
-            Some((r, rrng, _)) if r.ratio > 0.0 && !r.buffer.is_empty() => {
-                Some(r.buffer.draw(idx.len(), rrng))
-            }
-            _ => None,
-        };
-        let ratio = replay.as_ref().map_or(0.0, |(r, _, _)| r.ratio);
-        let w_new = if draw.is_some() { 1.0 - ratio } else { 1.0 };
-        let b = backward(
-            model,
-            dense.as_deref_mut(),
-            host,
-            data,
-            idx,
+    let is_dense = dense.is_some();
+    {
+        let mut pass = Pass {
+            model: &mut *model,
+            dense,
+            host: &*host,
+            acc: &mut *acc,
             rng,
             cfg,
-            scale * w_new,
-            check_labels && i == 0,
-            acc,
-            None,
-            keep_logits,
-        )?;
-        out.loss_sum += b.loss;
-        captured.push(b.logits);
-        if let (Some(slots), Some((r, _, _))) = (draw, replay.as_ref()) {
-            if check_labels && i == 0 {
-                // Every stored label, once, against this model (a buffer from another model
-                // is named, with its slot).
-                r.buffer.check_labels(b.classes, cfg.head.as_deref())?;
+        };
+        for (i, idx) in group.iter().enumerate() {
+            ctx.check = check_labels && i == 0;
+            let w: f64 = strategies
+                .iter_mut()
+                .map(|s| s.batch_weight(&ctx, idx))
+                .product();
+            let b = pass.run(data, idx, scale * w, ctx.check, None, keep_logits)?;
+            loss_sum += b.loss;
+            for s in strategies.iter_mut() {
+                s.after_batch(&ctx, &mut pass, &b)?;
             }
-            let rd = r.buffer.to_dataset(&slots);
-            let stored = (r.distill > 0.0)
-                .then(|| r.buffer.logits_of(&slots))
-                .flatten();
-            let all: Vec<usize> = (0..slots.len()).collect();
-            let b = backward(
-                model,
-                dense.as_deref_mut(),
-                host,
-                &rd,
-                &all,
-                rng,
-                cfg,
-                scale * ratio,
-                true,
-                acc,
-                stored.as_deref().map(|z| (z, r.distill)),
-                false,
-            )?;
-            out.replay_sum += b.loss + b.distill;
-            out.replay_batches += 1;
+            captured.push(b.logits);
         }
     }
+    ctx.check = false;
     let mut pen = 0.0;
     // Heads the forward pass did not run are not trained (torch skips a parameter whose
     // grad is None): no gradient, no weight decay, no moment update.
@@ -460,7 +317,9 @@ fn update(
         let g = acc
             .entry(name.clone())
             .or_insert_with(|| vec![0.0; w.len()]);
-        pen += penalty.apply(name, w, g);
+        for s in strategies.iter() {
+            pen += s.penalty(name, w, g);
+        }
         if frozen(name) {
             g.fill(0.0);
         }
@@ -490,143 +349,17 @@ fn update(
         }
         opt.update(name, shape, w, &acc[name], lr);
     }
-    if dense.is_none() {
+    if !is_dense {
         sync(model, host)?;
     }
-    if let Some((r, _, true)) = replay {
-        let el: usize = data.example_shape.iter().product();
-        for (idx, logits) in group.iter().zip(&captured) {
-            let c = logits.as_ref().map_or(0, |l| l.len() / idx.len().max(1));
-            for (k, &i) in idx.iter().enumerate() {
-                r.buffer.offer(
-                    &data.inputs[i * el..(i + 1) * el],
-                    data.targets[i],
-                    data.from_u8,
-                    logits.as_ref().map(|l| &l[k * c..(k + 1) * c]),
-                )?;
-            }
-        }
+    for s in strategies.iter_mut() {
+        s.after_update(&ctx, data, group, &captured)?;
     }
-    out.penalty = pen;
-    out.grad_norm = norm;
-    Ok(out)
-}
-
-/// Loss and accuracy of `model` on `data` in eval mode.
-pub fn evaluate(
-    model: &mut Model,
-    data: &Dataset,
-    head: Option<&str>,
-    batch_size: usize,
-) -> Result<ClassificationTotals> {
-    let mut rng = Rng::new(0); // unused in eval mode: dropout is off
-    let mut totals = ClassificationTotals::default();
-    let order = data.order(None);
-    let device = model.device.clone();
-    for (i, idx) in order.chunks(batch_size.max(1)).enumerate() {
-        let (x, y) = data.batch(idx, &device)?;
-        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
-        let (l, c) = host_logits(&logits, data, head, i == 0)?;
-        totals.add(&score(&l, c, &y, 1));
-    }
-    Ok(totals)
-}
-
-/// What an evaluation of masks or multi-hot targets finds.
-#[derive(Clone, Debug)]
-pub struct DenseEval {
-    pub n: usize,
-    /// Mean over the examples of the loss (no label smoothing).
-    pub loss: f64,
-    /// Masks: IoU counts.
-    pub iou: Option<crate::metrics::dense::IouTotals>,
-    /// Multi-hot targets: scores for AP.
-    pub multi: Option<crate::metrics::dense::MultiLabelTotals>,
-}
-
-impl DenseEval {
-    /// Pixel accuracy (masks) or label accuracy at logit > 0 (multi-hot).
-    pub fn accuracy(&self) -> f64 {
-        match (&self.iou, &self.multi) {
-            (Some(i), _) => i.pixel_accuracy(),
-            (_, Some(m)) => m.label_accuracy(),
-            _ => 0.0,
-        }
-    }
-}
-
-/// Loss and metrics of `model` on masks or multi-hot targets in eval mode; `on_batch` gets
-/// each batch's (index, examples, mean loss).
-pub fn evaluate_dense(
-    model: &mut Model,
-    data: &Dataset,
-    head: Option<&str>,
-    batch_size: usize,
-    loss: Loss,
-    on_batch: &mut dyn FnMut(usize, usize, f64) -> Result<()>,
-) -> Result<DenseEval> {
-    use crate::data::TargetKind;
-    use crate::metrics::dense::{IouTotals, MultiLabelTotals};
-    loss.check_targets(data)?;
-    let mut rng = Rng::new(0);
-    let device = model.device.clone();
-    let mut out = DenseEval {
-        n: 0,
-        loss: 0.0,
-        iou: None,
-        multi: None,
-    };
-    let mut loss_sum = 0.0;
-    for (i, idx) in data.order(None).chunks(batch_size.max(1)).enumerate() {
-        let (x, y) = data.batch(idx, &device)?;
-        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
-        let dims = logits.dims().to_vec();
-        loss.check_output(data, &dims, head, i == 0)?;
-        let l: Vec<f32> = logits
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(ce("reading logits"))?;
-        let (v, _) = loss::loss_grad(loss, data.target_kind, &l, &dims, &y, 0.0, 1.0);
-        match data.target_kind {
-            TargetKind::Mask { h, w } => out
-                .iou
-                .get_or_insert_with(|| IouTotals::new(dims[1]))
-                .add(&l, h * w, &y),
-            TargetKind::MultiLabel { k } => out
-                .multi
-                .get_or_insert_with(|| MultiLabelTotals::new(k))
-                .add(&l, &y),
-            TargetKind::Class => {}
-        }
-        loss_sum += v * idx.len() as f64;
-        out.n += idx.len();
-        on_batch(i, idx.len(), v)?;
-    }
-    out.loss = loss_sum / out.n.max(1) as f64;
-    Ok(out)
-}
-
-/// Every example's loss and correctness on `data`, in file order (eval mode).
-pub fn evaluate_examples(
-    model: &mut Model,
-    data: &Dataset,
-    head: Option<&str>,
-    batch_size: usize,
-) -> Result<crate::metrics::BatchScores> {
-    let mut rng = Rng::new(0);
-    let order = data.order(None);
-    let device = model.device.clone();
-    let mut all = crate::metrics::BatchScores::default();
-    for (i, idx) in order.chunks(batch_size.max(1)).enumerate() {
-        let (x, y) = data.batch(idx, &device)?;
-        let logits = model.forward(&x, head, Mode::Eval, &mut rng)?;
-        let (l, c) = host_logits(&logits, data, head, i == 0)?;
-        let s = score(&l, c, &y, 1);
-        all.loss.extend(s.loss);
-        all.correct.extend(s.correct);
-        all.top_k.extend(s.top_k);
-    }
-    Ok(all)
+    Ok(UpdateOut {
+        loss_sum,
+        penalty: pen,
+        grad_norm: norm,
+    })
 }
 
 /// The data a run trains on and everything added to its loss.
@@ -634,17 +367,15 @@ pub struct Job<'a> {
     pub data: &'a Dataset,
     /// Validation data: scored after every epoch; the best epoch's weights are kept.
     pub val: Option<&'a Dataset>,
-    pub penalty: &'a Penalty,
     /// Save the run's state here, and resume from it when it exists.
     pub state: Option<&'a StateFile>,
-    /// Experience replay from (and into) a buffer.
-    pub replay: Option<&'a mut Replay>,
+    /// What the run adds to plain training (penalties, replay, ...), in the order their
+    /// hooks run.
+    pub strategies: Vec<&'a mut dyn Strategy>,
 }
 
 /// Seed of the dropout stream, apart from shuffling so `--no-shuffle` keeps the same masks.
 const DROPOUT_SEED: u64 = 0xD50F_0A7C_5EED_0001;
-/// Seed of the replay draws, apart from shuffling and from the buffer's insertion stream.
-const REPLAY_SEED: u64 = 0x4E91_A7D2_5EED_0002;
 
 /// Trains `model`, calling `on_event` with step, epoch and resume reports.
 pub fn train(
@@ -669,11 +400,8 @@ pub fn train(
             });
         }
     }
-    if job.replay.is_some() {
-        data.require_class("experience replay")?;
-    }
-    if let Some(r) = job.replay.as_deref_mut() {
-        r.buffer.expect_shape(&data.example_shape, &data.path)?;
+    for s in job.strategies.iter_mut() {
+        s.start(data, cfg)?;
     }
     let base_lr = opt.config.as_ref().map(|c| c.lr).unwrap_or(0.0);
     let accumulate = cfg.accumulate.max(1);
@@ -701,21 +429,12 @@ pub fn train(
         best: None,
         bad_epochs: 0,
         stopped: false,
-        replay_rng: Rng::new(cfg.seed ^ REPLAY_SEED).state(),
-        replay_loss_sum: 0.0,
-        replay_batches: 0,
     };
     let mut best_weights: Option<Snapshot> = None;
     if let Some(sf) = job.state {
-        if let Some(r) = sf.load(model, opt)? {
+        if let Some(r) = sf.load(model, opt, &mut job.strategies)? {
             p = r.progress;
             best_weights = r.best_weights;
-            if let (Some(rp), Some(b)) = (job.replay.as_deref_mut(), r.buffer) {
-                b.check_compatible(&data.example_shape, &data.path)?;
-                let path = std::mem::take(&mut rp.buffer.path);
-                rp.buffer = b;
-                rp.buffer.path = path;
-            }
             on_event(&Event::Resumed {
                 step: p.step,
                 epoch: p.epoch,
@@ -724,18 +443,17 @@ pub fn train(
         }
     }
     let mut dropout_rng = Rng::from_state(p.dropout_rng);
-    let mut replay_rng = Rng::from_state(p.replay_rng);
     let mut host: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for (name, var) in &model.params {
         let v = var
             .as_tensor()
             .flatten_all()
             .and_then(|t| t.to_vec1())
-            .map_err(ce("reading weights"))?;
+            .map_err(MnemoError::compute("reading weights"))?;
         host.insert(name.clone(), v);
     }
-    // The dense path knows nothing of adapters: LoRA runs through candle's autograd.
-    let mut dense = match model.device.is_cpu() && model.lora.is_none() {
+    // The dense path knows nothing of adapters: they run through candle's autograd.
+    let mut dense = match model.device.is_cpu() && model.adapter.is_none() {
         true => dense::DenseNet::plan(&model.spec, cfg.head.as_deref())
             .filter(|n| n.in_features() == data.example_shape.iter().product::<usize>()),
         false => None,
@@ -759,10 +477,8 @@ pub fn train(
                 model: &Model,
                 opt: &Optimizer,
                 best: Option<&Snapshot>,
-                replay: Option<&Replay>| {
-        state.map_or(Ok(()), |sf| {
-            sf.save(p, model, opt, best, replay.map(|r| &r.buffer))
-        })
+                strategies: &[&mut dyn Strategy]| {
+        state.map_or(Ok(()), |sf| sf.save(p, model, opt, best, strategies))
     };
     while p.epoch < cfg.epochs && !p.stopped {
         let mut order_rng = Rng::from_state(p.epoch_rng);
@@ -775,7 +491,6 @@ pub fn train(
                 ScheduleUnit::Epoch => p.epoch,
             };
             let lr = cfg.schedule.lr(base_lr, t, clock_total);
-            let insert = p.epoch == 0;
             let u = update(
                 model,
                 dense.as_mut(),
@@ -786,12 +501,10 @@ pub fn train(
                 opt,
                 &mut dropout_rng,
                 cfg,
-                job.penalty,
+                &mut job.strategies,
                 lr,
+                p.epoch,
                 first,
-                job.replay
-                    .as_deref_mut()
-                    .map(|r| (r, &mut replay_rng, insert)),
             )?;
             let (loss_sum, pen, grad_norm) = (u.loss_sum, u.penalty, u.grad_norm);
             first = false;
@@ -799,8 +512,6 @@ pub fn train(
             p.batch += group.len();
             p.loss_sum += loss_sum;
             p.penalty_sum += pen;
-            p.replay_loss_sum += u.replay_sum;
-            p.replay_batches += u.replay_batches;
             p.batches_done += group.len();
             p.updates_done += 1;
             p.examples += group.iter().map(|b| b.len()).sum::<usize>();
@@ -821,9 +532,8 @@ pub fn train(
             if let (Some(every), false) = (job.state.and_then(|s| s.save_every), epoch_done) {
                 if every > 0 && opt.step.is_multiple_of(every) {
                     p.dropout_rng = dropout_rng.state();
-                    p.replay_rng = replay_rng.state();
                     sync_if_dense(model, &host)?;
-                    save(&p, model, opt, best_weights.as_ref(), job.replay.as_deref())?;
+                    save(&p, model, opt, best_weights.as_ref(), &job.strategies)?;
                 }
             }
             if cfg.halt_after == Some(opt.step) && !epoch_done {
@@ -840,21 +550,14 @@ pub fn train(
         sync_if_dense(model, &host)?;
         let (mut val_loss, mut val_accuracy, mut is_best) = (None, None, false);
         if let Some(val) = job.val {
-            let bs = cfg.batch_size.max(256);
-            let (l, a) = if val.target_kind == crate::data::TargetKind::Class {
-                let t = evaluate(model, val, cfg.head.as_deref(), bs)?;
-                (t.loss(), t.accuracy())
-            } else {
-                let t = evaluate_dense(
-                    model,
-                    val,
-                    cfg.head.as_deref(),
-                    bs,
-                    cfg.loss,
-                    &mut |_, _, _| Ok(()),
-                )?;
-                (t.loss, t.accuracy())
+            let ecfg = crate::eval::EvalConfig {
+                head: cfg.head.as_deref(),
+                batch_size: cfg.batch_size.max(256),
+                loss: cfg.loss,
+                ..Default::default()
             };
+            let t = crate::eval::evaluate(model, val, &ecfg, &mut |_| Ok(()))?;
+            let (l, a) = (t.loss, t.accuracy());
             val_loss = Some(l);
             val_accuracy = Some(a);
             if p.best.as_ref().is_none_or(|b| l < b.val_loss) {
@@ -881,8 +584,11 @@ pub fn train(
             examples: p.examples,
             task_loss: p.loss_sum / p.batches_done.max(1) as f64,
             penalty: p.penalty_sum / p.updates_done.max(1) as f64,
-            replay_loss: (p.replay_batches > 0)
-                .then(|| p.replay_loss_sum / p.replay_batches as f64),
+            fields: job
+                .strategies
+                .iter_mut()
+                .flat_map(|s| s.epoch_fields())
+                .collect(),
             lr: p.last_lr,
             val_loss,
             val_accuracy,
@@ -899,11 +605,8 @@ pub fn train(
         p.batches_done = 0;
         p.updates_done = 0;
         p.examples = 0;
-        p.replay_loss_sum = 0.0;
-        p.replay_batches = 0;
         p.dropout_rng = dropout_rng.state();
-        p.replay_rng = replay_rng.state();
-        save(&p, model, opt, best_weights.as_ref(), job.replay.as_deref())?;
+        save(&p, model, opt, best_weights.as_ref(), &job.strategies)?;
         if cfg.halt_after.is_some_and(|h| opt.step >= h) && p.epoch < cfg.epochs {
             return Ok(Outcome {
                 reports,

@@ -2,8 +2,10 @@
 //! reference formulation). Its value and gradient 2λ·Σ_k F_k (θ − θ*_k) are
 //! computed in one fused pass over host buffers, added to the task gradient
 //! just before the optimizer update. An L2 pull towards an anchor,
-//! μ·Σ_i (θ_i − θ*_i)², is the same term with F ≡ 1.
+//! μ·Σ_i (θ_i − θ*_i)², is the same term with F ≡ 1. Both are training strategies
+//! (`train/strategy.rs`) that only use the `penalty` hook.
 
+use super::strategy::Strategy;
 use crate::checkpoint::Checkpoint;
 use crate::error::{MnemoError, Result};
 use crate::model::Model;
@@ -181,23 +183,22 @@ impl AnchorPull {
     }
 }
 
-/// Every regulariser added to the task loss: EWC terms and an L2 pull, either optional.
-#[derive(Default)]
-pub struct Penalty {
-    pub ewc: Option<EwcPenalty>,
-    pub pull: Option<AnchorPull>,
+impl Strategy for EwcPenalty {
+    fn name(&self) -> &'static str {
+        "ewc"
+    }
+
+    fn penalty(&self, name: &str, w: &[f32], g: &mut [f32]) -> f64 {
+        self.apply(name, w, g)
+    }
 }
 
-impl Penalty {
-    /// Adds the gradient of every term for parameter `name` to `g`; returns their weighted value.
-    pub fn apply(&self, name: &str, w: &[f32], g: &mut [f32]) -> f64 {
-        let mut v = 0.0;
-        if let Some(e) = &self.ewc {
-            v += e.apply(name, w, g);
-        }
-        if let Some(p) = &self.pull {
-            v += p.apply(name, w, g);
-        }
-        v
+impl Strategy for AnchorPull {
+    fn name(&self) -> &'static str {
+        "l2-anchor"
+    }
+
+    fn penalty(&self, name: &str, w: &[f32], g: &mut [f32]) -> f64 {
+        self.apply(name, w, g)
     }
 }

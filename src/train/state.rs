@@ -1,16 +1,17 @@
 //! The resumable state of a training run, kept in a safetensors file beside
 //! the output: the model (`model/<name>`), the optimizer's moment buffers
 //! (`opt.m/<name>`, `opt.v/<name>`), the best weights so far when validating
-//! (`best/<name>`), and the loop's position and RNG states as JSON under the
-//! `mnemo.state` metadata key. It is only written at update boundaries, so a
+//! (`best/<name>`), the loop's position and RNG states as JSON under the
+//! `mnemo.state` metadata key, and each training strategy's own state (its tensors under
+//! `<strategy>/`, its JSON under `mnemo.state.strategy.<strategy>`). It is only written at update boundaries, so a
 //! run killed at any moment resumes from the last save to the same bytes an
 //! uninterrupted run would produce.
 
+use super::strategy::Strategy;
 use super::Optimizer;
 use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use crate::model::{Model, Snapshot};
-use crate::replay::ReservoirBuffer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,13 +54,6 @@ pub struct Progress {
     pub bad_epochs: usize,
     /// Early stopping has ended the run.
     pub stopped: bool,
-    /// The replay draws' RNG.
-    #[serde(default)]
-    pub replay_rng: [u64; 4],
-    #[serde(default)]
-    pub replay_loss_sum: f64,
-    #[serde(default)]
-    pub replay_batches: usize,
 }
 
 /// The file a run saves its state to and resumes from.
@@ -77,12 +71,10 @@ pub struct StateFile {
 pub struct Restored {
     pub progress: Progress,
     pub best_weights: Option<Snapshot>,
-    /// The replay buffer as it stood at the save.
-    pub buffer: Option<ReservoirBuffer>,
 }
 
-/// Metadata key holding the embedded replay buffer's own metadata, as a JSON object.
-pub const BUFFER_KEY: &str = "mnemo.state.buffer";
+/// Prefix of the metadata keys holding each strategy's state.
+pub const STRATEGY_KEY: &str = "mnemo.state.strategy.";
 
 fn invalid(path: &Path, reason: impl Into<String>) -> MnemoError {
     MnemoError::InvalidState {
@@ -92,6 +84,33 @@ fn invalid(path: &Path, reason: impl Into<String>) -> MnemoError {
 }
 
 impl StateFile {
+    /// The fingerprint of a run: its inputs by content (not paths) and every setting that
+    /// changes the result (not the test hook, not how often it logs). The version tag
+    /// changes whenever the state file's layout does, so an older file is refused rather
+    /// than resumed wrongly.
+    pub fn fingerprint<'a>(
+        input_hashes: impl IntoIterator<Item = &'a str>,
+        command: &str,
+        cfg: &super::TrainConfig,
+        opt: &super::OptimizerConfig,
+        settings: &str,
+    ) -> String {
+        let mut h = blake3::Hasher::new();
+        for hash in input_hashes {
+            h.update(hash.as_bytes());
+        }
+        let settings = format!(
+            "state-v2|{command}|{:?}|{opt:?}|{settings}",
+            super::TrainConfig {
+                halt_after: None,
+                log_every: None,
+                ..cfg.clone()
+            },
+        );
+        h.update(settings.as_bytes());
+        h.finalize().to_hex().to_string()
+    }
+
     /// Writes the state atomically.
     pub fn save(
         &self,
@@ -99,7 +118,7 @@ impl StateFile {
         model: &Model,
         opt: &Optimizer,
         best: Option<&Snapshot>,
-        buffer: Option<&ReservoirBuffer>,
+        strategies: &[&mut dyn Strategy],
     ) -> Result<()> {
         let mut tensors: Vec<OwnedTensor> = model.snapshot()?.tensors(&model.manifest(), "model/");
         for (prefix, moments) in [("opt.m/", &opt.m), ("opt.v/", &opt.v)] {
@@ -112,14 +131,15 @@ impl StateFile {
             tensors.extend(b.tensors(&model.manifest(), "best/"));
         }
         let mut meta = BTreeMap::new();
-        // An empty buffer is not saved: a run only starts from its file, which was empty too.
-        if let Some(b) = buffer.filter(|b| !b.is_empty()) {
-            let (t, m) = b.to_parts("buffer/");
-            tensors.extend(t);
-            meta.insert(
-                BUFFER_KEY.to_string(),
-                serde_json::to_string(&m).expect("buffer metadata serialises"),
-            );
+        for s in strategies {
+            if let Some(st) = s.save_state()? {
+                let prefix = format!("{}/", s.name());
+                tensors.extend(st.tensors.into_iter().map(|mut t| {
+                    t.name = format!("{prefix}{}", t.name);
+                    t
+                }));
+                meta.insert(format!("{STRATEGY_KEY}{}", s.name()), st.json);
+            }
         }
         meta.insert(
             STATE_KEY.to_string(),
@@ -131,7 +151,13 @@ impl StateFile {
     }
 
     /// Loads the state into `model` and `opt` when the file exists; `None` when it does not.
-    pub fn load(&self, model: &mut Model, opt: &mut Optimizer) -> Result<Option<Restored>> {
+    /// Each strategy's saved state is handed back to it.
+    pub fn load(
+        &self,
+        model: &mut Model,
+        opt: &mut Optimizer,
+        strategies: &mut [&mut dyn Strategy],
+    ) -> Result<Option<Restored>> {
         if !self.path.exists() {
             return Ok(None);
         }
@@ -173,24 +199,15 @@ impl StateFile {
         } else {
             None
         };
-        let buffer = match meta.get(BUFFER_KEY) {
-            Some(m) => {
-                let m: BTreeMap<String, String> = serde_json::from_str(m).map_err(|e| {
-                    invalid(
-                        &self.path,
-                        format!("unreadable '{BUFFER_KEY}' metadata: {e}"),
-                    )
-                })?;
-                Some(ReservoirBuffer::from_checkpoint(
-                    &ckpt, "buffer/", &self.path, &m,
-                )?)
+        for s in strategies.iter_mut() {
+            if let Some(json) = meta.get(&format!("{STRATEGY_KEY}{}", s.name())) {
+                let prefix = format!("{}/", s.name());
+                s.restore_state(&ckpt, &prefix, json, &self.path)?;
             }
-            None => None,
-        };
+        }
         Ok(Some(Restored {
             progress,
             best_weights,
-            buffer,
         }))
     }
 }
@@ -222,9 +239,6 @@ mod tests {
             }),
             bad_epochs: 0,
             stopped: false,
-            replay_rng: [9, 10, 11, 12],
-            replay_loss_sum: 123.45678901234568,
-            replay_batches: 3,
         };
         let back: Progress = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);

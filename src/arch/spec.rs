@@ -6,7 +6,7 @@
 //! Container kinds (`sequential`, `module`, `residual`, and the fixed-structure blocks
 //! `squeeze-excitation`, `patch-embedding`, `self-attention`, `encoder-block`) make a spec a
 //! module tree: every tensor is named by its dotted module path, as torch's `state_dict()`
-//! names it. `zoo.rs` builds torchvision's ResNet-18 and EfficientNet-B0 and a small ViT
+//! names it. `arch/zoo.rs` builds torchvision's ResNet-18 and EfficientNet-B0 and a small ViT
 //! from such trees.
 
 use crate::error::{MnemoError, Result};
@@ -769,14 +769,12 @@ pub enum ArchSpec {
 }
 
 impl ArchSpec {
-    /// Parses `mlp:784-400-10`, inline JSON, or the path of a JSON file.
-    pub fn parse(spec: &str) -> Result<ArchSpec> {
+    /// Parses `mlp:784-400-10`, inline JSON, or the path of a JSON file (zoo names are
+    /// tried first by [`crate::arch::parse`], the one entry point).
+    pub(super) fn parse_plain(spec: &str) -> Result<ArchSpec> {
         let s = spec.trim();
         if let Some(dims) = s.strip_prefix("mlp:") {
             return Self::mlp(dims);
-        }
-        if let Some(spec) = super::zoo::parse(s)? {
-            return Ok(spec);
         }
         if s.starts_with('[') || s.starts_with('{') {
             return Self::from_json(s, None);

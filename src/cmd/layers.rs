@@ -19,7 +19,7 @@
 //! that runs. The clap side (`src/cmd/config.rs`) builds the [`Schema`] from the command
 //! tree, validates values with each flag's own parser and rebuilds the command line.
 
-use crate::error::{MnemoError, Result};
+use mnemo::{MnemoError, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
 //! Task losses, each a fused value and gradient computed on the host in f64 from the
-//! f32 logits (as `cross_entropy_grad`): the gradient with respect to the logits enters
+//! f32 logits (as `cross_entropy_grad` here): the gradient with respect to the logits enters
 //! the backward pass directly, so no loss graph is ever built.
 //!
 //! - `ce`: softmax cross-entropy with label smoothing, for class ids (`[B, C]` logits,
@@ -29,6 +29,52 @@
 
 use crate::data::{Dataset, TargetKind, VOID};
 use crate::error::{MnemoError, Result};
+
+/// Softmax rows of `logits` [n, c] in f64, and per-row log-sum-exp.
+pub(crate) fn softmax_rows(logits: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut p = Vec::with_capacity(logits.len());
+    let mut lse = Vec::with_capacity(logits.len() / c);
+    for row in logits.chunks_exact(c) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let s: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        lse.push(max + s.ln());
+        p.extend(row.iter().map(|&v| (v as f64 - max).exp() / s));
+    }
+    (p, lse)
+}
+
+/// The fused cross-entropy of logits `l` [n, c] against (label-smoothed) targets `y`:
+/// the summed loss, and its gradient (softmax − target)·scale/n, computed on the host so
+/// that no log-softmax graph is ever built.
+pub(crate) fn cross_entropy_grad(
+    l: &[f32],
+    c: usize,
+    y: &[i64],
+    smoothing: f64,
+    scale: f64,
+) -> (f64, Vec<f32>) {
+    let (p, lse) = softmax_rows(l, c);
+    let b = y.len() as f64;
+    let (on, off) = (1.0 - smoothing + smoothing / c as f64, smoothing / c as f64);
+    let mut loss = 0.0;
+    let mut grad = vec![0f32; l.len()];
+    for (i, &t) in y.iter().enumerate() {
+        let t = t as usize;
+        let row = &l[i * c..(i + 1) * c];
+        // −Σ_k q_k log p_k = lse − Σ_k q_k l_k
+        let dot: f64 = row
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| if k == t { on } else { off } * v as f64)
+            .sum();
+        loss += lse[i] - dot;
+        for k in 0..c {
+            let q = if k == t { on } else { off };
+            grad[i * c + k] = ((p[i * c + k] - q) / b * scale) as f32;
+        }
+    }
+    (loss, grad)
+}
 
 /// The task loss (`--loss`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -169,7 +215,7 @@ pub fn loss_grad(
 ) -> (f64, Vec<f32>) {
     match (loss, kind) {
         (Loss::Ce, TargetKind::Class) => {
-            let (sum, g) = super::cross_entropy_grad(l, dims[1], y, smoothing, scale);
+            let (sum, g) = cross_entropy_grad(l, dims[1], y, smoothing, scale);
             (sum / y.len() as f64, g)
         }
         (Loss::Ce, _) => pixel_cross_entropy(l, dims, y, smoothing, scale),
@@ -450,7 +496,7 @@ mod tests {
     fn class_ce_is_the_old_path() {
         let l = [0.5f32, -1.0, 2.0, 0.1, 0.2, 0.3];
         let y = [2i64, 0];
-        let (s, g) = super::super::cross_entropy_grad(&l, 3, &y, 0.1, 0.5);
+        let (s, g) = super::cross_entropy_grad(&l, 3, &y, 0.1, 0.5);
         let (m, h) = loss_grad(Loss::Ce, TargetKind::Class, &l, &[2, 3], &y, 0.1, 0.5);
         assert_eq!((s / 2.0).to_bits(), m.to_bits());
         assert_eq!(g, h);

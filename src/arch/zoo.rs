@@ -670,22 +670,8 @@ mod tests {
             "effnet_multitask:width_mult=0.25,depth_mult=0.34,decoder_channels=8,num_classes=3,num_labels=5",
         )
         .unwrap();
-        let dev = candle_core::Device::Cpu;
-        let mut m = crate::model::Model::init(&spec, 1, &dev).unwrap();
-        let mut rng = crate::rng::Rng::new(0);
-        for (hw, head, want) in [
-            ((64, 64), "seg", vec![2, 1, 64, 64]),
-            ((64, 96), "seg", vec![2, 1, 64, 96]),
-            ((64, 64), "det", vec![2, 5]),
-            ((64, 64), "cls", vec![2, 3]),
-        ] {
-            let x = candle_core::Tensor::ones((2, 3, hw.0, hw.1), candle_core::DType::F32, &dev)
-                .unwrap();
-            let y = m
-                .forward(&x, Some(head), crate::model::Mode::Train, &mut rng)
-                .unwrap();
-            assert_eq!(y.dims(), want.as_slice(), "{head} {hw:?}");
-        }
+        // The forward shapes of this spec: model/forward.rs's tests.
+        let _ = spec;
         let e = ArchSpec::parse("effnet_multitask:decoder_channels=0").unwrap_err();
         assert!(
             e.to_string().contains("decoder_channels must be positive"),

@@ -1,0 +1,209 @@
+//! Attaching a LoRA adapter to a model for training: the base weights are frozen (batchnorm
+//! runs on its running statistics), A and B become the model's only `params`, so the
+//! engine, the optimizer and the state file train adapters unchanged; each target module's
+//! output gains scale·B·A·dropout(x). The model sees this only through its
+//! [`ModelAdapter`] hook.
+
+use super::{a_name, b_name, fold, Adapter, LoraConfig, ModuleAdapter, TargetKind};
+use crate::checkpoint::OwnedTensor;
+use crate::error::{MnemoError, Result};
+use crate::model::ops::dropout;
+use crate::model::{Mode, Model, ModelAdapter, ParamKind, ParamSpec};
+use crate::rng::Rng;
+use candle_core::{Tensor, Var};
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A LoRA adapter attached to a model.
+pub struct LoraAttachment {
+    pub config: LoraConfig,
+    pub modules: BTreeMap<String, TargetKind>,
+    /// The base model's trainable weights, no longer trained.
+    pub frozen: BTreeMap<String, Tensor>,
+}
+
+impl ModelAdapter for LoraAttachment {
+    fn frozen(&self, name: &str) -> Option<&Tensor> {
+        self.frozen.get(name)
+    }
+
+    /// `y` plus the LoRA term scale·B(A(dropout(x))) when module `name` is adapted.
+    fn module_output(
+        &self,
+        model: &Model,
+        name: &str,
+        x: &Tensor,
+        y: Tensor,
+        mode: Mode,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        let Some(kind) = self.modules.get(name) else {
+            return Ok(y);
+        };
+        let c = |e: candle_core::Error| MnemoError::Compute {
+            context: format!("LoRA of module {name}"),
+            source: e,
+        };
+        let a = model.weight(&a_name(name))?;
+        let b = model.weight(&b_name(name))?;
+        let xd = dropout(x, self.config.dropout, mode, rng).map_err(c)?;
+        let delta = match *kind {
+            TargetKind::Linear { .. } => {
+                let h = if xd.rank() == 2 {
+                    xd.matmul(&a.t().map_err(c)?)
+                } else {
+                    xd.broadcast_matmul(&a.t().map_err(c)?)
+                }
+                .map_err(c)?;
+                if h.rank() == 2 {
+                    h.matmul(&b.t().map_err(c)?)
+                } else {
+                    h.broadcast_matmul(&b.t().map_err(c)?)
+                }
+                .map_err(c)?
+            }
+            TargetKind::Conv2d {
+                stride, padding, ..
+            } => xd
+                .conv2d(a, padding, stride, 1, 1)
+                .and_then(|h| h.conv2d(b, 0, 1, 1, 1))
+                .map_err(c)?,
+        };
+        (y + (delta * self.config.scale()).map_err(c)?).map_err(c)
+    }
+
+    /// The adapter's weights and the base's batchnorm state.
+    fn manifest(&self, spec: Vec<ParamSpec>) -> Vec<ParamSpec> {
+        let mut out: Vec<ParamSpec> = spec
+            .into_iter()
+            .filter(|p| p.kind != ParamKind::Trainable)
+            .collect();
+        for (m, kind) in &self.modules {
+            for (name, shape) in [
+                (a_name(m), kind.a_shape(self.config.rank)),
+                (b_name(m), kind.b_shape(self.config.rank)),
+            ] {
+                out.push(ParamSpec {
+                    name,
+                    shape,
+                    kind: ParamKind::Trainable,
+                });
+            }
+        }
+        out
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn attachment(model: &Model) -> Option<&LoraAttachment> {
+    model
+        .adapter
+        .as_ref()
+        .and_then(|a| a.as_any().downcast_ref::<LoraAttachment>())
+}
+
+/// Attaches a LoRA adapter to `modules` of `model`: the base weights are frozen and only
+/// the adapter's A and B train. A starts kaiming-uniform(a=√5) (U(±1/√fan_in), drawn from
+/// `seed`), B at zero, as PEFT initialises them — or both from `init`.
+pub fn attach(
+    model: &mut Model,
+    config: LoraConfig,
+    modules: BTreeMap<String, TargetKind>,
+    init: Option<&Adapter>,
+    seed: u64,
+) -> Result<()> {
+    if model.adapter.is_some() {
+        return Err(MnemoError::InvalidTargets {
+            reason: "the model already has an adapter".into(),
+        });
+    }
+    let frozen: BTreeMap<String, Tensor> = std::mem::take(&mut model.params)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().detach()))
+        .collect();
+    let mut rng = Rng::new(seed);
+    let r = config.rank;
+    for (m, kind) in &modules {
+        let (a, b) = match init.and_then(|ad| ad.modules.get(m)) {
+            Some(w) => (w.a.clone(), w.b.clone()),
+            None => {
+                let bound = 1.0 / (kind.a_fan_in() as f64).sqrt();
+                let n: usize = kind.a_shape(r).iter().product();
+                let a = (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect();
+                (a, vec![0.0; kind.b_shape(r).iter().product()])
+            }
+        };
+        for (name, shape, v) in [
+            (a_name(m), kind.a_shape(r), a),
+            (b_name(m), kind.b_shape(r), b),
+        ] {
+            let t = Tensor::from_vec(v, shape.as_slice(), &model.device)
+                .map_err(MnemoError::compute(format!("placing '{name}'")))?;
+            let var = Var::from_tensor(&t).map_err(MnemoError::compute("creating var"))?;
+            model.params.insert(name, var);
+        }
+    }
+    model.adapter = Some(Box::new(LoraAttachment {
+        config,
+        modules,
+        frozen,
+    }));
+    Ok(())
+}
+
+/// The attached LoRA adapter's current weights (`None` without one).
+pub fn adapter_of(model: &Model) -> Result<Option<Adapter>> {
+    let Some(l) = attachment(model) else {
+        return Ok(None);
+    };
+    let snap = model.snapshot()?;
+    let r = l.config.rank;
+    let modules = l
+        .modules
+        .iter()
+        .map(|(m, kind)| {
+            (
+                m.clone(),
+                ModuleAdapter {
+                    a: snap.values[&a_name(m)].clone(),
+                    a_shape: kind.a_shape(r),
+                    b: snap.values[&b_name(m)].clone(),
+                    b_shape: kind.b_shape(r),
+                },
+            )
+        })
+        .collect();
+    Ok(Some(Adapter {
+        config: l.config.clone(),
+        modules,
+    }))
+}
+
+/// The full checkpoint of the model's spec; with a LoRA adapter attached, the base weights
+/// with the adapter folded in (W + scale·B·A).
+pub fn merged_tensors(model: &Model) -> Result<Vec<OwnedTensor<'static>>> {
+    let Some(l) = attachment(model) else {
+        return model.tensors();
+    };
+    let adapter = adapter_of(model)?.expect("attached");
+    let mut snap = model.snapshot()?;
+    for (name, t) in &l.frozen {
+        let v: Vec<f32> = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(MnemoError::compute(format!("reading '{name}'")))?;
+        snap.values.insert(name.clone(), v);
+    }
+    let scale = l.config.scale();
+    for (m, w) in &adapter.modules {
+        let wname = format!("{m}.weight");
+        let shape = l.frozen[&wname].dims().to_vec();
+        let values = snap.values.get_mut(&wname).expect("frozen weight");
+        fold(values, &shape, w, scale, Path::new("<model>"), &wname)?;
+    }
+    Ok(snap.tensors(&model.spec.params(), ""))
+}

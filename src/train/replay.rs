@@ -1,0 +1,225 @@
+//! Experience replay as a training strategy: each batch is paired with a batch of the same
+//! size drawn from a buffer, loss = (1 − ratio)·new + ratio·replay (the new batch alone while
+//! the buffer is empty), replay adding `distill`·MSE against the stored logits (dark
+//! experience replay); after each update of the first epoch the new examples are offered to
+//! the buffer. The draws have their own RNG, saved with the buffer in the state file, so a
+//! resumed run replays exactly what an uninterrupted one would.
+
+use super::strategy::{BatchOut, Pass, Strategy, StrategyState, UpdateCtx};
+use super::TrainConfig;
+use crate::checkpoint::Checkpoint;
+use crate::data::Dataset;
+use crate::error::{MnemoError, Result};
+use crate::replay::ReservoirBuffer;
+use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Seed of the replay draws, apart from shuffling and from the buffer's insertion stream.
+const REPLAY_SEED: u64 = 0x4E91_A7D2_5EED_0002;
+
+pub struct Replay {
+    pub buffer: ReservoirBuffer,
+    pub ratio: f64,
+    pub distill: f64,
+    rng: Rng,
+    /// Offer the new examples to the buffer in this update (first epoch only).
+    insert: bool,
+    /// The draw for the batch being processed, taken before its backward pass.
+    draw: Option<Vec<usize>>,
+    loss_sum: f64,
+    batches: usize,
+    /// The training data's example shape and file, for checking a restored buffer.
+    data_shape: Vec<usize>,
+    data_path: std::path::PathBuf,
+}
+
+/// What the state file keeps of a replay run besides the buffer's tensors.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    rng: [u64; 4],
+    loss_sum: f64,
+    batches: usize,
+    /// The buffer's own metadata; absent when it was empty (a run only starts from its
+    /// file, which was empty too).
+    buffer: Option<BTreeMap<String, String>>,
+}
+
+impl Replay {
+    pub fn new(buffer: ReservoirBuffer, ratio: f64, distill: f64) -> Self {
+        Replay {
+            buffer,
+            ratio,
+            distill,
+            rng: Rng::new(0),
+            insert: false,
+            draw: None,
+            loss_sum: 0.0,
+            batches: 0,
+            data_shape: Vec::new(),
+            data_path: Default::default(),
+        }
+    }
+}
+
+/// Adds W·mean((l − z)²) over all of a batch's logits to the loss gradient `grad` (scaled
+/// by `scale`), and returns that distillation loss.
+fn distill_grad(l: &[f32], z: &[f32], weight: f64, scale: f64, grad: &mut [f32]) -> f64 {
+    let n = l.len() as f64;
+    let mut sum = 0.0;
+    for ((g, &l), &z) in grad.iter_mut().zip(l).zip(z) {
+        let d = l as f64 - z as f64;
+        sum += d * d;
+        *g += (2.0 * weight * d / n * scale) as f32;
+    }
+    weight * sum / n
+}
+
+impl Strategy for Replay {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+
+    fn start(&mut self, data: &Dataset, cfg: &TrainConfig) -> Result<()> {
+        data.require_class("experience replay")?;
+        self.buffer.expect_shape(&data.example_shape, &data.path)?;
+        self.rng = Rng::new(cfg.seed ^ REPLAY_SEED);
+        self.data_shape = data.example_shape.clone();
+        self.data_path = data.path.clone();
+        Ok(())
+    }
+
+    fn begin_update(&mut self, ctx: &UpdateCtx) {
+        self.insert = ctx.epoch == 0;
+    }
+
+    /// Logits are kept with buffered examples under distillation (or once a buffer has them).
+    fn wants_logits(&self) -> bool {
+        self.insert && (self.distill > 0.0 || self.buffer.has_logits())
+    }
+
+    fn batch_weight(&mut self, _ctx: &UpdateCtx, idx: &[usize]) -> f64 {
+        // Drawn from the buffer as it stood before this update.
+        self.draw = (self.ratio > 0.0 && !self.buffer.is_empty())
+            .then(|| self.buffer.draw(idx.len(), &mut self.rng));
+        if self.draw.is_some() {
+            1.0 - self.ratio
+        } else {
+            1.0
+        }
+    }
+
+    fn after_batch(&mut self, ctx: &UpdateCtx, pass: &mut Pass, batch: &BatchOut) -> Result<()> {
+        let Some(slots) = self.draw.take() else {
+            return Ok(());
+        };
+        if ctx.check {
+            // Every stored label, once, against this model (a buffer from another model is
+            // named, with its slot).
+            self.buffer.check_labels(batch.classes, ctx.head)?;
+        }
+        let rd = self.buffer.to_dataset(&slots);
+        let stored = (self.distill > 0.0)
+            .then(|| self.buffer.logits_of(&slots))
+            .flatten();
+        let all: Vec<usize> = (0..slots.len()).collect();
+        let w = self.distill;
+        let mut term = |l: &[f32], scale: f64, g: &mut [f32]| {
+            stored
+                .as_deref()
+                .map_or(0.0, |z| distill_grad(l, z, w, scale, g))
+        };
+        let b = pass.run(
+            &rd,
+            &all,
+            ctx.scale * self.ratio,
+            true,
+            Some(&mut term),
+            false,
+        )?;
+        self.loss_sum += b.loss + b.extra;
+        self.batches += 1;
+        Ok(())
+    }
+
+    fn after_update(
+        &mut self,
+        _ctx: &UpdateCtx,
+        data: &Dataset,
+        group: &[&[usize]],
+        logits: &[Option<Vec<f32>>],
+    ) -> Result<()> {
+        if !self.insert {
+            return Ok(());
+        }
+        let el: usize = data.example_shape.iter().product();
+        for (idx, logits) in group.iter().zip(logits) {
+            let c = logits.as_ref().map_or(0, |l| l.len() / idx.len().max(1));
+            for (k, &i) in idx.iter().enumerate() {
+                self.buffer.offer(
+                    &data.inputs[i * el..(i + 1) * el],
+                    data.targets[i],
+                    data.from_u8,
+                    logits.as_ref().map(|l| &l[k * c..(k + 1) * c]),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The mean over the epoch's replay batches of their loss (cross-entropy plus
+    /// distillation), unweighted by the ratio.
+    fn epoch_fields(&mut self) -> Vec<(&'static str, f64)> {
+        let f = (self.batches > 0)
+            .then(|| ("replay_loss", self.loss_sum / self.batches as f64))
+            .into_iter()
+            .collect();
+        self.loss_sum = 0.0;
+        self.batches = 0;
+        f
+    }
+
+    fn save_state(&self) -> Result<Option<StrategyState>> {
+        let (tensors, meta) = if self.buffer.is_empty() {
+            (Vec::new(), None)
+        } else {
+            let (t, m) = self.buffer.to_parts("");
+            (t, Some(m))
+        };
+        let saved = Saved {
+            rng: self.rng.state(),
+            loss_sum: self.loss_sum,
+            batches: self.batches,
+            buffer: meta,
+        };
+        Ok(Some(StrategyState {
+            tensors,
+            json: serde_json::to_string(&saved).expect("replay state serialises"),
+        }))
+    }
+
+    fn restore_state(
+        &mut self,
+        ckpt: &Checkpoint,
+        prefix: &str,
+        json: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let saved: Saved = serde_json::from_str(json).map_err(|e| MnemoError::InvalidState {
+            path: path.to_path_buf(),
+            reason: format!("unreadable replay state: {e}"),
+        })?;
+        if let Some(m) = &saved.buffer {
+            let b = ReservoirBuffer::from_checkpoint(ckpt, prefix, path, m)?;
+            b.check_compatible(&self.data_shape, &self.data_path)?;
+            let buffer_path = std::mem::take(&mut self.buffer.path);
+            self.buffer = b;
+            self.buffer.path = buffer_path;
+        }
+        self.rng = Rng::from_state(saved.rng);
+        self.loss_sum = saved.loss_sum;
+        self.batches = saved.batches;
+        Ok(())
+    }
+}
