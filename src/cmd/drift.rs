@@ -295,23 +295,6 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     })
 }
 
-/// The parameter `--calibrate` tunes for each detector: (name, larger means fewer alarms,
-/// search range). EWMA's is discrete (its control limits are tabulated for 100/400/1000).
-fn tuned(detector: &str) -> (&'static str, bool, f64, f64) {
-    match detector {
-        "page-hinkley" => ("threshold", true, 1e-4, 1e7),
-        "adwin" => ("delta", false, 1e-15, 0.5),
-        "kswin" => ("alpha", false, 1e-15, 0.5),
-        "ddm" => ("drift_threshold", true, 1e-2, 1e3),
-        "eddm" => ("beta", false, 1e-9, 0.95),
-        "hddm-a" | "hddm-w" => ("drift_confidence", false, 1e-15, 0.5),
-        "fhddm" => ("confidence_level", false, 1e-15, 0.5),
-        "cusum" => ("lambda", true, 1e-4, 1e7),
-        "stepd" => ("alpha_d", false, 1e-15, 0.5),
-        _ => ("average_run_length", true, 100.0, 1000.0),
-    }
-}
-
 /// Chooses the detector's sensitivity so that bootstrap resamples of a known-stable stream
 /// raise at most --false-alarm-rate alarms per value.
 fn calibrate(args: &Args, g: &Global) -> anyhow::Result<Status> {
@@ -350,7 +333,12 @@ fn calibrate(args: &Args, g: &Global) -> anyhow::Result<Status> {
             values.len()
         );
     }
-    let (param, larger_is_quieter, lo, hi) = tuned(spec.name);
+    let mnemo::drift::Tuning {
+        param,
+        larger_is_quieter,
+        lo,
+        hi,
+    } = spec.tune;
     let base = detector_params(args);
     if base.get(param).is_some() {
         anyhow::bail!(

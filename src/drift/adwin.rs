@@ -2,7 +2,7 @@
 //! `AdaptiveWindowing`, BSD-3-Clause): the same exponential histogram, the
 //! same cut search and the same floating-point operation order.
 
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -13,6 +13,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: false,
     statistic: "the estimation: mean of the values in the current adaptive window",
     reference: "river 0.26.1 drift.ADWIN",
+    build: |r| Ok(Box::new(Adwin::new(AdwinConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "delta",
+        larger_is_quieter: false,
+        lo: 1e-15,
+        hi: 0.5,
+    },
     params: &[
         ParamSpec {
             name: "delta",
@@ -329,16 +336,8 @@ impl Detector for Adwin {
         self.estimation()
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

@@ -1,6 +1,6 @@
 //! CUSUM (Page 1954), as frouros 0.9.0 `CUSUM` defines it.
 
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -11,6 +11,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: false,
     statistic: "the cumulative sum g = max(0, g + x - mean - delta)",
     reference: "frouros 0.9.0 CUSUM (Page 1954), via fixtures/drift/gen.py's CusumRef",
+    build: |r| Ok(Box::new(Cusum::new(CusumConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "lambda",
+        larger_is_quieter: true,
+        lo: 1e-4,
+        hi: 1e7,
+    },
     params: &[
         ParamSpec {
             name: "delta",
@@ -124,16 +131,8 @@ impl Detector for Cusum {
         self.g
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

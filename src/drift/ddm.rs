@@ -1,7 +1,7 @@
 //! DDM, as river 0.26.1 `drift.binary.DDM`.
 
 use super::num::RiverMean;
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -12,6 +12,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: true,
     statistic: "p + s, the error rate plus its standard deviation sqrt(p (1 - p) / n)",
     reference: "river 0.26.1 drift.binary.DDM",
+    build: |r| Ok(Box::new(Ddm::new(DdmConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "drift_threshold",
+        larger_is_quieter: true,
+        lo: 1e-2,
+        hi: 1e3,
+    },
     params: &[
         ParamSpec {
             name: "warm_start",
@@ -140,16 +147,8 @@ impl Detector for Ddm {
         self.stat
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

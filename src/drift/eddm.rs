@@ -1,7 +1,7 @@
 //! EDDM, as river 0.26.1 `drift.binary.EDDM`.
 
 use super::num::{py_pow, RiverVar};
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -12,6 +12,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: true,
     statistic: "m' + 2 s': mean plus twice the std of the distances between errors (level = this / its maximum)",
     reference: "river 0.26.1 drift.binary.EDDM",
+    build: |r| Ok(Box::new(Eddm::new(EddmConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "beta",
+        larger_is_quieter: false,
+        lo: 1e-9,
+        hi: 0.95,
+    },
     params: &[
         ParamSpec {
             name: "warm_start",
@@ -155,16 +162,8 @@ impl Detector for Eddm {
         self.p2s()
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

@@ -2,7 +2,7 @@
 //! `ECDDWT`.
 
 use super::num::py_pow;
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -14,6 +14,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: true,
     statistic: "Z, the exponentially weighted moving average of the inputs",
     reference: "Ross et al. 2012 / frouros 0.9.0 ECDDWT, via fixtures/drift/gen.py's EwmaRef",
+    build: |r| Ok(Box::new(Ewma::new(EwmaConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "average_run_length",
+        larger_is_quieter: true,
+        lo: 100.0,
+        hi: 1000.0,
+    },
     params: &[
         ParamSpec {
             name: "lambda",
@@ -185,16 +192,8 @@ impl Detector for Ewma {
         self.z
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -13,6 +13,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: false,
     statistic: "u_max - u: the largest windowed mean so far minus the current one (0 until the window is full)",
     reference: "river 0.26.1 drift.binary.FHDDM",
+    build: |r| Ok(Box::new(Fhddm::new(FhddmConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "confidence_level",
+        larger_is_quieter: false,
+        lo: 1e-15,
+        hi: 0.5,
+    },
     params: &[
         ParamSpec {
             name: "sliding_window_size",
@@ -163,16 +170,8 @@ impl Detector for Fhddm {
         self.stat
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

@@ -1,7 +1,7 @@
 //! HDDM_A, as river 0.26.1 `drift.binary.HDDMA`.
 
 use super::num::RiverMean;
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -14,6 +14,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     statistic:
         "mean of all inputs minus the mean up to the increase cut point (the tested increase)",
     reference: "river 0.26.1 drift.binary.HDDMA",
+    build: |r| Ok(Box::new(HddmA::new(HddmAConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "drift_confidence",
+        larger_is_quieter: false,
+        lo: 1e-15,
+        hi: 0.5,
+    },
     params: &[
         ParamSpec {
             name: "drift_confidence",
@@ -176,16 +183,8 @@ impl Detector for HddmA {
         self.z.mean - self.x_min.mean
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

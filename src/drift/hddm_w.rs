@@ -1,7 +1,7 @@
 //! HDDM_W, as river 0.26.1 `drift.binary.HDDMW`.
 
 use super::num::{py_pow, RiverEwMean};
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -13,6 +13,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: true,
     statistic: "EWMA since the increase cut point minus the EWMA up to it (0 until both exist)",
     reference: "river 0.26.1 drift.binary.HDDMW",
+    build: |r| Ok(Box::new(HddmW::new(HddmWConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "drift_confidence",
+        larger_is_quieter: false,
+        lo: 1e-15,
+        hi: 0.5,
+    },
     params: &[
         ParamSpec {
             name: "drift_confidence",
@@ -223,16 +230,8 @@ impl Detector for HddmW {
         }
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

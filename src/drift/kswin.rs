@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::pyrandom::PyRandom;
 use super::{Detector, Signal};
 use crate::Result;
@@ -18,6 +18,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: false,
     statistic: "the Kolmogorov-Smirnov statistic D of the last test (0 until the window is full)",
     reference: "river 0.26.1 drift.KSWIN (with scipy 1.17 ks_2samp)",
+    build: |r| Ok(Box::new(Kswin::new(KswinConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "alpha",
+        larger_is_quieter: false,
+        lo: 1e-15,
+        hi: 0.5,
+    },
     params: &[
         ParamSpec {
             name: "alpha",
@@ -200,16 +207,8 @@ impl Detector for Kswin {
         self.stat
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

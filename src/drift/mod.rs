@@ -68,7 +68,7 @@ pub use hddm_a::{HddmA, HddmAConfig};
 pub use hddm_w::{HddmW, HddmWConfig};
 pub use kswin::{Kswin, KswinConfig};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig, PhMode};
-pub use params::{DetectorParams, DetectorSpec, ParamSpec};
+pub use params::{DetectorParams, DetectorSpec, ParamSpec, Tuning};
 pub use stepd::{Stepd, StepdConfig};
 
 use crate::{MnemoError, Result};
@@ -91,12 +91,20 @@ pub trait Detector: Send + std::fmt::Debug {
     /// The detector's current test statistic after the last update (0 before
     /// the first update); see each detector's documentation for its meaning.
     fn statistic(&self) -> f64;
+    /// The detector's entry in [`DETECTORS`].
+    fn spec(&self) -> &'static DetectorSpec;
     /// The hyphenated name that [`build`] knows the detector by.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.spec().name
+    }
     /// Whether the detector expects 0/1 input (1 = error).
-    fn binary(&self) -> bool;
+    fn binary(&self) -> bool {
+        self.spec().binary
+    }
     /// Whether the detector can report a warning zone.
-    fn has_warning(&self) -> bool;
+    fn has_warning(&self) -> bool {
+        self.spec().warning
+    }
     /// Forgets everything seen so far (the state of a new detector).
     fn reset(&mut self);
     /// The effective parameters, as `(name, value)` in [`DetectorSpec`] order;
@@ -104,7 +112,8 @@ pub trait Detector: Send + std::fmt::Debug {
     fn params(&self) -> Vec<(&'static str, String)>;
 }
 
-/// Every detector [`build`] knows, in a stable order, with its parameters.
+/// Every detector [`build`] knows, in a stable order, with its parameters: the registry (a
+/// new detector is its own file plus one line here).
 pub const DETECTORS: &[DetectorSpec] = &[
     page_hinkley::SPEC,
     adwin::SPEC,
@@ -142,21 +151,7 @@ pub fn build(name: &str, params: &DetectorParams) -> Result<Box<dyn Detector>> {
                 .join(", "),
         });
     };
-    let r = params.reader(spec)?;
-    Ok(match spec.name {
-        "page-hinkley" => Box::new(PageHinkley::new(PageHinkleyConfig::from_params(&r)?)?),
-        "adwin" => Box::new(Adwin::new(AdwinConfig::from_params(&r)?)?),
-        "kswin" => Box::new(Kswin::new(KswinConfig::from_params(&r)?)?),
-        "ddm" => Box::new(Ddm::new(DdmConfig::from_params(&r)?)?),
-        "eddm" => Box::new(Eddm::new(EddmConfig::from_params(&r)?)?),
-        "hddm-a" => Box::new(HddmA::new(HddmAConfig::from_params(&r)?)?),
-        "hddm-w" => Box::new(HddmW::new(HddmWConfig::from_params(&r)?)?),
-        "fhddm" => Box::new(Fhddm::new(FhddmConfig::from_params(&r)?)?),
-        "cusum" => Box::new(Cusum::new(CusumConfig::from_params(&r)?)?),
-        "stepd" => Box::new(Stepd::new(StepdConfig::from_params(&r)?)?),
-        "ewma" => Box::new(Ewma::new(EwmaConfig::from_params(&r)?)?),
-        other => unreachable!("DETECTORS lists '{other}' but build does not"),
-    })
+    (spec.build)(&params.reader(spec)?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Page-Hinkley test, as river 0.26.1 `drift.PageHinkley`.
 
 use super::num::RiverMean;
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -12,6 +12,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: false,
     statistic: "the tested Page-Hinkley difference: up = S_inc - min S_inc, down = max S_dec - S_dec, both = the larger",
     reference: "river 0.26.1 drift.PageHinkley",
+    build: |r| Ok(Box::new(PageHinkley::new(PageHinkleyConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "threshold",
+        larger_is_quieter: true,
+        lo: 1e-4,
+        hi: 1e7,
+    },
     params: &[
         ParamSpec {
             name: "min_instances",
@@ -205,16 +212,8 @@ impl Detector for PageHinkley {
         self.stat
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {

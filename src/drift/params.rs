@@ -17,7 +17,7 @@ pub struct ParamSpec {
 }
 
 /// A detector known to [`super::build`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct DetectorSpec {
     /// Hyphenated name, e.g. `hddm-a`.
     pub name: &'static str,
@@ -31,8 +31,24 @@ pub struct DetectorSpec {
     pub statistic: &'static str,
     /// The implementation it matches index for index.
     pub reference: &'static str,
+    /// Builds the detector from its parameters (defaults overridden by the reader's).
+    pub(crate) build: fn(&Reader) -> Result<Box<dyn super::Detector>>,
+    /// The parameter `--calibrate` tunes, and where it searches.
+    pub tune: Tuning,
     /// Its parameters, in the order [`super::Detector::params`] reports them.
     pub params: &'static [ParamSpec],
+}
+
+/// The parameter a calibration tunes for a target false-alarm rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuning {
+    /// The parameter's name (as in [`ParamSpec`]).
+    pub param: &'static str,
+    /// Whether larger values raise fewer alarms.
+    pub larger_is_quieter: bool,
+    /// The search range.
+    pub lo: f64,
+    pub hi: f64,
 }
 
 impl DetectorSpec {

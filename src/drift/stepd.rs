@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::num::norm_sf;
-use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader};
+use super::params::{fmt_f64, Check, DetectorSpec, ParamSpec, Reader, Tuning};
 use super::{Detector, Signal};
 use crate::Result;
 
@@ -15,6 +15,13 @@ pub(crate) const SPEC: DetectorSpec = DetectorSpec {
     warning: true,
     statistic: "the continuity-corrected two-proportion z statistic T (0 until the first test)",
     reference: "Nishida & Yamauchi 2007 / frouros 0.9.0 STEPD (P from T, not |T|), via fixtures/drift/gen.py's StepdRef",
+    build: |r| Ok(Box::new(Stepd::new(StepdConfig::from_params(r)?)?)),
+    tune: Tuning {
+        param: "alpha_d",
+        larger_is_quieter: false,
+        lo: 1e-15,
+        hi: 0.5,
+    },
     params: &[
         ParamSpec {
             name: "alpha_d",
@@ -169,16 +176,8 @@ impl Detector for Stepd {
         self.t
     }
 
-    fn name(&self) -> &'static str {
-        SPEC.name
-    }
-
-    fn binary(&self) -> bool {
-        SPEC.binary
-    }
-
-    fn has_warning(&self) -> bool {
-        SPEC.warning
+    fn spec(&self) -> &'static DetectorSpec {
+        &SPEC
     }
 
     fn reset(&mut self) {
