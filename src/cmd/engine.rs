@@ -6,10 +6,10 @@ use super::{num, Global, JsonLines};
 use anyhow::Context;
 use mnemo::checkpoint::{write_checkpoint, Checkpoint};
 use mnemo::data::Dataset;
-use mnemo::model::{Model, ARCH_KEY};
+use mnemo::model::{ArchSpec, Mode, Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
 use mnemo::train::{
-    self, optim_file, AnchorPull, Event, EwcPenalty, Job, Optimizer, OptimizerConfig,
+    self, optim_file, AnchorPull, Event, EwcPenalty, Job, Lwf, Optimizer, OptimizerConfig,
     OptimizerKind, Outcome, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit, StateFile,
     Strategy, TrainConfig,
 };
@@ -168,6 +168,30 @@ pub struct EngineArgs {
     /// Strength μ of the --l2-anchor pull.
     #[arg(long, value_name = "MU", default_value_t = 0.0)]
     pub l2_lambda: f64,
+    /// Learning without forgetting: distil from this model (the one before this task) on
+    /// the new data, adding α·KL(softmax(old/T) ‖ softmax(new/T)) (batch mean, Avalanche's
+    /// LwF) to the loss. The old model runs frozen, in eval mode.
+    #[arg(long, value_name = "OLD")]
+    pub distill_from: Option<PathBuf>,
+    /// Architecture of --distill-from when its file carries none (default: the trained
+    /// model's).
+    #[arg(long, value_name = "SPEC", requires = "distill_from")]
+    pub distill_arch: Option<String>,
+    /// Softmax temperature T of --distill-from.
+    #[arg(long, value_name = "T", default_value_t = 2.0)]
+    pub distill_temperature: f64,
+    /// Weight α of --distill-from's term.
+    #[arg(long, value_name = "ALPHA", default_value_t = 1.0)]
+    pub distill_weight: f64,
+    /// Distil only these outputs of --distill-from (the classes the old model knew, as
+    /// Avalanche distils its previously active units), e.g. 0,1,2,3; default: all.
+    #[arg(
+        long,
+        value_name = "C,...",
+        value_delimiter = ',',
+        requires = "distill_from"
+    )]
+    pub distill_classes: Vec<usize>,
     /// Validation data, scored after every epoch; the output gets the best epoch's weights.
     #[arg(long, value_name = "D")]
     pub val: Option<PathBuf>,
@@ -329,6 +353,69 @@ pub fn ewc_penalty(
     Ok((!terms.is_empty()).then_some(EwcPenalty { terms, lambda }))
 }
 
+/// The `--distill-from` model as an LwF strategy, checked against the trained model on the
+/// first example (same outputs), its file recorded in the provenance.
+fn open_teacher(
+    path: &Path,
+    e: &EngineArgs,
+    student: &mut Model,
+    data: &Dataset,
+    head: Option<&str>,
+    prov: &mut Provenance,
+) -> anyhow::Result<Lwf> {
+    if !(e.distill_temperature.is_finite() && e.distill_temperature > 0.0) {
+        anyhow::bail!(
+            "--distill-temperature {}: must be a positive number",
+            e.distill_temperature
+        );
+    }
+    if !(e.distill_weight.is_finite() && e.distill_weight >= 0.0) {
+        anyhow::bail!(
+            "--distill-weight {}: must be a number ≥ 0",
+            e.distill_weight
+        );
+    }
+    let ctx = || format!("--distill-from {}", path.display());
+    let ckpt = Checkpoint::open(path).with_context(ctx)?;
+    let spec = match (&e.distill_arch, ckpt.metadata().contains_key(ARCH_KEY)) {
+        (Some(a), _) => ArchSpec::parse(a).with_context(ctx)?,
+        (None, true) => mnemo::model::resolve_arch(&ckpt, None).with_context(ctx)?,
+        (None, false) => student.spec.clone(),
+    };
+    let mut teacher = Model::load(&ckpt, &spec, &student.device).with_context(ctx)?;
+    if data.is_empty() {
+        anyhow::bail!("{}: no examples", data.path.display());
+    }
+    let (x, _) = data.batch(&[0], &student.device)?;
+    let mut rng = mnemo::rng::Rng::new(0);
+    let width = |m: &mut Model, rng: &mut mnemo::rng::Rng| -> mnemo::Result<Vec<usize>> {
+        Ok(m.forward(&x, head, Mode::Eval, rng)?.dims().to_vec())
+    };
+    let t = width(&mut teacher, &mut rng).with_context(ctx)?;
+    // Eval mode changes nothing in the model (no running statistics move).
+    let s = width(student, &mut rng)?;
+    if t != s {
+        anyhow::bail!(
+            "{}: the old model's output has shape {t:?} but the trained model's has {s:?}",
+            ctx()
+        );
+    }
+    if let Some(c) = e.distill_classes.iter().find(|&&c| c >= t[1]) {
+        anyhow::bail!(
+            "--distill-classes: class {c} is not an output of the model ({} outputs)",
+            t[1]
+        );
+    }
+    prov.input(path.display().to_string(), ckpt.content_hash()?);
+    let classes = (!e.distill_classes.is_empty()).then(|| e.distill_classes.clone());
+    Ok(Lwf::new(
+        teacher,
+        e.distill_weight,
+        e.distill_temperature,
+        classes,
+    ))
+}
+
 /// What a training subcommand hands to `fit` besides the engine flags.
 pub struct Fit<'a> {
     pub command: &'a str,
@@ -370,6 +457,23 @@ pub fn fit_with(
     let cfg = e.train_config(f.head.clone())?;
     let opt_cfg = e.optimizer();
     f.prov.seed = Some(e.seed);
+    let mut lwf = match &e.distill_from {
+        Some(p) => Some(open_teacher(
+            p,
+            e,
+            &mut f.model,
+            f.data,
+            f.head.as_deref(),
+            &mut f.prov,
+        )?),
+        None => None,
+    };
+    if lwf.is_some() {
+        f.settings.push_str(&format!(
+            "|lwf:T={}:w={}:classes={:?}",
+            e.distill_temperature, e.distill_weight, e.distill_classes
+        ));
+    }
     let mut pull = None;
     if let Some(a) = &e.l2_anchor {
         let ckpt = Checkpoint::open(a)?;
@@ -420,13 +524,16 @@ pub fn fit_with(
             );
         }
     }
-    // Penalties first, then replay: the order their hooks run in.
+    // Penalties first, then distillation and replay: the order their hooks run in.
     let mut strategies: Vec<&mut dyn Strategy> = Vec::new();
     if let Some(p) = f.penalty.as_mut() {
         strategies.push(p);
     }
     if let Some(p) = pull.as_mut() {
         strategies.push(p);
+    }
+    if let Some(l) = lwf.as_mut() {
+        strategies.push(l);
     }
     if let Some(r) = f.replay.as_mut() {
         strategies.push(r);

@@ -6,6 +6,7 @@
 
 pub mod dense;
 pub mod fisher;
+pub mod lwf;
 pub mod optim;
 pub mod optim_file;
 pub mod penalty;
@@ -20,6 +21,7 @@ pub use crate::loss::{self, Loss};
 use crate::model::{Mode, Model, Snapshot};
 use crate::rng::Rng;
 use candle_core::Tensor;
+pub use lwf::Lwf;
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use penalty::{AnchorPull, EwcPenalty, PenaltyTerm};
 pub use replay::Replay;
@@ -295,11 +297,24 @@ fn update(
         };
         for (i, idx) in group.iter().enumerate() {
             ctx.check = check_labels && i == 0;
-            let w: f64 = strategies
-                .iter_mut()
-                .map(|s| s.batch_weight(&ctx, idx))
-                .product();
-            let b = pass.run(data, idx, scale * w, ctx.check, None, keep_logits)?;
+            let mut w = 1.0;
+            for s in strategies.iter_mut() {
+                w *= s.before_batch(&ctx, data, idx)?;
+            }
+            let mut term = |l: &[f32], scale: f64, g: &mut [f32]| {
+                strategies
+                    .iter_mut()
+                    .map(|s| s.logit_term(l, scale, g))
+                    .sum::<f64>()
+            };
+            let b = pass.run(
+                data,
+                idx,
+                scale * w,
+                ctx.check,
+                Some(&mut term),
+                keep_logits,
+            )?;
             loss_sum += b.loss;
             for s in strategies.iter_mut() {
                 s.after_batch(&ctx, &mut pass, &b)?;

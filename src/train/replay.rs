@@ -99,15 +99,15 @@ impl Strategy for Replay {
         self.insert && (self.distill > 0.0 || self.buffer.has_logits())
     }
 
-    fn batch_weight(&mut self, _ctx: &UpdateCtx, idx: &[usize]) -> f64 {
+    fn before_batch(&mut self, _ctx: &UpdateCtx, _data: &Dataset, idx: &[usize]) -> Result<f64> {
         // Drawn from the buffer as it stood before this update.
         self.draw = (self.ratio > 0.0 && !self.buffer.is_empty())
             .then(|| self.buffer.draw(idx.len(), &mut self.rng));
-        if self.draw.is_some() {
+        Ok(if self.draw.is_some() {
             1.0 - self.ratio
         } else {
             1.0
-        }
+        })
     }
 
     fn after_batch(&mut self, ctx: &UpdateCtx, pass: &mut Pass, batch: &BatchOut) -> Result<()> {

@@ -3,9 +3,11 @@
 //! fixed points of each update, and a strategy is one type implementing [`Strategy`]:
 //!
 //! 1. `start` once before training (refuse data it cannot serve);
-//! 2. per update: `begin_update`, then for each of the update's batches `batch_weight`
-//!    (before the batch's backward pass: the share of its loss) and `after_batch` (after
-//!    it: further loss terms on other examples through [`Pass`], as replay adds its batch);
+//! 2. per update: `begin_update`, then for each of the update's batches `before_batch`
+//!    (before the batch's backward pass: the share of its loss; replay draws here, LwF runs
+//!    its teacher), `logit_term` (inside the pass: a term at the batch's logits, LwF's
+//!    distillation) and `after_batch` (after it: further loss terms on other examples
+//!    through [`Pass`], as replay adds its batch);
 //! 3. `penalty` per parameter before the optimizer (a term's gradient added to the
 //!    accumulated gradient, its value returned: EWC, the L2 anchor);
 //! 4. `after_update` once the optimizer has moved the weights (replay offers the new
@@ -121,9 +123,16 @@ pub trait Strategy {
         false
     }
 
-    /// Before a new batch's backward pass: the weight of its loss in the update.
-    fn batch_weight(&mut self, _ctx: &UpdateCtx, _idx: &[usize]) -> f64 {
-        1.0
+    /// Before a new batch's backward pass (examples `idx` of `data`): the weight of its
+    /// loss in the update.
+    fn before_batch(&mut self, _ctx: &UpdateCtx, _data: &Dataset, _idx: &[usize]) -> Result<f64> {
+        Ok(1.0)
+    }
+
+    /// Inside a new batch's pass: adds the gradient of a term at the batch's `logits`
+    /// (times `scale`, the batch's share of the update) to `grad`; returns the term's value.
+    fn logit_term(&mut self, _logits: &[f32], _scale: f64, _grad: &mut [f32]) -> f64 {
+        0.0
     }
 
     /// After a new batch's backward pass: further loss terms through `pass`.
