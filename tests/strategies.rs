@@ -241,3 +241,90 @@ fn lwf_resumes_exactly_from_a_state_file() {
     // of 2 (4 updates an epoch), so both epochs are reported again.
     assert_eq!(resumed, whole[whole.len() - resumed.len()..]);
 }
+
+#[test]
+fn si_importance_matches_torch() {
+    let exp = expected();
+    let d = workdir();
+    for case in exp["si"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let out = d.path().join(format!("{name}.safetensors"));
+        let omega = d.path().join(format!("{name}_omega.safetensors"));
+        let o = &case["optimizer"];
+        let mut args: Vec<String> = vec![
+            "train-ewc".into(),
+            fixture(case["model"].as_str().unwrap()),
+            "--arch".into(),
+            arch_arg(case["arch"].as_str().unwrap()),
+            "--data".into(),
+            fixture(case["data"].as_str().unwrap()),
+            "-o".into(),
+            out.to_string_lossy().into_owned(),
+            "--no-shuffle".into(),
+            "--optimizer".into(),
+            o["name"].as_str().unwrap().into(),
+            "--lr".into(),
+            o["lr"].to_string(),
+            "--epochs".into(),
+            case["epochs"].to_string(),
+            "--batch-size".into(),
+            case["batch_size"].to_string(),
+            "--si-importance".into(),
+            omega.to_string_lossy().into_owned(),
+            "--si-xi".into(),
+            case["xi"].to_string(),
+        ];
+        if let Some(p) = case["penalty"].as_array() {
+            args.extend([
+                "--penalty".into(),
+                format!(
+                    "{}:{}",
+                    fixture(p[0].as_str().unwrap()),
+                    fixture(p[1].as_str().unwrap())
+                ),
+                "--lambda".into(),
+                case["lambda"].to_string(),
+            ]);
+        }
+        if let Some(p) = case["prior"].as_str() {
+            args.extend(["--si-prior".into(), fixture(p)]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = mnemo_in(d.path(), &argv);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let want = |k: &str| Checkpoint::open(fixtures().join(case[k].as_str().unwrap())).unwrap();
+        assert_close(
+            &Checkpoint::open(&out).unwrap(),
+            &want("output"),
+            1e-5,
+            name,
+        );
+        assert_close(
+            &Checkpoint::open(&omega).unwrap(),
+            &want("omega"),
+            1e-5,
+            name,
+        );
+        // The importance is a penalty file for the next task, as a Fisher file is.
+        let next = d.path().join(format!("{name}_next.safetensors"));
+        let pair = format!("{}:{}", omega.display(), out.display());
+        let r = mnemo_in(
+            d.path(),
+            &[
+                "train-ewc",
+                &out.to_string_lossy(),
+                "--arch",
+                case["arch"].as_str().unwrap(),
+                "--data",
+                &fixture(case["data"].as_str().unwrap()),
+                "--penalty",
+                &pair,
+                "--lambda",
+                "1",
+                "-o",
+                &next.to_string_lossy(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+    }
+}

@@ -10,8 +10,8 @@ use mnemo::model::{ArchSpec, Mode, Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
 use mnemo::train::{
     self, optim_file, AnchorPull, Event, EwcPenalty, Job, Lwf, Optimizer, OptimizerConfig,
-    OptimizerKind, Outcome, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit, StateFile,
-    Strategy, TrainConfig,
+    OptimizerKind, Outcome, PenaltyTerm, Replay, Schedule, ScheduleKind, ScheduleUnit, Si,
+    StateFile, Strategy, TrainConfig,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -216,6 +216,23 @@ pub struct EngineArgs {
     /// Write the optimizer's moments and step count here at the end (for --init-optimizer).
     #[arg(long, value_name = "FILE")]
     pub save_optimizer: Option<PathBuf>,
+    /// Synaptic Intelligence: write this task's importance Ω = ω/((θ_end − θ_start)² + ξ)
+    /// here at the end (ω = −Σ g·Δθ over the run's updates; negative entries clamped to 0),
+    /// in a Fisher file's layout: the next task's penalty is --penalty OMEGA:THIS_OUTPUT.
+    #[arg(long, value_name = "OMEGA")]
+    pub si_importance: Option<PathBuf>,
+    /// Damping ξ of --si-importance's denominator.
+    #[arg(
+        long,
+        value_name = "XI",
+        default_value_t = 0.1,
+        requires = "si_importance"
+    )]
+    pub si_xi: f64,
+    /// Add this earlier importance file to --si-importance's (Zenke et al.'s Ω summed over
+    /// tasks).
+    #[arg(long, value_name = "OMEGA", requires = "si_importance")]
+    pub si_prior: Option<PathBuf>,
     /// Also emit a {"event":"step"} line every N updates.
     #[arg(long, value_name = "N")]
     pub log_every: Option<usize>,
@@ -416,6 +433,52 @@ fn open_teacher(
     ))
 }
 
+/// An importance file (`--si-prior`): a non-negative F32 tensor per trainable parameter of
+/// the model, as a Fisher file (the EWC penalty's own checks).
+fn read_importance(
+    path: &Path,
+    model: &Model,
+    prov: &mut Provenance,
+) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+    let ckpt = Checkpoint::open(path)?;
+    // The penalty's loader checks names, shapes and values; the file is its own anchor here.
+    let term = PenaltyTerm::load(&ckpt, &ckpt, model)
+        .with_context(|| format!("--si-prior {}", path.display()))?;
+    prov.input(path.display().to_string(), ckpt.content_hash()?);
+    Ok(term.fisher)
+}
+
+/// Writes SI's importance for the model's final weights, clamped at 0 (a negative
+/// importance would reward moving away from the anchor).
+fn write_importance(
+    path: &Path,
+    si: &Si,
+    prior: Option<&BTreeMap<String, Vec<f32>>>,
+    model: &Model,
+    prov: &Provenance,
+) -> anyhow::Result<()> {
+    let snap = model.snapshot()?;
+    let end: BTreeMap<String, Vec<f32>> = model
+        .params
+        .keys()
+        .map(|k| (k.clone(), snap.values[k].clone()))
+        .collect();
+    let omega = si.importance(&end, prior);
+    let tensors = omega
+        .iter()
+        .map(|(name, v)| {
+            let clamped: Vec<f32> = v.iter().map(|x| x.max(0.0)).collect();
+            let shape = model.params[name].as_tensor().dims().to_vec();
+            mnemo::checkpoint::OwnedTensor::f32(name.clone(), shape, &clamped)
+        })
+        .collect();
+    let mut meta = prov.metadata();
+    meta.insert("mnemo.importance".into(), "si".into());
+    meta.insert("mnemo.si.xi".into(), si.xi.to_string());
+    write_checkpoint(path, tensors, &meta)?;
+    Ok(())
+}
+
 /// What a training subcommand hands to `fit` besides the engine flags.
 pub struct Fit<'a> {
     pub command: &'a str,
@@ -468,12 +531,28 @@ pub fn fit_with(
         )?),
         None => None,
     };
+    if e.si_importance.is_some() {
+        f.settings.push_str(&format!("|si:xi={}", e.si_xi));
+    }
     if lwf.is_some() {
         f.settings.push_str(&format!(
             "|lwf:T={}:w={}:classes={:?}",
             e.distill_temperature, e.distill_weight, e.distill_classes
         ));
     }
+    let mut si = match &e.si_importance {
+        Some(_) => {
+            if !(e.si_xi.is_finite() && e.si_xi > 0.0) {
+                anyhow::bail!("--si-xi {}: must be a positive number", e.si_xi);
+            }
+            Some(Si::new(e.si_xi))
+        }
+        None => None,
+    };
+    let si_prior = match &e.si_prior {
+        Some(p) => Some(read_importance(p, &f.model, &mut f.prov)?),
+        None => None,
+    };
     let mut pull = None;
     if let Some(a) = &e.l2_anchor {
         let ckpt = Checkpoint::open(a)?;
@@ -534,6 +613,9 @@ pub fn fit_with(
     }
     if let Some(l) = lwf.as_mut() {
         strategies.push(l);
+    }
+    if let Some(s) = si.as_mut() {
+        strategies.push(s);
     }
     if let Some(r) = f.replay.as_mut() {
         strategies.push(r);
@@ -598,6 +680,10 @@ pub fn fit_with(
         .with_context(|| format!("writing {}", f.output.display()))?;
     if let Some(p) = &e.save_optimizer {
         optim_file::save(p, &opt, &model, &f.prov.metadata())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let (Some(p), Some(si)) = (&e.si_importance, &si) {
+        write_importance(p, si, si_prior.as_ref(), &model, &f.prov)
             .with_context(|| format!("writing {}", p.display()))?;
     }
     // After the output: a run killed in between leaves the old buffer, so running the

@@ -12,6 +12,7 @@ pub mod optim_file;
 pub mod penalty;
 pub mod replay;
 pub mod schedule;
+pub mod si;
 pub mod state;
 pub mod strategy;
 
@@ -26,6 +27,7 @@ pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use penalty::{AnchorPull, EwcPenalty, PenaltyTerm};
 pub use replay::Replay;
 pub use schedule::{Schedule, ScheduleKind, ScheduleUnit};
+pub use si::Si;
 pub use state::{Best, Progress, StateFile};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -354,6 +356,9 @@ fn update(
                 .for_each(|g| g.iter_mut().for_each(|v| *v *= coef));
         }
     }
+    for s in strategies.iter_mut() {
+        s.before_step(host, acc);
+    }
     opt.begin_step();
     for (name, var) in &model.params {
         let w = host.get_mut(name).expect("host copy of every parameter");
@@ -363,6 +368,9 @@ fn update(
             continue;
         }
         opt.update(name, shape, w, &acc[name], lr);
+    }
+    for s in strategies.iter_mut() {
+        s.after_step(host);
     }
     if !is_dense {
         sync(model, host)?;

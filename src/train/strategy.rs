@@ -10,8 +10,9 @@
 //!    through [`Pass`], as replay adds its batch);
 //! 3. `penalty` per parameter before the optimizer (a term's gradient added to the
 //!    accumulated gradient, its value returned: EWC, the L2 anchor);
-//! 4. `after_update` once the optimizer has moved the weights (replay offers the new
-//!    examples to its buffer);
+//! 4. `before_step` with the weights and the gradient the optimizer is about to use (after
+//!    penalties and clipping), `after_step` with the weights it made (SI's path integral),
+//!    then `after_update` (replay offers the new examples to its buffer);
 //! 5. `epoch_fields` into each epoch's JSON line, and `save_state`/`restore_state` into the
 //!    `--state` file, so a resumed run continues the strategy exactly.
 //!
@@ -145,6 +146,18 @@ pub trait Strategy {
     fn penalty(&self, _name: &str, _w: &[f32], _g: &mut [f32]) -> f64 {
         0.0
     }
+
+    /// Just before the optimizer moves the weights: the weights and the gradient it uses
+    /// (penalties included, clipped), by parameter name.
+    fn before_step(
+        &mut self,
+        _weights: &BTreeMap<String, Vec<f32>>,
+        _grads: &BTreeMap<String, Vec<f32>>,
+    ) {
+    }
+
+    /// Just after the optimizer moved the weights: the new weights.
+    fn after_step(&mut self, _weights: &BTreeMap<String, Vec<f32>>) {}
 
     /// After the optimizer update: the update's new batches and their logits (when asked).
     fn after_update(
