@@ -8,6 +8,7 @@ pub mod data;
 pub mod drift;
 pub mod error;
 mod linalg;
+pub mod logging;
 pub mod lora;
 pub mod merge;
 pub mod metrics;
