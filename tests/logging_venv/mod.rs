@@ -55,11 +55,14 @@ pub fn readback(python: &Path, what: &str, path: &Path) -> serde_json::Value {
     })
 }
 
+/// A line with numbers: (line number, step, [(key, value)]).
+pub type Row = (u64, i64, Vec<(String, f64)>);
+
 /// What `log mlflow` / `log tensorboard` / `log wandb` make of a stream, computed here
 /// independently: per line with numbers, (line number, step, [(key, value)]): keys
 /// prefixed by the line's "event", nested objects joined with dots, the step its "step",
 /// "epoch" or "batch" (a whole number ≥ 0), else the line number.
-pub fn expected(stream: &str) -> Vec<(u64, i64, Vec<(String, f64)>)> {
+pub fn expected(stream: &str) -> Vec<Row> {
     fn flat(
         prefix: &str,
         o: &serde_json::Map<String, serde_json::Value>,
