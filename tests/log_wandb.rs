@@ -164,10 +164,19 @@ fn a_training_stream_reads_back_record_for_record() {
     assert_eq!(rb["wandb"], "0.19.11");
     let recs = rb["records"].as_array().unwrap();
     let rows = expected(&stream).len();
-    // The order W&B's writer uses: header, run, telemetry, metric definitions, files,
-    // then history + summary per line, then config, exit, final, footer.
-    let mut want = vec!["header", "run", "telemetry", "metric", "metric", "files"];
-    for _ in 0..rows {
+    // The order W&B's writer uses: header, run, telemetry, the step metric's definition,
+    // files; then per line the definitions of its new keys, history, summary; then config,
+    // exit, final, footer.
+    let mut want = vec!["header", "run", "telemetry", "metric", "files"];
+    let mut seen = std::collections::HashSet::new();
+    let mut defined = Vec::new();
+    for (_, _, vals) in expected(&stream) {
+        for (k, _) in &vals {
+            if seen.insert(k.clone()) {
+                want.push("metric");
+                defined.push(k.clone());
+            }
+        }
         want.extend(["history", "summary"]);
     }
     want.extend(["config", "exit", "final", "footer"]);
@@ -201,9 +210,15 @@ fn a_training_stream_reads_back_record_for_record() {
     let digits: String = start[..19].chars().filter(|c| c.is_ascii_digit()).collect();
     assert_eq!(digits, stamp.replace('_', ""), "{start}");
     assert_eq!(recs[3]["metric"]["name"], "mnemo/step");
-    assert_eq!(recs[4]["metric"]["glob_name"], "*");
-    assert_eq!(recs[4]["metric"]["step_metric"], "mnemo/step");
-    assert_eq!(recs[5]["files"]["files"][0]["path"], "wandb-metadata.json");
+    assert_eq!(recs[4]["files"]["files"][0]["path"], "wandb-metadata.json");
+    // Every key plotted against mnemo/step (define_metric(key, step_metric=...)).
+    let metrics: Vec<&Value> = recs[4..].iter().filter(|r| r["type"] == "metric").collect();
+    assert_eq!(metrics.len(), defined.len());
+    for (m, k) in metrics.iter().zip(&defined) {
+        assert_eq!(m["metric"]["name"], *k);
+        assert_eq!(m["metric"]["step_metric"], "mnemo/step");
+        assert_eq!(m["metric"]["options"]["step_sync"], true);
+    }
     check_history(&rb, &stream, t0, t1);
     // The summary line's strings: config at the end.
     let summary: Value = serde_json::from_str(stream.lines().last().unwrap()).unwrap();
@@ -256,8 +271,8 @@ fn a_failing_stream_ends_the_run_failed() {
     let rb = readback(&py, "wandb", &run_dir(&d.path().join("a")));
     let t = types(&rb);
     assert_eq!(
-        &t[6..],
-        ["history", "summary", "exit", "final", "footer"].map(String::from)
+        &t[5..],
+        ["metric", "history", "summary", "exit", "final", "footer"].map(String::from)
     );
     let recs = rb["records"].as_array().unwrap();
     assert_eq!(recs[recs.len() - 3]["exit"]["exit_code"], 1);
@@ -334,8 +349,8 @@ fn a_killed_stream_leaves_a_readable_unfinished_run() {
         .collect();
     stdin.write_all(stream.as_bytes()).unwrap();
     stdin.flush().unwrap();
-    // Held open: wait until the 6 opening records and 40 × (history, summary) are in the
-    // file, then SIGKILL.
+    // Held open: wait until the 5 opening records, the 301 keys' definitions and 40 ×
+    // (history, summary) are in the file, then SIGKILL.
     let mut waited = 0;
     let file = loop {
         let f = std::fs::read_dir(d.path().join("out/wandb"))
@@ -349,7 +364,7 @@ fn a_killed_stream_leaves_a_readable_unfinished_run() {
                     .find(|p| p.extension().is_some_and(|x| x == "wandb"))
             });
         if let Some(f) = f {
-            if complete_records(&f) >= 6 + 80 {
+            if complete_records(&f) >= 5 + 301 + 80 {
                 break f;
             }
         }
@@ -364,14 +379,14 @@ fn a_killed_stream_leaves_a_readable_unfinished_run() {
     let run = file.parent().unwrap();
     let rb = readback(&py, "wandb", run);
     let t = types(&rb);
-    assert_eq!(t.len(), 86);
+    assert_eq!(t.len(), 386);
     assert_eq!(t.last().unwrap(), "summary");
     check_history(&rb, &stream, t0, now_s());
     // `wandb sync` sends it all and sees no exit: the run did not finish.
     assert_eq!(rb["sync"]["finished"], false);
-    assert_eq!(rb["sync"]["sent"].as_array().unwrap().len(), 86);
+    assert_eq!(rb["sync"]["sent"].as_array().unwrap().len(), 386);
     let view = sync_view(&py, d.path(), run);
-    assert_eq!(view.matches("Record: num:").count(), 86);
+    assert_eq!(view.matches("Record: num:").count(), 386);
 }
 
 #[test]
@@ -401,4 +416,38 @@ fn a_reader_that_goes_away_ends_the_run_with_141() {
     let rb = readback(&py, "wandb", &run_dir(&d.path().join("out")));
     let recs = rb["records"].as_array().unwrap();
     assert_eq!(recs[recs.len() - 3]["exit"]["exit_code"], 141);
+}
+
+#[test]
+fn keys_wandb_reserves_are_prefixed() {
+    let Some(py) = python() else { return };
+    let d = workdir();
+    let input = b"{\"_step\":7,\"x\":1.5}\n{\"event\":\"mnemo\",\"step\":4}\n";
+    ok(mnemo_stdin(
+        d.path(),
+        &["log", "wandb", "--dir", "out"],
+        input,
+    ));
+    let rb = readback(&py, "wandb", &run_dir(&d.path().join("out")));
+    let rows: Vec<Vec<(String, String)>> = rb["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "history")
+        .map(|r| items(r, "history", "item"))
+        .collect();
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        rows[0],
+        [
+            kv("_step", "0"),
+            rows[0][1].clone(),
+            rows[0][2].clone(),
+            kv("mnemo/step", "1"), // "_step" is not a step: the line number
+            kv("mnemo/_step", "7"),
+            kv("x", "1.5")
+        ]
+    );
+    assert_eq!(rows[1][3], kv("mnemo/step", "4"));
+    assert_eq!(rows[1][4], kv("mnemo/mnemo/step", "4"));
 }

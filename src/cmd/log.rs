@@ -81,8 +81,8 @@ pub enum LogCommand {
     /// number of the line, named as `log mlflow` names metrics (epoch/task_loss,
     /// step/task_loss, summary/...), plus mnemo/step: the line's step ("step", else "epoch",
     /// else "batch", else its line number). W&B's own _step counts rows (it must grow), and
-    /// the run defines mnemo/step as the step metric of every key, so charts plot each value
-    /// at its line's step. The config holds mnemo.version and mnemo.source, and at the end a
+    /// each key is defined with mnemo/step as its step metric, so charts plot each value at
+    /// its line's step; keys W&B reserves (a leading _) get the prefix mnemo/. The config holds mnemo.version and mnemo.source, and at the end a
     /// summary line's strings (mnemo.command, mnemo.output). The run ends with exit code 0
     /// (finished), 1 (failed: a line was not a JSON object, unless --skip-invalid, or the
     /// input could not be read) or 141 (the reader of --tee's output went away). Records are

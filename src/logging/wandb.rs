@@ -13,9 +13,9 @@
 //! 2 FIRST, 3 MIDDLE, 4 LAST); a block with fewer than 7 bytes left is zero-padded. Each
 //! payload is one protobuf `wandb_internal.Record`, numbered from 1, in the order W&B's own
 //! writer uses and `wandb sync` expects: header, run (with its config and telemetry),
-//! telemetry, metric definitions, files; then per line a history record and a summary
-//! update; at the end config (the summary line's strings), exit (exit code, runtime), final,
-//! footer. `wandb sync` holds the exit record back until it reads final, then sends it:
+//! telemetry, the step metric's definition, files; then per line the definitions of keys
+//! not seen before, a history record and a summary update; at the end config (the summary
+//! line's strings), exit (exit code, runtime), final, footer. `wandb sync` holds the exit record back until it reads final, then sends it:
 //! a run without them (a killed logger) uploads as not finished.
 //!
 //! Every record is one `write` of its complete bytes and blocks are padded eagerly, so a
@@ -219,6 +219,8 @@ pub struct Run {
     start: SystemTime,
     /// The latest value of every key, for files/wandb-summary.json.
     summary: Vec<(String, String)>,
+    /// The keys given a metric definition so far.
+    defined: std::collections::HashSet<String>,
     metadata: serde_json::Value,
 }
 
@@ -258,6 +260,7 @@ impl Run {
             rows: 0,
             start,
             summary: Vec::new(),
+            defined: std::collections::HashSet::new(),
             metadata,
         };
         let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
@@ -295,20 +298,10 @@ impl Run {
             telemetry: Some(telemetry.clone()),
         }))?;
         run.record(pb::RecordType::Telemetry(telemetry))?;
-        // define_metric("mnemo/step"); define_metric("*", step_metric="mnemo/step").
+        // define_metric("mnemo/step"): the step metric, before any key that uses it.
         run.record(pb::RecordType::Metric(pb::MetricRecord {
             name: STEP_KEY.to_string(),
             options: Some(pb::MetricOptions {
-                defined: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))?;
-        run.record(pb::RecordType::Metric(pb::MetricRecord {
-            glob_name: "*".to_string(),
-            step_metric: STEP_KEY.to_string(),
-            options: Some(pb::MetricOptions {
-                step_sync: true,
                 defined: true,
                 ..Default::default()
             }),
@@ -373,16 +366,48 @@ impl Run {
 
     /// One history row: `values` (key, number) at the line's `step`, read at `time`; the
     /// row also holds `_step` (the row's index), `_timestamp`, `_runtime` and
-    /// [`STEP_KEY`]. Then the summary update with the same values. Nothing is written when
-    /// `values` is empty.
+    /// [`STEP_KEY`]. Before it, a metric definition for each key not seen before; after it,
+    /// the summary update with the same values. Keys W&B reserves (a leading `_`, and
+    /// [`STEP_KEY`] itself) get the prefix `mnemo/` (`mnemo/_x`, `mnemo/mnemo/step`).
+    /// Nothing is written when `values` is empty.
     pub fn log(&mut self, values: &[(String, f64)], step: i64, time: SystemTime) -> Result<()> {
         if values.is_empty() {
             return Ok(());
         }
+        let values: Vec<(String, f64)> = values
+            .iter()
+            .map(|(k, v)| {
+                if k.starts_with('_') || k == STEP_KEY {
+                    (format!("mnemo/{k}"), *v)
+                } else {
+                    (k.clone(), *v)
+                }
+            })
+            .collect();
+        let values = &values[..];
         let ts = timestamp(time);
         let runtime = time
             .duration_since(self.start)
             .map_or(0.0, |d| d.as_secs_f64());
+        // A key's first row is preceded by its definition, as define_metric(key,
+        // step_metric="mnemo/step") writes it: `wandb sync` uploads these (a glob "*" would
+        // be expanded only by the writing process's handler, and is not stored).
+        for (k, _) in values {
+            if self.defined.contains(k) {
+                continue;
+            }
+            self.defined.insert(k.clone());
+            self.record(pb::RecordType::Metric(pb::MetricRecord {
+                name: k.clone(),
+                step_metric: STEP_KEY.to_string(),
+                options: Some(pb::MetricOptions {
+                    step_sync: true,
+                    defined: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))?;
+        }
         let mut items: Vec<pb::Item> = Vec::with_capacity(values.len() + 4);
         let mut push = |k: &str, v: String| {
             items.push(pb::Item {
