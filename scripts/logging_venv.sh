@@ -2,13 +2,13 @@
 # The venv with the real logging backends (scripts/logging-requirements.txt: mlflow, wandb,
 # tensorboard), created when missing or when the requirements changed, and cached outside
 # the work tree so fresh clones on the same machine (CI) reuse it:
-# $MNEMO_LOGGING_VENV, default ${XDG_CACHE_HOME:-~/.cache}/mnemo/logging-venv.
+# $LOGGING_VENV (not MNEMO_*: mnemo reads those as settings), default ${XDG_CACHE_HOME:-~/.cache}/mnemo/logging-venv.
 # Prints the venv's python on stdout. With --check it installs nothing and exits 1 when the
 # venv is missing or stale (the tests use this to find it).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${MNEMO_LOGGING_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mnemo/logging-venv}"
+venv="${LOGGING_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mnemo/logging-venv}"
 req="$root/scripts/logging-requirements.txt"
 py="$venv/bin/python"
 want="$(sha256sum "$req" | cut -c1-16)"
