@@ -245,3 +245,20 @@ fn invalid_lines_and_bad_arguments() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("file/tb"), "{}", r.stderr);
 }
+
+/// A step that goes back (two trainings in one stream) keeps every point: TensorBoard
+/// purges only after a SessionLog START, which is never written.
+#[test]
+fn steps_that_go_back_are_kept() {
+    let Some(py) = python() else { return };
+    let d = workdir();
+    let stream = "{\"step\":5,\"loss\":1}\n{\"step\":1,\"loss\":2}\n{\"step\":3,\"loss\":3}\n";
+    let t0 = now_s();
+    ok(mnemo_stdin(
+        d.path(),
+        &["log", "tensorboard", "--logdir", "tb"],
+        stream.as_bytes(),
+    ));
+    let tb = readback(&py, "tensorboard", &d.path().join("tb"));
+    check(&tb["runs"]["."], stream, t0, now_s());
+}
