@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean mnist cuda mlflow-check fuzz crash-test
+.PHONY: all build demo test lint fixtures interop man clean mnist cuda mlflow-check logging-venv fuzz crash-test
 
 all: build
 
@@ -29,8 +29,9 @@ demo: build
 	$(MNEMO) report $(DEMO_OUT)/results.jsonl -o $(DEMO_OUT)/matrix.png --title "Split-MNIST (demo size): accuracy after each task"
 	@echo "== tables: $(DEMO_OUT)/metrics.md  check: $(DEMO_OUT)/check.json  figure: $(DEMO_OUT)/matrix.png"
 
-# What CI runs: formatting, lints, unit and integration tests (the real binary on fixtures).
-test: lint
+# What CI runs: formatting, lints, unit and integration tests (the real binary on fixtures;
+# the logging tests against real mlflow, wandb and tensorboard from the logging venv).
+test: lint logging-venv
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
@@ -107,8 +108,14 @@ interop: build
 	  $$(scripts/venv.sh) scripts/torch_check.py $(OUT)/$$m.safetensors fixtures/$$m.arch.json || exit 1; \
 	done
 
-# `mnemo log mlflow` against a real MLflow server from PyPI (its own venv, .mlflow-venv; a
-# temporary store on 127.0.0.1): a train-ewc run piped through, metrics and tags read back.
+# The real logging backends (scripts/logging-requirements.txt: mlflow, wandb, tensorboard) in a
+# venv cached in ~/.cache/mnemo/logging-venv, installed when missing or when the pins change.
+logging-venv:
+	@scripts/logging_venv.sh >/dev/null
+
+# `mnemo log mlflow` against a real MLflow server (the logging venv; a temporary store on
+# 127.0.0.1): a train-ewc run piped through, metrics and tags read back. `make test` runs it
+# too (tests/log_mlflow_real.rs).
 mlflow-check: build
 	MNEMO=$(MNEMO) scripts/mlflow_check.sh
 

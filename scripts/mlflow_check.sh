@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# `make mlflow-check`: `mnemo log mlflow` against a real MLflow tracking server (not part of
-# `make test`). Installs MLflow from PyPI into its own venv (.mlflow-venv, or $MLFLOW_VENV),
-# starts `mlflow server` on 127.0.0.1 with a temporary SQLite backend store, pipes a real
-# `mnemo train-ewc` run on the fixtures through `mnemo log mlflow --tee` into `mnemo drift`,
-# then asks the server's REST API what arrived: the experiment, the run's name, status and
-# tags, and every metric's full history against the stream itself. A second run fed an
-# invalid line must end FAILED. Prints one JSON summary line; exit 0 when everything matched.
+# `mnemo log mlflow` against a real MLflow tracking server, run by `make test` (through
+# tests/log_mlflow_real.rs) and `make mlflow-check`. MLflow comes from the logging venv
+# (scripts/logging_venv.sh, pinned in scripts/logging-requirements.txt), or from $MLFLOW_VENV
+# (installed there when missing). Starts `mlflow server` on 127.0.0.1 with a temporary SQLite
+# backend store, pipes a real `mnemo train-ewc` run on the fixtures through `mnemo log mlflow
+# --tee` into `mnemo drift`, then asks the server's REST API what arrived: the experiment,
+# the run's name, status and tags, and every metric's full history against the stream
+# itself. A second run fed an invalid line must end FAILED. Prints one JSON summary line;
+# exit 0 when everything matched.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
-venv="${MLFLOW_VENV:-$root/.mlflow-venv}"
 mnemo="${MNEMO:-$root/target/release/mnemo}"
 [ -x "$mnemo" ] || { echo "mlflow_check: no $mnemo (run cargo build --release, or set MNEMO)" >&2; exit 2; }
 
-if ! "$venv/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$MLFLOW_VERSION')" 2>/dev/null; then
-    echo "mlflow_check: installing mlflow==$MLFLOW_VERSION into $venv" >&2
-    "${PYTHON:-python3}" -m venv "$venv" >&2
-    "$venv/bin/python" -m pip install -q "mlflow==$MLFLOW_VERSION" >&2
+if [ -n "${MLFLOW_VENV:-}" ]; then
+    MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
+    venv="$MLFLOW_VENV"
+    if ! "$venv/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$MLFLOW_VERSION')" 2>/dev/null; then
+        echo "mlflow_check: installing mlflow==$MLFLOW_VERSION into $venv" >&2
+        "${PYTHON:-python3}" -m venv "$venv" >&2
+        "$venv/bin/python" -m pip install -q "mlflow==$MLFLOW_VERSION" >&2
+    fi
+    py="$venv/bin/python"
+else
+    py="$("$root/scripts/logging_venv.sh")"
+    venv="$(dirname "$(dirname "$py")")"
 fi
-py="$venv/bin/python"
+MLFLOW_VERSION="$("$py" -c 'import mlflow; print(mlflow.__version__)')"
 
 tmp="$(mktemp -d)"
 server=""

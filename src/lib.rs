@@ -9,6 +9,7 @@ pub mod drift;
 pub mod error;
 pub mod eval;
 mod linalg;
+pub mod logging;
 pub mod lora;
 pub mod loss;
 pub mod merge;

@@ -1,32 +1,40 @@
-//! `mnemo log mlflow`: forward a JSON Lines metric stream to an MLflow tracking server
-//! (REST API 2.0, `mnemo::mlflow`), optionally passing the stream through (`--tee`).
-//!
-//! A reader thread reads the input, writes each line to stdout at once (--tee) and hands
-//! it to the main thread, which batches metrics and sends them: a slow or dead server
-//! never holds the stream back.
+//! `mnemo log`: forward a JSON Lines metric stream to where users look at runs: an MLflow
+//! tracking server (`mlflow`, REST API 2.0, `mnemo::mlflow`), TensorBoard event files
+//! (`tensorboard`, `mnemo::logging::tensorboard`) or a Weights & Biases offline run
+//! (`wandb`, `mnemo::logging::wandb`), optionally passing the stream through (`--tee`).
+//! The reader thread, the parsing and the error handling they share are in
+//! `log_stream.rs`; every backend maps a line to metrics with `mnemo::mlflow::record_metrics`.
+
+#[path = "log_stream.rs"]
+mod stream;
+#[path = "log_tensorboard.rs"]
+mod tensorboard;
+#[path = "log_wandb.rs"]
+mod wandb;
 
 use super::{Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
 use mnemo::mlflow::{now_ms, record_metrics, summary_tags, Client, Metric, RunStatus, MAX_BATCH};
-use serde_json::{json, Value};
-use std::io::{BufRead, Write};
+use serde_json::{json, Map, Value};
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use stream::{Backend, Stream};
 
 pub const HELP: HelpExtra = HelpExtra {
     examples: &[
         ("log a training run while it runs, and keep its stream for drift detection", "mnemo train-ewc model.safetensors --data task2.safetensors -o model2.safetensors | mnemo log mlflow --uri http://127.0.0.1:5000 --experiment split-mnist --run-name task2 --tee | mnemo drift --field task_loss --detector adwin"),
+        ("the same into a W&B offline run (upload later with `wandb sync wandb/offline-run-*`)", "mnemo train-ewc model.safetensors --data task2.safetensors -o model2.safetensors | mnemo log wandb --project split-mnist --run-name task2 --tee | mnemo drift --field task_loss --detector adwin"),
+        ("the same into TensorBoard event files (view with `tensorboard --logdir runs`)", "mnemo train-ewc model.safetensors --data task2.safetensors -o model2.safetensors | mnemo log tensorboard --logdir runs --run task2 --tee | mnemo drift --field task_loss --detector adwin"),
         ("a saved stream, with an extra tag", "mnemo log mlflow --uri http://127.0.0.1:5000 --experiment evals --tag model=m2 eval.jsonl"),
         ("the server address from the environment (layered configuration)", "MNEMO_LOG_MLFLOW_URI=http://mlflow:5000 mnemo log mlflow --experiment runs train.jsonl"),
     ],
     exit_status: &[
-        (0, "every line was logged and the run ended FINISHED (also when the reader of --tee's output went away: the run ends KILLED)"),
-        (2, "error: the server could not be reached or answered an error (the message names the URI, the call and the HTTP status and body), or a line is not a JSON object (the message names the file and line; the run ends FAILED). Without --tee at once; with --tee after the whole stream has passed through"),
+        (0, "every line was logged and the run ended finished (also when the reader of --tee's output went away: the run ends killed)"),
+        (2, "error: the server could not be reached or answered an error (the message names the URI, the call and the HTTP status and body), a file could not be written (the message names it), or a line is not a JSON object (the message names the file and line; the run ends failed). Without --tee at once; with --tee after the whole stream has passed through"),
     ],
 };
 
-/// Log tools: forward metric streams to tracking servers.
+/// Log tools: forward metric streams to tracking servers and run files.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -50,6 +58,39 @@ pub enum LogCommand {
     /// Without --tee a summary {"uri","experiment_id","run_id","status","lines","metrics",
     /// "skipped"} is printed. MLFLOW_TRACKING_TOKEN, when set, is sent as a bearer token.
     Mlflow(MlflowArgs),
+    /// Write a JSON Lines metric stream as TensorBoard event files.
+    ///
+    /// Creates --logdir (and --run below it: TensorBoard shows each folder as a run) and in
+    /// it a new events.out.tfevents.<time>.<host>.<pid>.<n> file: TFRecords (masked
+    /// CRC-32C) of Event protobufs, first the file_version event, then one event per line
+    /// with every number of the line as a scalar (simple_value, a 32-bit float as
+    /// TensorBoard stores it), named and stepped as `log mlflow` names and steps metrics
+    /// (epoch/task_loss at the line's "step", else "epoch", else "batch", else its line
+    /// number); the wall time is when the line was read. Each event is written at once and
+    /// whole, so a killed stream leaves a file TensorBoard reads up to the last line; the
+    /// file is fsynced every --flush-seconds and at the end. TensorBoard has no run status:
+    /// the exit status tells. Without --tee a summary {"logdir","file","status","lines",
+    /// "events","scalars","skipped"} is printed. View with `tensorboard --logdir DIR`.
+    Tensorboard(tensorboard::TensorboardArgs),
+    /// Write a JSON Lines metric stream as a Weights & Biases offline run.
+    ///
+    /// Creates DIR/wandb/offline-run-<date>_<time>-<id>/ with run-<id>.wandb (W&B's
+    /// LevelDB-style record log of wandb_internal.Record protobufs) and files/, as `wandb`
+    /// does in offline mode; upload it later with `wandb sync DIR/wandb/offline-run-...`.
+    /// Each line with numbers becomes one history row (and a summary update) holding every
+    /// number of the line, named as `log mlflow` names metrics (epoch/task_loss,
+    /// step/task_loss, summary/...), plus mnemo/step: the line's step ("step", else "epoch",
+    /// else "batch", else its line number). W&B's own _step counts rows (it must grow), and
+    /// each key is defined with mnemo/step as its step metric, so charts plot each value at
+    /// its line's step; keys W&B reserves (a leading _) get the prefix mnemo/. The config holds mnemo.version and mnemo.source, and at the end a
+    /// summary line's strings (mnemo.command, mnemo.output). The run ends with exit code 0
+    /// (finished), 1 (failed: a line was not a JSON object, unless --skip-invalid, or the
+    /// input could not be read) or 141 (the reader of --tee's output went away). Records are
+    /// written at once and whole, so a killed stream leaves a file that reads (and syncs, as
+    /// a run that did not finish) up to its last line; the file is fsynced every
+    /// --flush-seconds and at the end. Without --tee a summary {"dir","run_id","file",
+    /// "status","exit_code","lines","rows","skipped"} is printed.
+    Wandb(wandb::WandbArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,21 +131,12 @@ pub struct MlflowArgs {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     match args.command {
         LogCommand::Mlflow(a) => mlflow(a, g),
+        LogCommand::Tensorboard(a) => tensorboard::run(a, g),
+        LogCommand::Wandb(a) => wandb::run(a, g),
     }
 }
 
-/// What the reader thread hands over.
-enum Msg {
-    /// A line (without its newline) and when it was read, in ms since the epoch.
-    Line(Vec<u8>, i64),
-    /// The input ended.
-    End,
-    /// The input could not be read.
-    ReadError(std::io::Error),
-    /// --tee's stdout was closed by its reader.
-    Closed,
-}
-
+/// A positive number of seconds from a flag.
 fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s)
         .ok()
@@ -112,93 +144,67 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("{flag} {s}: must be a positive number of seconds"))
 }
 
-/// Reads `input` line by line; with `tee`, writes each line to stdout first.
-fn reader(input: Box<dyn BufRead + Send>, tee: bool, tx: mpsc::Sender<Msg>) {
-    let mut input = input;
-    let stdout = std::io::stdout();
-    loop {
-        let mut buf = Vec::new();
-        match input.read_until(b'\n', &mut buf) {
-            Ok(0) => {
-                let _ = tx.send(Msg::End);
-                return;
-            }
-            Ok(_) => {
-                let ts = now_ms();
-                if tee {
-                    let mut out = stdout.lock();
-                    if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
-                        let _ = tx.send(Msg::Closed);
-                        return;
-                    }
-                }
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                if tx.send(Msg::Line(buf, ts)).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = tx.send(Msg::ReadError(e));
-                return;
-            }
-        }
-    }
-}
-
-/// The logging side: a run on the server, pending metrics, the first error.
-struct Logger {
+/// The MLflow side: a run on the server, pending metrics.
+struct Mlflow {
     client: Client,
-    run_id: Option<String>,
-    experiment_id: Option<String>,
+    run_id: String,
+    experiment_id: String,
     pending: Vec<Metric>,
     pending_lines: u64,
     oldest: Option<Instant>,
+    flush_every: u64,
+    flush_after: Duration,
     sent: u64,
-    /// The first server error (with --tee: logging stops, the stream goes on).
-    error: Option<anyhow::Error>,
-    tee: bool,
+    /// The latest value of every summary tag.
+    summary: Vec<(String, String)>,
 }
 
-impl Logger {
-    /// Records a server error: without --tee it is returned at once (the run is marked
-    /// FAILED when there is one); with --tee it is reported and kept for the exit status.
-    fn fail(&mut self, e: mnemo::MnemoError) -> anyhow::Result<()> {
-        if !self.tee {
-            if let Some(run) = &self.run_id {
-                let _ = self.client.end_run(run, RunStatus::Failed, now_ms());
-            }
-            return Err(e.into());
+impl Backend for Mlflow {
+    fn record(&mut self, rec: &Map<String, Value>, line: u64, time_ms: i64) -> anyhow::Result<()> {
+        for (k, v) in summary_tags(rec) {
+            self.summary.retain(|(x, _)| *x != k);
+            self.summary.push((k, v));
         }
-        if self.error.is_none() {
-            eprintln!("mnemo: log mlflow: {e}; logging stopped, the stream still passes through");
-            self.error = Some(e.into());
+        let metrics = record_metrics(rec, line, time_ms);
+        if !metrics.is_empty() && self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
+        }
+        self.pending.extend(metrics);
+        self.pending_lines += 1;
+        if self.pending.len() >= MAX_BATCH || self.pending_lines >= self.flush_every {
+            self.tick()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn due(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.flush_after)
+    }
+
+    fn tick(&mut self) -> anyhow::Result<()> {
         let metrics = std::mem::take(&mut self.pending);
         self.pending_lines = 0;
         self.oldest = None;
-        if metrics.is_empty() || self.error.is_some() {
+        if metrics.is_empty() {
             return Ok(());
         }
-        let Some(run) = self.run_id.clone() else {
-            return Ok(());
-        };
-        match self.client.log_batch(&run, &metrics) {
-            Ok(()) => {
-                self.sent += metrics.len() as u64;
-                Ok(())
-            }
-            Err(e) => self.fail(e),
+        self.client.log_batch(&self.run_id, &metrics)?;
+        self.sent += metrics.len() as u64;
+        Ok(())
+    }
+
+    fn finish(&mut self, status: RunStatus) -> anyhow::Result<()> {
+        for (k, v) in &self.summary {
+            self.client.set_tag(&self.run_id, k, v)?;
         }
+        self.client.end_run(&self.run_id, status, now_ms())?;
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        let _ = self
+            .client
+            .end_run(&self.run_id, RunStatus::Failed, now_ms());
     }
 }
 
@@ -213,34 +219,8 @@ fn mlflow(a: MlflowArgs, g: &Global) -> anyhow::Result<Status> {
         tags.push((k.to_string(), v.to_string()));
     }
     let client = Client::new(&a.uri, timeout)?;
-    let (input, name): (Box<dyn BufRead + Send>, String) = match &a.file {
-        Some(p) if p.as_os_str() != "-" => (
-            Box::new(std::io::BufReader::new(
-                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
-            )),
-            p.display().to_string(),
-        ),
-        _ => (
-            Box::new(std::io::BufReader::new(std::io::stdin())),
-            "<stdin>".to_string(),
-        ),
-    };
-    // The stream starts flowing before the server is asked anything.
-    let (tx, rx) = mpsc::channel();
-    let tee = a.tee;
-    std::thread::spawn(move || reader(input, tee, tx));
-
-    let mut log = Logger {
-        client,
-        run_id: None,
-        experiment_id: None,
-        pending: Vec::new(),
-        pending_lines: 0,
-        oldest: None,
-        sent: 0,
-        error: None,
-        tee,
-    };
+    let uri = client.uri().to_string();
+    let (input, name) = stream::open_input(a.file.as_ref())?;
     let mut run_tags = vec![
         (
             "mnemo.version".to_string(),
@@ -256,156 +236,55 @@ fn mlflow(a: MlflowArgs, g: &Global) -> anyhow::Result<Status> {
         run_tags.push(("mlflow.user".to_string(), user));
     }
     run_tags.extend(tags);
-    match log.client.experiment_id(&a.experiment).and_then(|exp| {
-        let run = log
-            .client
-            .create_run(&exp, a.run_name.as_deref(), now_ms(), &run_tags)?;
-        Ok((exp, run))
-    }) {
-        Ok((exp, run)) => {
-            log.experiment_id = Some(exp);
-            log.run_id = Some(run);
-        }
-        Err(e) => log.fail(e)?,
-    }
-
-    let mut line_no: u64 = 0;
-    let mut lines: u64 = 0;
-    let mut skipped: u64 = 0;
-    let mut invalid: Option<anyhow::Error> = None;
-    let mut summary: Vec<(String, String)> = Vec::new();
-    let mut status = RunStatus::Finished;
-    loop {
-        let msg = match log.oldest {
-            Some(t) => match rx.recv_timeout(flush_after.saturating_sub(t.elapsed())) {
-                Ok(m) => m,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    log.flush()?;
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => Msg::End,
-            },
-            None => rx.recv().unwrap_or(Msg::End),
-        };
-        match msg {
-            Msg::Line(bytes, ts) => {
-                line_no += 1;
-                if bytes.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let rec = match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(Value::Object(o)) => o,
-                    parsed => {
-                        let reason = match parsed {
-                            Err(e) => format!("not JSON: {e}"),
-                            Ok(_) => "not a JSON object".to_string(),
-                        };
-                        let e = mnemo::MnemoError::InvalidLine {
-                            path: name.clone().into(),
-                            line: line_no as usize,
-                            reason,
-                        };
-                        if a.skip_invalid {
-                            skipped += 1;
-                            if skipped == 1 {
-                                g.say(format!("mnemo: log mlflow: skipping {e} (and counting)"));
-                            }
-                            continue;
-                        }
-                        if !tee {
-                            log.flush()?;
-                            if let Some(run) = &log.run_id {
-                                let _ = log.client.end_run(run, RunStatus::Failed, now_ms());
-                            }
-                            return Err(e.into());
-                        }
-                        if invalid.is_none() {
-                            eprintln!("mnemo: log mlflow: {e}; the run will end FAILED");
-                            invalid = Some(e.into());
-                        }
-                        continue;
-                    }
-                };
-                lines += 1;
-                for (k, v) in summary_tags(&rec) {
-                    summary.retain(|(x, _)| *x != k);
-                    summary.push((k, v));
-                }
-                let metrics = record_metrics(&rec, line_no, ts);
-                if !metrics.is_empty() && log.oldest.is_none() {
-                    log.oldest = Some(Instant::now());
-                }
-                log.pending.extend(metrics);
-                log.pending_lines += 1;
-                if log.pending.len() >= MAX_BATCH || log.pending_lines >= a.flush_every {
-                    log.flush()?;
-                }
-            }
-            Msg::End => break,
-            Msg::Closed => {
-                status = RunStatus::Killed;
-                break;
-            }
-            Msg::ReadError(e) => {
-                status = RunStatus::Failed;
-                let e = anyhow::Error::new(e).context(format!("reading {name}"));
-                if !tee {
-                    log.flush()?;
-                    if let Some(run) = &log.run_id {
-                        let _ = log.client.end_run(run, RunStatus::Failed, now_ms());
-                    }
-                    return Err(e);
-                }
-                invalid.get_or_insert(e);
-                break;
-            }
-        }
-    }
-    log.flush()?;
-    if invalid.is_some() {
-        status = RunStatus::Failed;
-    }
-    if let Some(run) = log.run_id.clone() {
-        for (k, v) in &summary {
-            if log.error.is_some() {
-                break;
-            }
-            if let Err(e) = log.client.set_tag(&run, k, v) {
-                log.fail(e)?;
-            }
-        }
-        if log.error.is_none() {
-            if let Err(e) = log.client.end_run(&run, status, now_ms()) {
-                log.fail(e)?;
-            }
-        }
-    }
-    let report = json!({
-        "uri": log.client.uri(), "experiment_id": log.experiment_id, "run_id": log.run_id,
-        "status": status.as_str(), "lines": lines, "metrics": log.sent, "skipped": skipped,
-    });
-    if let Some(e) = log.error.take() {
-        return Err(e);
-    }
-    if let Some(e) = invalid {
-        return Err(e);
-    }
-    if status == RunStatus::Killed {
+    let stream = Stream {
+        what: "log mlflow",
+        input,
+        name,
+        tee: a.tee,
+        skip_invalid: a.skip_invalid,
+        g,
+    };
+    let (outcome, backend) = stream.run(|| {
+        let experiment_id = client.experiment_id(&a.experiment)?;
+        let run_id =
+            client.create_run(&experiment_id, a.run_name.as_deref(), now_ms(), &run_tags)?;
+        Ok(Mlflow {
+            client,
+            run_id,
+            experiment_id,
+            pending: Vec::new(),
+            pending_lines: 0,
+            oldest: None,
+            flush_every: a.flush_every,
+            flush_after,
+            sent: 0,
+            summary: Vec::new(),
+        })
+    })?;
+    // The run was created: a failed start ends in an error above.
+    let Some(run) = backend else {
+        return Ok(Status::Success);
+    };
+    if outcome.status == RunStatus::Killed {
         // The reader of the stream went away: end quietly, as a closed pipe does.
         return Ok(Status::Success);
     }
-    if tee {
+    if a.tee {
         g.say(format!(
             "mnemo log mlflow: {} metrics from {} lines to run {} (experiment {}) at {}: {}",
-            log.sent,
-            lines,
-            log.run_id.as_deref().unwrap_or("-"),
-            log.experiment_id.as_deref().unwrap_or("-"),
-            log.client.uri(),
-            status.as_str()
+            run.sent,
+            outcome.lines,
+            run.run_id,
+            run.experiment_id,
+            uri,
+            outcome.status.as_str()
         ));
     } else {
-        JsonLines::stdout().emit(&report)?;
+        JsonLines::stdout().emit(&json!({
+            "uri": uri, "experiment_id": run.experiment_id, "run_id": run.run_id,
+            "status": outcome.status.as_str(), "lines": outcome.lines, "metrics": run.sent,
+            "skipped": outcome.skipped,
+        }))?;
     }
     Ok(Status::Success)
 }
