@@ -328,3 +328,31 @@ fn si_importance_matches_torch() {
         assert_eq!(r.code, 0, "{name}: {}", r.stderr);
     }
 }
+
+#[test]
+fn mas_importance_matches_torch() {
+    let exp = expected();
+    let d = workdir();
+    for case in exp["mas"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let out = d.path().join(format!("{name}.safetensors"));
+        let r = mnemo_in(
+            d.path(),
+            &[
+                "fisher",
+                &fixture(case["model"].as_str().unwrap()),
+                "--arch",
+                &arch_arg(case["arch"].as_str().unwrap()),
+                "--data",
+                &fixture(case["data"].as_str().unwrap()),
+                "--mode",
+                "mas",
+                "-o",
+                &out.to_string_lossy(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let want = Checkpoint::open(fixtures().join(case["output"].as_str().unwrap())).unwrap();
+        assert_close(&Checkpoint::open(&out).unwrap(), &want, 1e-5, name);
+    }
+}

@@ -36,6 +36,9 @@ pub enum Mode {
     /// Squared per-example gradient at the model's own argmax label (van de Ven & Tolias's
     /// code): a one-sample estimate of `true`.
     Predicted,
+    /// Memory Aware Synapses (Aljundi et al. 2018): mean over examples of |∂‖f(x)‖²/∂θ|,
+    /// no labels needed; use it as a Fisher file (--penalty MAS:MODEL).
+    Mas,
 }
 
 /// One F32 tensor per trainable parameter (same name and shape): the mean over examples, in
@@ -130,6 +133,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         Mode::True => FisherMode::True,
         Mode::Batch => FisherMode::Batch,
         Mode::Predicted => FisherMode::Predicted,
+        Mode::Mas => FisherMode::Mas,
     };
     let loss = match args.loss {
         Some(l) => l.to_loss(args.focal.alpha, args.focal.gamma)?,

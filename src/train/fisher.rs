@@ -54,6 +54,9 @@ pub enum FisherMode {
     /// van de Ven & Tolias's continual-learning code estimates it: a one-sample stand-in for
     /// `True`.
     Predicted,
+    /// Memory Aware Synapses (Aljundi et al. 2018): the mean over examples of
+    /// |∂‖f(x)‖²₂/∂θ|, the sensitivity of the output's squared norm; no labels used.
+    Mas,
 }
 
 impl FisherMode {
@@ -63,6 +66,7 @@ impl FisherMode {
             FisherMode::True => "true",
             FisherMode::Batch => "batch",
             FisherMode::Predicted => "predicted",
+            FisherMode::Mas => "mas",
         }
     }
 }
@@ -121,6 +125,7 @@ fn weightings(mode: FisherMode, p: &[f64], targets: &[i64], c: usize) -> Vec<Vec
             vec![g]
         }
         FisherMode::Batch => unreachable!("batch mode squares batch gradients"),
+        FisherMode::Mas => unreachable!("MAS has its own loop"),
     }
 }
 
@@ -155,8 +160,11 @@ pub fn fisher(
             reason: "no examples to compute a Fisher on".into(),
         });
     }
-    loss.check_targets(data)?;
     let order: Vec<usize> = (0..n).collect();
+    if mode == FisherMode::Mas {
+        return mas(model, data, &order, head, progress);
+    }
+    loss.check_targets(data)?;
     if data.target_kind != TargetKind::Class || loss != Loss::Ce {
         return loss_fisher(model, data, mode, loss, &order, batch_size, head, progress);
     }
@@ -245,6 +253,37 @@ pub fn fisher(
         progress(idx.len());
     }
     mean_over(acc, model, n)
+}
+
+/// MAS importance: per example, the gradient of the squared L2 norm of the model's output
+/// (its gradient at the output is 2·f(x)) pushed back through the model in eval mode, in
+/// absolute value, averaged over the examples. Any output shape; no labels.
+fn mas(
+    model: &mut Model,
+    data: &Dataset,
+    order: &[usize],
+    head: Option<&str>,
+    mut progress: impl FnMut(usize),
+) -> Result<FisherDiag> {
+    let device = model.device.clone();
+    let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut rng = Rng::new(0); // eval mode: no dropout draws
+    for &i in order {
+        let (x, _) = data.batch(&[i], &device)?;
+        let out = model.forward(&x, head, Mode::Eval, &mut rng)?;
+        let grads = out
+            .sqr()
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .map_err(MnemoError::compute("MAS backward pass"))?;
+        for (name, var) in &model.params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                add(&mut acc, name, g.abs().map_err(MnemoError::compute("MAS"))?)?;
+            }
+        }
+        progress(1);
+    }
+    mean_over(acc, model, order.len())
 }
 
 /// The Fisher from sums of squared gradients over `n` examples: every trainable parameter,
