@@ -452,6 +452,18 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
             return Err(2);
         }
     };
+    // `merge --config merge.yml` is mergekit's configuration, read by `merge` itself.
+    if let Ok(m) = &first {
+        if matches!(m.subcommand(), Some(("merge", _)))
+            && m.get_one::<PathBuf>("config").is_some_and(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml")
+                })
+            })
+        {
+            return first.map_err(|e| print_clap_error(&e));
+        }
+    }
     // No layer at all (the common case): clap's matches as they are.
     if let Ok(m) = &first {
         if env.is_empty()
