@@ -747,15 +747,17 @@ fn compute(
             let xs: Vec<Vec<f32>> = kin.iter().map(|&k| decode(k)).collect::<Result<_>>()?;
             let b = base.map(decode).transpose()?;
             let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
-            let r = w.merge(&refs, b.as_deref(), &out.shape).map_err(|why| {
-                cfg.err(
-                    cfg.method_line,
-                    format!(
-                        "merge_method {}: tensor '{}': {why}",
-                        p.spec.name, task.name
-                    ),
-                )
-            })?;
+            let r = w
+                .merge_named(&task.name, &refs, b.as_deref(), &out.shape)
+                .map_err(|why| {
+                    cfg.err(
+                        cfg.method_line,
+                        format!(
+                            "merge_method {}: tensor '{}': {why}",
+                            p.spec.name, task.name
+                        ),
+                    )
+                })?;
             if !opts.allow_nonfinite {
                 nonfinite(out_path, &task.name, &r, "the merged value is not finite")?;
             }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 mod arcee_fusion;
 mod breadcrumbs;
 mod dare;
+mod della;
 mod ema;
 mod karcher;
 mod linear;
@@ -48,21 +49,14 @@ pub(crate) static REGISTRY: &[&Spec] = &[
     &dare::DARE_LINEAR,
     &breadcrumbs::BREADCRUMBS,
     &breadcrumbs::BREADCRUMBS_TIES,
+    &della::DELLA,
+    &della::DELLA_LINEAR,
     &ema::SPEC,
     &sum::SPEC,
 ];
 
 /// mergekit 0.1.5 methods that mnemo does not implement yet (refused with this note).
-pub(crate) const NOT_YET: &[(&str, &str)] = &[
-    (
-        "della",
-        "its rank-dependent Bernoulli masks are not implemented yet",
-    ),
-    (
-        "della_linear",
-        "its rank-dependent Bernoulli masks are not implemented yet",
-    ),
-];
+pub(crate) const NOT_YET: &[(&str, &str)] = &[];
 
 /// (name, formula) of every method a configuration may name, for help texts.
 pub fn config_methods() -> Vec<(&'static str, &'static str)> {
@@ -217,6 +211,17 @@ pub(crate) trait WholeTensor: Send + Sync {
         base: Option<&[f32]>,
         shape: &[usize],
     ) -> Result<Vec<f32>, String>;
+
+    /// [`WholeTensor::merge`] for the tensor `name` (methods with seeded draws use it).
+    fn merge_named(
+        &self,
+        _name: &str,
+        inputs: &[&[f32]],
+        base: Option<&[f32]>,
+        shape: &[usize],
+    ) -> Result<Vec<f32>, String> {
+        self.merge(inputs, base, shape)
+    }
 }
 
 /// A method as a configuration sees it.
