@@ -17,6 +17,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("TIES over three fine-tunes of one base (HF shard folders work as inputs)", "mnemo merge ties --base base/ ft1/ ft2/ ft3/ --density 0.3 -o merged.safetensors"),
         ("DARE with TIES sign election, seeded", "mnemo merge dare --base base.safetensors a.safetensors b.safetensors --density 0.5 --ties --seed 7 -o merged.safetensors"),
         ("add Fisher files (e.g. to sum tasks' importance)", "mnemo merge sum f1.safetensors f2.safetensors -o f12.safetensors"),
+        ("a mergekit configuration, unchanged, into a model folder (weights, config.json, tokenizer)", "mnemo merge --config merge.yml -o merged/"),
         ("spread a merge over workers: one shard each (any scheduler), then join them", "for k in 1 2 3; do mnemo merge ties --base base/ a/ b/ --density 0.3 --shard-size 2GB --shard-index $k -o merged/ & done; wait; mnemo merge ties --base base/ a/ b/ --density 0.3 --shard-size 2GB --write-index -o merged/"),
     ],
     exit_status: EXIT_PLAIN,
@@ -190,6 +191,18 @@ fn formulas() -> String {
     let mut s = String::from("Formulas:\n");
     for (name, f) in METHODS {
         s.push_str(&format!("  {:<16} {f}\n", name.replace('_', "-")));
+    }
+    s.push_str(
+        "\nmergekit's YAML: `mnemo merge --config merge.yml -o OUT_DIR` reads mergekit 0.1.5's \
+         configuration (merge_method, base_model, models with per-model parameters, or slices \
+         with sources and layer_range; global parameters; gradients over the layer index; \
+         filter conditions; dtype, out_dtype, tokenizer_source) and writes a model folder: \
+         model.safetensors (or shards and their index with --shard-size), config.json, \
+         generation_config.json and the tokenizer files. Unknown keys, methods and parameters \
+         are errors naming the line. Its methods (δᵢ = θᵢ − base):\n",
+    );
+    for (name, f) in mnemo::merge::config_methods() {
+        s.push_str(&format!("  {name:<16} {f}\n"));
     }
     s
 }
@@ -447,8 +460,8 @@ fn run_yaml(args: &Args, g: &Global, path: &Path) -> anyhow::Result<Status> {
         shard_size: args.shard_size,
         metadata: prov.metadata(),
     };
-    let r = mnemo::merge::run_config(&cfg, &args.output, &opts)
-        .with_context(|| format!("merging {} into {}", path.display(), args.output.display()))?;
+    // Its errors name the file and line, or the model file and tensor.
+    let r = mnemo::merge::run_config(&cfg, &args.output, &opts)?;
     g.say(format!(
         "merge: {} tensors from {} models into {}",
         r.tensors,

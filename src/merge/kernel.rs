@@ -186,8 +186,8 @@ fn prepare(plan: &Plan, job: &Job) -> Prep {
         }
         Plan::TaskVectors { sparsify, .. } => {
             let mut keys: Vec<u64> = Vec::new();
-            for i in 0..n {
-                let (sel, scale) = match sparsify[i] {
+            for (i, &thin) in sparsify.iter().enumerate().take(n) {
+                let (sel, scale) = match thin {
                     Sparsify::None => (Sel::All, 1.0),
                     Sparsify::Magnitude { density } => (
                         select::top_k(density, job.len, &mut keys, |k| {
