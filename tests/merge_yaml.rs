@@ -397,3 +397,73 @@ fn what_mergekit_rejects_mnemo_rejects_naming_the_line() {
     assert!(r.stderr.contains("holds the input model"), "{}", r.stderr);
     assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), before);
 }
+
+#[test]
+fn fisher_merging_in_the_yaml_language() {
+    // The torch float64 reference of fixtures/merge/gen.py (Matena & Raffel, floor 1e-6,
+    // normalised by the Fisher files' global norms, weights 2, 1, 0.5).
+    let tmp = workdir();
+    let f = |n: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/merge")
+            .join(n)
+            .display()
+            .to_string()
+    };
+    let cfg = tmp.path().join("fisher.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "merge_method: fisher\nmodels:\n  - model: {}\n    fisher: {}\n    parameters: {{weight: 2.0}}\n  - model: {}\n    fisher: {}\n    parameters: {{weight: 1.0}}\n  - model: {}\n    fisher: {}\n    parameters: {{weight: 0.5}}\nparameters:\n  floor: 1.0e-6\n  normalize: true\n",
+            f("a.safetensors"),
+            f("fa.safetensors"),
+            f("b.safetensors"),
+            f("fb.safetensors"),
+            f("c.safetensors"),
+            f("fc.safetensors")
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    ok(merge(cfg.to_str().unwrap(), &out));
+    let got = Checkpoint::open(&out).unwrap();
+    let want = Checkpoint::open(f("expected/fisher_floor_normalize_w.safetensors")).unwrap();
+    for name in want.names() {
+        let (g, w) = (got.entry(name).unwrap(), want.entry(name).unwrap());
+        assert_eq!(g.dtype, w.dtype, "{name}");
+        if !w.dtype.is_float() {
+            assert_eq!(
+                got.bytes(name).unwrap(),
+                want.bytes(name).unwrap(),
+                "{name}"
+            );
+            continue;
+        }
+        let (gv, wv) = (got.to_f32(name).unwrap(), want.to_f32(name).unwrap());
+        let scale = wv.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (j, (&a, &b)) in gv.iter().zip(&wv).enumerate() {
+            assert!(
+                (a - b).abs() <= tolerance(w.dtype, b, scale),
+                "{name}[{j}]: {a} vs {b}"
+            );
+        }
+    }
+    // A model without its Fisher file is refused, naming its line.
+    std::fs::write(
+        &cfg,
+        format!(
+            "merge_method: fisher\nmodels:\n  - model: {}\n    fisher: {}\n  - model: {}\n",
+            f("a.safetensors"),
+            f("fa.safetensors"),
+            f("b.safetensors")
+        ),
+    )
+    .unwrap();
+    let r = merge(cfg.to_str().unwrap(), &tmp.path().join("out2"));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("fisher.yml:5:") && r.stderr.contains("Fisher file"),
+        "{}",
+        r.stderr
+    );
+}

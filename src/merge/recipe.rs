@@ -393,6 +393,8 @@ struct Planned<'c> {
     tasks: Vec<Task>,
     layers: usize,
     out_dtype: Option<Dtype>,
+    /// merge_method fisher: per model, its Fisher file and that file's global L2 norm.
+    fishers: Vec<Option<(Checkpoint, f64)>>,
 }
 
 fn plan<'c>(cfg: &'c MergeConfig) -> Result<Planned<'c>> {
@@ -560,6 +562,41 @@ fn plan<'c>(cfg: &'c MergeConfig) -> Result<Planned<'c>> {
             slice: last,
         });
     }
+    // mnemo's `fisher:` keys.
+    let mut fishers: Vec<Option<(Checkpoint, f64)>> = models.iter().map(|_| None).collect();
+    for m in cfg.models.iter().flatten() {
+        let Some(f) = &m.fisher else { continue };
+        if spec.name != "fisher" {
+            return Err(cfg.err(
+                f.line,
+                format!("'fisher' applies to merge_method fisher, not {}", spec.name),
+            ));
+        }
+        let i = models
+            .iter()
+            .position(|x| x.reference.name == m.model.name)
+            .expect("every listed model is opened");
+        let ck = Checkpoint::open(&f.path)
+            .map_err(|e| cfg.err(f.line, format!("fisher '{}': {e}", f.name)))?;
+        let norm = super::driver::global_norm(&ck)?;
+        fishers[i] = Some((ck, norm));
+    }
+    if spec.name == "fisher" {
+        for sl in &slices {
+            for &(m, _, _) in &sl.sources {
+                if fishers[m].is_none() {
+                    let r = &models[m].reference;
+                    return Err(cfg.err(
+                        r.line,
+                        format!(
+                            "merge_method fisher: model '{}' needs its Fisher file ('fisher: PATH' next to 'model:')",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     Ok(Planned {
         spec,
         models,
@@ -567,6 +604,7 @@ fn plan<'c>(cfg: &'c MergeConfig) -> Result<Planned<'c>> {
         tasks,
         layers: out_layer,
         out_dtype,
+        fishers,
     })
 }
 
@@ -692,6 +730,17 @@ fn compute(
     let nm = |k: usize| task.entries[k].name.as_str();
     let len: usize = out.shape.iter().product();
     let mut bytes = vec![0u8; out.nbytes()];
+    if kin.is_empty() {
+        // Only the base (mergekit: "if not entries: return base").
+        let b = base.expect("a kernel input or the base");
+        let v = ck(b).to_f32(nm(b))?;
+        if let Some(o) = kernel::encode_chunk(out.dtype, &v, &mut bytes, 0) {
+            if !opts.allow_nonfinite {
+                return Err(o.into_error(out_path.to_path_buf(), &task.name));
+            }
+        }
+        return Ok(bytes);
+    }
     match kernel {
         Kernel::Stream(plan) => {
             // slerp's plan takes the base as its first input.
@@ -710,6 +759,44 @@ fn compute(
                     ),
                 ));
             }
+            // Fisher merging: every input's Fisher tensor, or none (→ the weighted average).
+            let mut fishers = Vec::new();
+            let mut fisher_norms = vec![1.0; inputs.len()];
+            if let super::Plan::Fisher { normalize, .. } = &plan {
+                let files: Vec<&(Checkpoint, f64)> = inputs
+                    .iter()
+                    .filter_map(|&k| p.fishers[task.entries[k].model].as_ref())
+                    .collect();
+                if files.len() == inputs.len()
+                    && inputs.iter().zip(&files).all(|(&k, f)| f.0.contains(nm(k)))
+                {
+                    for (&k, f) in inputs.iter().zip(&files) {
+                        let fe = f.0.entry(nm(k))?;
+                        if fe.shape != out.shape || !fe.dtype.is_float() {
+                            return Err(MnemoError::ShapeMismatch {
+                                path: f.0.path.clone(),
+                                tensor: nm(k).to_string(),
+                                found: fe.shape.clone(),
+                                expected: out.shape.clone(),
+                            });
+                        }
+                        fishers.push(src(&f.0, nm(k))?);
+                    }
+                    if *normalize {
+                        fisher_norms = files.iter().map(|f| f.1).collect();
+                        if let Some(f) = files.iter().find(|f| !(f.1 > 0.0 && f.1.is_finite())) {
+                            return Err(cfg.err(
+                                cfg.method_line,
+                                format!(
+                                    "{}: the Fisher's global norm is {}: it cannot be normalised",
+                                    f.0.path.display(),
+                                    f.1
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
             let job = Job {
                 name: &task.name,
                 len,
@@ -718,8 +805,8 @@ fn compute(
                     .map(|&k| src(ck(k), nm(k)))
                     .collect::<Result<_>>()?,
                 base: base_src.map(|k| src(ck(k), nm(k))).transpose()?,
-                fishers: Vec::new(),
-                fisher_norms: vec![1.0; inputs.len()],
+                fishers,
+                fisher_norms,
                 check_finite: !opts.allow_nonfinite,
             };
             kernel::run(&plan, &job, Sink::Bytes(out.dtype, &mut bytes)).map_err(|e| {

@@ -7,7 +7,8 @@
 //! global `parameters`, `dtype`, `out_dtype`, `tokenizer_source`. A parameter is a scalar, a
 //! gradient (a list of scalars interpolated over the layer index) or conditions
 //! (`{filter, value}` mappings, or a list of them, first match wins). mnemo's own methods
-//! (`ema`, `fisher`, `sum`) and their parameters are written the same way.
+//! (`ema`, `fisher`, `sum`) and their parameters are written the same way; `fisher` takes each
+//! model's Fisher file as a `fisher:` key next to its `model:`.
 //!
 //! Differences from mergekit, all on the strict side: an unknown key (mergekit's pydantic
 //! models ignore them) and a duplicated key (PyYAML keeps the last) are errors; `modules`,
@@ -87,6 +88,8 @@ pub struct ModelRef {
 pub struct ModelDef {
     pub model: ModelRef,
     pub parameters: Option<Params>,
+    /// mnemo's `fisher:` (merge_method fisher): this model's Fisher diagonal file.
+    pub fisher: Option<ModelRef>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -356,14 +359,20 @@ fn model_def(cx: &Ctx, n: &Node) -> Result<ModelDef> {
     let what = "models[]";
     let mut model = None;
     let mut parameters = None;
-    for (k, _, v) in mapping(cx, n, what, &["model", "parameters"], &[])? {
+    let mut fisher = None;
+    for (k, _, v) in mapping(cx, n, what, &["model", "parameters", "fisher"], &[])? {
         match k.as_str() {
             "model" => model = Some(model_ref(cx, v, "model")?),
+            "fisher" => fisher = Some(model_ref(cx, v, "fisher")?),
             _ => parameters = params(cx, v, "parameters")?,
         }
     }
     let model = model.ok_or_else(|| cx.err(line(n), "a models entry needs 'model'"))?;
-    Ok(ModelDef { model, parameters })
+    Ok(ModelDef {
+        model,
+        parameters,
+        fisher,
+    })
 }
 
 fn layer_range(cx: &Ctx, n: &Node) -> Result<(usize, usize)> {

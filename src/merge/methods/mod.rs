@@ -15,6 +15,7 @@ mod breadcrumbs;
 mod dare;
 mod della;
 mod ema;
+mod fisher;
 mod karcher;
 mod linear;
 mod model_stock;
@@ -52,6 +53,7 @@ pub(crate) static REGISTRY: &[&Spec] = &[
     &della::DELLA,
     &della::DELLA_LINEAR,
     &ema::SPEC,
+    &fisher::SPEC,
     &sum::SPEC,
 ];
 
