@@ -65,7 +65,6 @@ pub enum RescaleName {
 /// in chunks, whatever the number of models. Formulas (mergekit's definitions, except where
 /// noted in `man mnemo-merge`):
 #[derive(clap::Args, Debug)]
-#[command(after_long_help = formulas())]
 pub struct Args {
     /// The method (not with --config merge.yml, where the file names it).
     #[arg(value_enum)]
@@ -185,6 +184,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}': must be positive"));
     }
     Ok(v)
+}
+
+/// The description of `merge --help` and `man mnemo-merge`: the doc comment above, then the
+/// formulas of the methods and mergekit's YAML.
+pub fn long_about() -> String {
+    format!(
+        "Merges checkpoints of the same layout (names and shapes; HF shard folders or index.json \
+         count as one checkpoint). Float tensors are merged in f32 (reductions in f64) and \
+         written back in the first input's dtype; integer tensors are copied from the first \
+         input. NaN or Inf anywhere is an error naming the file, tensor and element (unless \
+         --allow-nonfinite). Memory stays bounded: tensors stream from the memory-mapped \
+         inputs in chunks, whatever the number of models. Formulas (mergekit's definitions, \
+         except where noted):\n\n{}",
+        formulas()
+    )
 }
 
 fn formulas() -> String {
