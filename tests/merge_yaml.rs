@@ -379,6 +379,10 @@ fn what_mergekit_rejects_mnemo_rejects_naming_the_line() {
         e.contains("bad.yml:5:") && e.contains("unknown dtype"),
         "{e}"
     );
+    // A missing -o is clap's usage error, not a TOML parse of the YAML.
+    let r = mnemo_in(&dir(), &["merge", "--config", "linear.yml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--output"), "{}", r.stderr);
     // The output may not be an input's folder.
     let tmp = workdir();
     let cfg = tmp.path().join("x.yml");
