@@ -379,6 +379,16 @@ fn what_mergekit_rejects_mnemo_rejects_naming_the_line() {
         e.contains("bad.yml:5:") && e.contains("unknown dtype"),
         "{e}"
     );
+    // Without --config a METHOD and INPUTs are needed; with it, none.
+    let r = mnemo_in(&dir(), &["merge", "-o", "x"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("METHOD"), "{}", r.stderr);
+    let r = mnemo_in(
+        &dir(),
+        &["merge", "--config", "linear.yml", "ties", "-o", "x"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("give no METHOD"), "{}", r.stderr);
     // A missing -o is clap's usage error, not a TOML parse of the YAML.
     let r = mnemo_in(&dir(), &["merge", "--config", "linear.yml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
