@@ -58,7 +58,9 @@ enum Command {
     /// exit 0 when drift is found (as grep finds a match), 1 when not.
     Drift(cmd::drift::Args),
     /// Merge checkpoints: linear, EMA, Fisher-weighted, task arithmetic, TIES, DARE, SLERP,
-    /// breadcrumbs, model stock, sum; streaming in bounded memory.
+    /// breadcrumbs, model stock, sum; streaming in bounded memory; or mergekit's YAML
+    /// (--config merge.yml, all 20 methods of mergekit 0.1.5) into a model folder.
+    #[command(long_about = cmd::merge::long_about())]
     Merge(cmd::merge::Args),
     /// Dataset tools: import (IDX, NumPy, image folders), split, permute, rotate, shuffle, take, concat, stats.
     Data(cmd::data::Args),

@@ -434,6 +434,24 @@ fn is_config_show(m: &clap::ArgMatches) -> bool {
     matches!(m.subcommand(), Some(("config", s)) if s.subcommand_name() == Some("show"))
 }
 
+/// `mnemo [...] merge ... --config F.yml|F.yaml ...` (the flag is global: anywhere).
+fn is_merge_yaml(argv: &[OsString]) -> bool {
+    let yaml = |s: &str| {
+        let l = s.to_ascii_lowercase();
+        l.ends_with(".yml") || l.ends_with(".yaml")
+    };
+    let args: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.iter().any(|a| a == "merge")
+        && args.iter().enumerate().any(|(i, a)| {
+            a.strip_prefix("--config=").is_some_and(yaml)
+                || (a == "--config" && args.get(i + 1).is_some_and(|v| yaml(v)))
+        })
+}
+
 /// argv → the final matches, with the layers applied; on an error, it has been printed
 /// and the exit status is returned.
 pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
@@ -452,6 +470,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
             return Err(2);
         }
     };
+    // `merge --config merge.yml` is mergekit's configuration, read by `merge` itself (also
+    // when clap found an argument missing: the YAML is no settings layer to supply it).
+    if is_merge_yaml(&argv) {
+        return first.map_err(|e| print_clap_error(&e));
+    }
     // No layer at all (the common case): clap's matches as they are.
     if let Ok(m) = &first {
         if env.is_empty()

@@ -17,6 +17,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("TIES over three fine-tunes of one base (HF shard folders work as inputs)", "mnemo merge ties --base base/ ft1/ ft2/ ft3/ --density 0.3 -o merged.safetensors"),
         ("DARE with TIES sign election, seeded", "mnemo merge dare --base base.safetensors a.safetensors b.safetensors --density 0.5 --ties --seed 7 -o merged.safetensors"),
         ("add Fisher files (e.g. to sum tasks' importance)", "mnemo merge sum f1.safetensors f2.safetensors -o f12.safetensors"),
+        ("a mergekit configuration, unchanged, into a model folder (weights, config.json, tokenizer)", "mnemo merge --config merge.yml -o merged/"),
         ("spread a merge over workers: one shard each (any scheduler), then join them", "for k in 1 2 3; do mnemo merge ties --base base/ a/ b/ --density 0.3 --shard-size 2GB --shard-index $k -o merged/ & done; wait; mnemo merge ties --base base/ a/ b/ --density 0.3 --shard-size 2GB --write-index -o merged/"),
     ],
     exit_status: EXIT_PLAIN,
@@ -64,13 +65,14 @@ pub enum RescaleName {
 /// in chunks, whatever the number of models. Formulas (mergekit's definitions, except where
 /// noted in `man mnemo-merge`):
 #[derive(clap::Args, Debug)]
-#[command(after_long_help = formulas())]
 pub struct Args {
+    /// The method (not with --config merge.yml, where the file names it).
     #[arg(value_enum)]
-    pub method: MethodName,
+    pub method: Option<MethodName>,
     /// The models to merge (for ema: TARGET then ONLINE; for slerp: A then B).
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// The output file (a folder with --shard-size or --config merge.yml).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     /// The base model of task-arithmetic, ties, dare, breadcrumbs and model-stock.
@@ -184,10 +186,37 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// The description of `merge --help` and `man mnemo-merge`: the doc comment above, then the
+/// formulas of the methods and mergekit's YAML.
+pub fn long_about() -> String {
+    format!(
+        "Merges checkpoints of the same layout (names and shapes; HF shard folders or index.json \
+         count as one checkpoint). Float tensors are merged in f32 (reductions in f64) and \
+         written back in the first input's dtype; integer tensors are copied from the first \
+         input. NaN or Inf anywhere is an error naming the file, tensor and element (unless \
+         --allow-nonfinite). Memory stays bounded: tensors stream from the memory-mapped \
+         inputs in chunks, whatever the number of models. Formulas (mergekit's definitions, \
+         except where noted):\n\n{}",
+        formulas()
+    )
+}
+
 fn formulas() -> String {
     let mut s = String::from("Formulas:\n");
     for (name, f) in METHODS {
         s.push_str(&format!("  {:<16} {f}\n", name.replace('_', "-")));
+    }
+    s.push_str(
+        "\nmergekit's YAML: `mnemo merge --config merge.yml -o OUT_DIR` reads mergekit 0.1.5's \
+         configuration (merge_method, base_model, models with per-model parameters, or slices \
+         with sources and layer_range; global parameters; gradients over the layer index; \
+         filter conditions; dtype, out_dtype, tokenizer_source) and writes a model folder: \
+         model.safetensors (or shards and their index with --shard-size), config.json, \
+         generation_config.json and the tokenizer files. Unknown keys, methods and parameters \
+         are errors naming the line. Its methods (δᵢ = θᵢ − base):\n",
+    );
+    for (name, f) in mnemo::merge::config_methods() {
+        s.push_str(&format!("  {name:<16} {f}\n"));
     }
     s
 }
@@ -311,8 +340,8 @@ fn write_index(
     Ok(Status::Success)
 }
 
-fn method(a: &Args) -> anyhow::Result<Method> {
-    let weights = match (a.alpha, a.method) {
+fn method(a: &Args, which: MethodName) -> anyhow::Result<Method> {
+    let weights = match (a.alpha, which) {
         (Some(al), MethodName::Linear) => {
             if a.inputs.len() != 2 {
                 anyhow::bail!("--alpha needs exactly two inputs (a·A + (1−a)·B)");
@@ -329,8 +358,8 @@ fn method(a: &Args) -> anyhow::Result<Method> {
             a.normalize || default
         }
     };
-    let name = format!("{:?}", a.method).to_lowercase();
-    Ok(match a.method {
+    let name = format!("{:?}", which).to_lowercase();
+    Ok(match which {
         MethodName::Linear => Method::Linear {
             weights,
             normalize: normalize(false),
@@ -384,9 +413,96 @@ fn method(a: &Args) -> anyhow::Result<Method> {
     })
 }
 
-pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+/// A mergekit configuration: `--config` naming a `.yml`/`.yaml` file (TOML files are the
+/// settings layer of every subcommand).
+pub fn yaml_config(g: &Global) -> Option<&Path> {
+    g.config.as_deref().filter(|p| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"))
+    })
+}
+
+/// `mnemo merge --config merge.yml -o OUT_DIR`: mergekit's YAML into a model folder.
+fn run_yaml(args: &Args, g: &Global, path: &Path) -> anyhow::Result<Status> {
     let start = std::time::Instant::now();
-    let m = method(&args)?;
+    if args.method.is_some() || !args.inputs.is_empty() {
+        anyhow::bail!(
+            "with --config {} the file names the method and the models: give no METHOD or INPUT",
+            path.display()
+        );
+    }
+    let flags = [
+        (!args.weights.is_empty(), "--weights"),
+        (args.base.is_some(), "--base"),
+        (!args.fisher.is_empty(), "--fisher"),
+        (args.alpha.is_some(), "--alpha"),
+        (args.density.is_some(), "--density"),
+        (args.t.is_some(), "--t"),
+        (args.decay.is_some(), "--decay"),
+        (args.dtype.is_some(), "--dtype"),
+        (args.skip_mismatched, "--skip-mismatched"),
+        (args.shard_index.is_some(), "--shard-index"),
+        (args.write_index, "--write-index"),
+    ];
+    if let Some((_, f)) = flags.iter().find(|(on, _)| *on) {
+        anyhow::bail!(
+            "{f} does not apply with --config {}: set it in the file",
+            path.display()
+        );
+    }
+    let cfg = mnemo::merge::MergeConfig::load(path)?;
+    let mut prov = Provenance::from_args(&super::argv());
+    let mut seen = HashSet::new();
+    let mut refs: Vec<&mnemo::merge::yaml::ModelRef> = cfg.base_model.iter().collect();
+    for m in cfg.models.iter().flatten() {
+        refs.push(&m.model);
+    }
+    for s in cfg.slices.iter().flatten() {
+        refs.extend(s.sources.iter().map(|x| &x.model));
+        refs.extend(s.base_model.iter());
+    }
+    for r in refs {
+        if seen.insert(r.name.clone()) {
+            if let Ok(c) = Checkpoint::open(&r.path) {
+                prov.input(c.path.display().to_string(), c.content_hash()?);
+            }
+        }
+    }
+    let opts = mnemo::merge::RecipeOptions {
+        allow_nonfinite: args.allow_nonfinite,
+        shard_size: args.shard_size,
+        metadata: prov.metadata(),
+    };
+    // Its errors name the file and line, or the model file and tensor.
+    let r = mnemo::merge::run_config(&cfg, &args.output, &opts)?;
+    g.say(format!(
+        "merge: {} tensors from {} models into {}",
+        r.tensors,
+        r.models,
+        args.output.display()
+    ));
+    JsonLines::stdout().emit(&json!({
+        "output": args.output.display().to_string(), "config": path.display().to_string(),
+        "method": r.method, "models": r.models, "tensors": r.tensors, "layers": r.layers,
+        "files": r.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "bytes": r.bytes, "seconds": num(start.elapsed().as_secs_f64()),
+    }))?;
+    Ok(Status::Success)
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    if let Some(path) = yaml_config(g) {
+        return run_yaml(&args, g, path);
+    }
+    let start = std::time::Instant::now();
+    let Some(which) = args.method else {
+        anyhow::bail!("merge needs a METHOD and its INPUT models (or --config merge.yml)");
+    };
+    if args.inputs.is_empty() {
+        anyhow::bail!("merge {which:?} needs at least one INPUT model");
+    }
+    let m = method(&args, which)?;
     let open = |p: &PathBuf| Checkpoint::open(p).map_err(anyhow::Error::from);
     let inputs: Vec<Checkpoint> = args.inputs.iter().map(open).collect::<Result<_, _>>()?;
     let base = args.base.as_ref().map(open).transpose()?;

@@ -211,7 +211,7 @@ fn src<'a>(c: &'a Checkpoint, name: &str) -> Result<Src<'a>> {
 }
 
 /// √(Σ F²) over every tensor of a Fisher file, in name order (f64, deterministic).
-fn global_norm(f: &Checkpoint) -> Result<f64> {
+pub(crate) fn global_norm(f: &Checkpoint) -> Result<f64> {
     let mut total = 0f64;
     for name in f.names() {
         total += kernel::sum_squares(src(f, name)?, f.entry(name)?.numel());

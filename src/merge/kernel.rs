@@ -186,8 +186,8 @@ fn prepare(plan: &Plan, job: &Job) -> Prep {
         }
         Plan::TaskVectors { sparsify, .. } => {
             let mut keys: Vec<u64> = Vec::new();
-            for i in 0..n {
-                let (sel, scale) = match *sparsify {
+            for (i, &thin) in sparsify.iter().enumerate().take(n) {
+                let (sel, scale) = match thin {
                     Sparsify::None => (Sel::All, 1.0),
                     Sparsify::Magnitude { density } => (
                         select::top_k(density, job.len, &mut keys, |k| {
@@ -543,7 +543,12 @@ fn compute_chunk(plan: &Plan, prep: &Prep, job: &Job, c: usize, out: &mut [f32])
 }
 
 /// Encodes `vals` as `dtype` into `out`; returns the first finite value that overflowed.
-fn encode_chunk(dtype: Dtype, vals: &[f32], out: &mut [u8], start: usize) -> Option<NonFiniteAt> {
+pub(crate) fn encode_chunk(
+    dtype: Dtype,
+    vals: &[f32],
+    out: &mut [u8],
+    start: usize,
+) -> Option<NonFiniteAt> {
     let mut overflow = None;
     let mut note = |j: usize, v: f32, inf: bool| {
         if inf && v.is_finite() && overflow.is_none() {
@@ -628,7 +633,7 @@ pub(crate) fn run(plan: &Plan, job: &Job, sink: Sink) -> Result<TensorStats, Non
     } = plan
     {
         let total = (job.len * job.inputs.len()) as f64;
-        if *sparsify != Sparsify::None && total > 0.0 {
+        if sparsify.iter().any(|s| *s != Sparsify::None) && total > 0.0 {
             stats.kept = Some(outs.iter().map(|o| o.kept).sum::<u64>() as f64 / total);
         }
         let nonzero: u64 = outs.iter().map(|o| o.nonzero).sum();

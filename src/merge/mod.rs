@@ -51,15 +51,21 @@
 mod dare;
 mod driver;
 mod kernel;
+mod methods;
+pub use methods::config_methods;
+pub mod recipe;
 mod select;
 mod stream;
+pub mod yaml;
 
 pub use dare::{dare_keep_mask, DARE_BLOCK};
 pub use driver::{
     common_tensors, merge_checkpoints, MergeOptions, MergeReport, TensorReport, BATCH_ELEMENTS,
 };
 pub use kernel::TensorStats;
+pub use recipe::{run_config, RecipeOptions, RecipeReport};
 pub use stream::{plan_layout, write_header, LayoutEntry};
+pub use yaml::MergeConfig;
 
 use crate::error::{MnemoError, Result};
 use serde::{Deserialize, Serialize};
@@ -299,7 +305,8 @@ pub(crate) enum Plan {
         weights: Vec<f64>,
         lambda: f64,
         normalize: bool,
-        sparsify: Sparsify,
+        /// One per input (a YAML configuration may give each model its own density).
+        sparsify: Vec<Sparsify>,
         elect_sign: bool,
     },
     Slerp {
@@ -516,7 +523,7 @@ impl Method {
                 weights: w(weights),
                 lambda: *lambda,
                 normalize: *normalize,
-                sparsify: Sparsify::None,
+                sparsify: vec![Sparsify::None; inputs],
                 elect_sign: false,
             },
             Method::Ties {
@@ -528,7 +535,7 @@ impl Method {
                 weights: w(weights),
                 lambda: *lambda,
                 normalize: *normalize,
-                sparsify: Sparsify::Magnitude { density: *density },
+                sparsify: vec![Sparsify::Magnitude { density: *density }; inputs],
                 elect_sign: true,
             },
             Method::Dare {
@@ -543,11 +550,14 @@ impl Method {
                 weights: w(weights),
                 lambda: *lambda,
                 normalize: *normalize,
-                sparsify: Sparsify::Random {
-                    density: *density,
-                    rescale: *rescale,
-                    seed: *seed,
-                },
+                sparsify: vec![
+                    Sparsify::Random {
+                        density: *density,
+                        rescale: *rescale,
+                        seed: *seed,
+                    };
+                    inputs
+                ],
                 elect_sign: *ties,
             },
             Method::Breadcrumbs {
@@ -561,10 +571,13 @@ impl Method {
                 weights: w(weights),
                 lambda: *lambda,
                 normalize: *normalize,
-                sparsify: Sparsify::Outliers {
-                    density: *density,
-                    gamma: *gamma,
-                },
+                sparsify: vec![
+                    Sparsify::Outliers {
+                        density: *density,
+                        gamma: *gamma,
+                    };
+                    inputs
+                ],
                 elect_sign: *ties,
             },
             Method::Slerp { t } => Plan::Slerp { t: *t },
