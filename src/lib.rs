@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod drift;
 pub mod error;
+pub mod fsutil;
 mod linalg;
 pub mod lora;
 pub mod merge;
@@ -18,5 +19,6 @@ pub mod replay;
 pub mod report;
 pub mod rng;
 pub mod train;
+pub mod validate;
 
 pub use error::{MnemoError, Result};

@@ -70,7 +70,7 @@ pub struct Args {
     pub stream: bool,
     /// Mark each result line with "stage": N (the training stage the model comes from) and
     /// its "task" number: the records `report` and `check` build accuracy matrices from.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = mnemo::validate::size)]
     pub stage: Option<usize>,
     /// The "task" number of the first dataset (the next ones count up from it): for
     /// pipelines that evaluate each task apart, e.g. each with its own --head.
@@ -114,7 +114,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 l.to_loss(args.focal.alpha, args.focal.gamma)?
                     .check_targets(&data)?;
             }
-            let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
+            let totals = evaluate(&args, &mut model, head.as_deref(), &data, &mut out, g)
+                .map_err(|e| super::name_files(e, &[&args.model, path]))?;
             let line = json!({
                 "loss": num(totals.loss()),
                 "accuracy": num(totals.accuracy()),
@@ -123,7 +124,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             });
             (line, totals.accuracy())
         } else {
-            evaluate_dense(&args, &mut model, head.as_deref(), &data, &mut out, g)?
+            evaluate_dense(&args, &mut model, head.as_deref(), &data, &mut out, g)
+                .map_err(|e| super::name_files(e, &[&args.model, path]))?
         };
         if several {
             line["task"] = json!(task as u64 + args.task);

@@ -77,10 +77,10 @@ pub struct MlflowArgs {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_every: u64,
     /// Send the pending metrics when the oldest has waited this long.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = mnemo::validate::seconds)]
     pub flush_seconds: f64,
     /// The limit on each HTTP request.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = mnemo::validate::seconds)]
     pub timeout: f64,
     /// JSON Lines input (default: stdin; - is stdin).
     #[arg(value_name = "FILE")]
@@ -176,7 +176,9 @@ impl Logger {
             return Err(e.into());
         }
         if self.error.is_none() {
-            eprintln!("mnemo: log mlflow: {e}; logging stopped, the stream still passes through");
+            super::warn(format!(
+                "mnemo: log mlflow: {e}; logging stopped, the stream still passes through"
+            ));
             self.error = Some(e.into());
         }
         Ok(())
@@ -320,7 +322,7 @@ fn mlflow(a: MlflowArgs, g: &Global) -> anyhow::Result<Status> {
                             return Err(e.into());
                         }
                         if invalid.is_none() {
-                            eprintln!("mnemo: log mlflow: {e}; the run will end FAILED");
+                            super::warn(format!("mnemo: log mlflow: {e}; the run will end FAILED"));
                             invalid = Some(e.into());
                         }
                         continue;

@@ -7,6 +7,7 @@
 //! `[out, r, 1, 1]`, as PEFT builds them. In the adapter file they are named
 //! `base_model.model.<m>.lora_A.weight` and `base_model.model.<m>.lora_B.weight`.
 
+pub mod peft_check;
 use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use crate::model::{ArchSpec, Layer};
@@ -68,6 +69,8 @@ impl LoraConfig {
         };
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        peft_check::check_fields(path, &v)?;
+        peft_check::targets(path, &v)?;
         if v.get("peft_type").and_then(|t| t.as_str()) != Some("LORA") {
             return Err(bad("'peft_type' is not \"LORA\"".into()));
         }
@@ -301,7 +304,7 @@ impl Adapter {
     /// Reads an adapter folder written by PEFT's `save_pretrained` or by mnemo.
     pub fn read_dir(dir: &Path) -> Result<Adapter> {
         let cfg_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| MnemoError::io(&cfg_path, e))?;
+        let text = crate::fsutil::read_to_string(&cfg_path)?;
         let config = LoraConfig::from_peft_json(&cfg_path, &text)?;
         let wpath = dir.join(WEIGHTS_FILE);
         let ckpt = Checkpoint::open(&wpath)?;
