@@ -140,6 +140,12 @@ fn inside(inner: &Identity, dir: &Identity) -> bool {
     }
 }
 
+/// Whether `a` and `b` name the same existing file (canonical path, or device and inode).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (x, y) = (identity(a), identity(b));
+    x.inode.is_some() && same(&x, &y)
+}
+
 /// A command's files, each with the name the user knows it by (a flag, an argument): the
 /// inputs it reads, the outputs it writes and the files it reads and then replaces.
 /// [`Destinations::check`] runs before any work and refuses
@@ -155,11 +161,26 @@ fn inside(inner: &Identity, dir: &Identity) -> bool {
 #[derive(Default)]
 pub struct Destinations {
     entries: Vec<(String, PathBuf, Role)>,
+    stdout_free: bool,
+}
+
+/// Whether `p` names the process's stdout (`-`, `/dev/stdout`, `/dev/fd/1`).
+fn is_stdout(p: &Path) -> bool {
+    ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
+        .iter()
+        .any(|s| p.as_os_str() == *s)
 }
 
 impl Destinations {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The command prints nothing else on stdout, so an output may be stdout (`-o -`);
+    /// otherwise one is refused (it would be mixed with the command's JSON lines).
+    pub fn stdout_free(&mut self) -> &mut Self {
+        self.stdout_free = true;
+        self
     }
 
     pub fn input(&mut self, label: impl Into<String>, path: impl AsRef<Path>) -> &mut Self {
@@ -220,6 +241,12 @@ impl Destinations {
             reason,
         };
         for (i, (label, path, role)) in self.entries.iter().enumerate() {
+            if *role != Role::Input && is_stdout(path) && !self.stdout_free {
+                return Err(err(
+                    path,
+                    format!("{label}: stdout carries this command's JSON lines; give a file"),
+                ));
+            }
             if *role == Role::Input || path.as_os_str() == "-" {
                 continue;
             }
@@ -378,8 +405,10 @@ mod tests {
             .output("--log", &b)
             .check()
             .is_err());
-        // Distinct files, /dev/null twice, stdout.
+        // Distinct files, /dev/null twice, stdout (when free).
+        assert!(Destinations::new().output("-o", "-").check().is_err());
         Destinations::new()
+            .stdout_free()
             .input("model", &a)
             .output("-o", &b)
             .output("--log", "/dev/null")

@@ -1714,9 +1714,9 @@ fn destinations_that_would_destroy_a_file_are_refused_first() {
         (
             vec![
                 "data".into(),
-                "take".into(),
+                "concat".into(),
                 "mlp_data.safetensors".into(),
-                "5".into(),
+                "link.safetensors".into(),
                 "-o".into(),
                 "mlp_data.safetensors".into(),
             ],
@@ -1736,6 +1736,20 @@ fn destinations_that_would_destroy_a_file_are_refused_first() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         refused(p, &a, &[why]);
     }
+    // The exception: a one-input data transform may replace its own input.
+    ok(mnemo_in(
+        p,
+        &[
+            "data",
+            "take",
+            "mlp_data.safetensors",
+            "5",
+            "-o",
+            "mlp_data.safetensors",
+        ],
+    ));
+    let r = ok(mnemo_in(p, &["data", "stats", "mlp_data.safetensors"]));
+    assert_eq!(r.last_json()["examples"], 5, "{}", r.stdout);
 }
 
 /// Class 3: two replay-train runs on one buffer take turns (a lock): neither update is lost.
@@ -1833,7 +1847,7 @@ fn outputs_are_written_through_one_atomic_writer() {
 #[test]
 fn special_destinations() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let d = setup(&["mlp.safetensors"]);
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
     let p = d.path();
     std::fs::create_dir(p.join("real")).unwrap();
     std::fs::write(p.join("real/m.safetensors"), b"old").unwrap();
@@ -1859,6 +1873,23 @@ fn special_destinations() {
     assert!(r.raw_stdout.len() > 1000);
     let r = ok(mnemo_in(p, &["init", "--arch", ARCH, "-o", "-"]));
     assert_eq!(&r.raw_stdout[8..10], b"{\"");
+    // Where stdout carries the command's JSON lines, it is not also an output.
+    for out in ["-", "/dev/stdout"] {
+        refused(
+            p,
+            &[
+                "fisher",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+                "-o",
+                out,
+            ],
+            &["stdout"],
+        );
+    }
     // A FIFO: streamed into, still a FIFO.
     let fifo = p.join("fifo");
     assert!(std::process::Command::new("mkfifo")

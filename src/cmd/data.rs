@@ -425,10 +425,22 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (inputs, output) = files(&args.command);
     if let Some(o) = output {
         let mut d = mnemo::fsutil::Destinations::new();
-        for i in inputs {
-            d.input("the input", i);
+        match inputs.as_slice() {
+            // A one-input transform may replace its input (`data rotate x -o x`): the input
+            // is read whole before its replacement is put in place.
+            [i] if !matches!(args.command, DataCommand::Import(_))
+                && mnemo::fsutil::same_file(i, o) =>
+            {
+                d.in_place("-o (the input)", o);
+            }
+            _ => {
+                for i in &inputs {
+                    d.input("the input", i);
+                }
+                d.output("-o", o);
+            }
         }
-        d.output("-o", o).check()?;
+        d.check()?;
     }
     match args.command {
         DataCommand::Import(ImportCommand::Voc {

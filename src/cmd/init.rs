@@ -75,7 +75,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     if let Some(f) = &args.from {
         d.input("--from", f);
     }
-    d.output("-o", &args.output).check()?;
+    d.stdout_free().output("-o", &args.output).check()?;
     let spec = ArchSpec::parse(&args.arch)?;
     // Initial values are drawn on the host from mnemo's RNG; the device does not change them.
     let mut model = Model::init(&spec, args.seed, &candle_core::Device::Cpu)?;
