@@ -2010,6 +2010,18 @@ fn sizes_from_inputs_and_flags_are_bounded() {
             &["conv2d"],
         );
     }
+    // A model that no machine holds (10^12 parameters) is refused before initialisation.
+    refused(
+        p,
+        &[
+            "init",
+            "--arch",
+            "mlp:1000000-1000000-10",
+            "-o",
+            "big.safetensors",
+        ],
+        &["too large"],
+    );
     // Detector windows, in every detector that has one.
     std::fs::write(p.join("v.jsonl"), "{\"loss\":0.5}\n").unwrap();
     for (det, flag) in [

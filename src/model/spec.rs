@@ -923,7 +923,9 @@ impl ArchSpec {
         // Sizes a machine can hold: every tensor's and the whole model's bytes in f32 fit in
         // an allocation (isize::MAX bytes), so `num_parameters` and every product of a
         // shape are safe to compute (found by fuzzing: `mlp:` sizes whose product overflows).
-        let limit = isize::MAX as usize / 4;
+        // Bounded by this machine's memory too (validate::max_alloc_bytes), so a model that
+        // cannot be held is refused before initialisation starts.
+        let limit = (crate::validate::max_alloc_bytes() / 4).min(isize::MAX as u64 / 4) as usize;
         let mut total = 0usize;
         let params = self.params();
         // Each tensor once: two modules of one namespace must not both hold a 'weight'.
@@ -941,7 +943,7 @@ impl ArchSpec {
             total = total
                 .checked_add(n)
                 .filter(|&t| t <= limit)
-                .ok_or("the model has too many parameters to be held in memory")?;
+                .ok_or("the model has too many parameters to be held in this machine's memory")?;
         }
         Ok(())
     }
@@ -1212,7 +1214,11 @@ mod tests {
         let e = ArchSpec::parse("mlp:1500000000-1000000000-1500000000")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("too many parameters"), "{e}");
+        // (With the machine's memory as the limit, each tensor is already too large.)
+        assert!(
+            e.contains("too many parameters") || e.contains("too large"),
+            "{e}"
+        );
         assert!(ArchSpec::parse("mlp:784-400-10").is_ok());
     }
 
