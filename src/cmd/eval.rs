@@ -127,6 +127,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             evaluate_dense(&args, &mut model, head.as_deref(), &data, &mut out, g)
                 .map_err(|e| super::name_files(e, &[&args.model, path]))?
         };
+        // No exit 0 with a result that is not a number: finite weights can still overflow
+        // (logits of ±inf make the loss NaN).
+        if line.get("loss").is_some_and(|l| l.is_null()) {
+            anyhow::bail!(
+                "{} with {}: the loss is not finite (the model's outputs overflow)",
+                args.model.display(),
+                path.display()
+            );
+        }
         if several {
             line["task"] = json!(task as u64 + args.task);
             line["data"] = json!(path.display().to_string());
