@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_SANITIZER=${FUZZ_SANITIZER:-address}
 FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-$ROOT/fuzz/target}
-ALL=(safetensors hf_index arch_spec jsonl_field import_idx import_npy import_npz)
+ALL=(safetensors hf_index arch_spec jsonl_field import_idx import_npy import_npz continual_records adapter_config)
 TARGETS=("${@:-${ALL[@]}}")
 export RUSTC_BOOTSTRAP=1
 
@@ -57,6 +57,12 @@ seed() {  # seed TARGET
     done ;;
   import_npz)
     cp "$fx"/data/*.npz "$c/" ;;
+  continual_records)
+    printf 'accuracy\n{"stage":1,"task":1,"accuracy":0.9,"method":"ewc","seed":1}\n{"stage":2,"task":1,"accuracy":0.8}\n{"stage":2,"task":2,"accuracy":0.7}\n' > "$c/matrix"
+    printf 'miou,accuracy\n{"stage":0,"task":1,"miou":0.1}\n{"stage":1,"task":1,"accuracy":0.5}\n' > "$c/metrics" ;;
+  adapter_config)
+    cp "$fx"/lora/*/adapter_config.json "$c/" 2>/dev/null || true
+    for d in "$fx"/lora/*/; do cp "$d/adapter_config.json" "$c/$(basename "$d").json"; done ;;
   esac
 }
 

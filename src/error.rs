@@ -148,6 +148,30 @@ pub enum MnemoError {
     #[error("{origin}: {reason}")]
     Config { origin: String, reason: String },
 
+    /// A size from an input file or a flag that cannot be allocated (overflow, or beyond
+    /// the machine's memory); refused before any allocation.
+    #[error("{what}: too large: {reason}")]
+    TooLarge { what: String, reason: String },
+
+    /// A training run whose loss or weights became NaN or infinite: stopped, nothing
+    /// written.
+    #[error("training diverged {at}: {what} is {value}; stopped, nothing was written (lower the learning rate or check the data)")]
+    Diverged {
+        at: String,
+        what: String,
+        value: String,
+    },
+
+    /// An output that would destroy another file of the same command (an input, or another
+    /// output), or that cannot be written (its folder is missing); found before any work.
+    #[error("{path}: {reason}")]
+    Destination { path: PathBuf, reason: String },
+
+    /// A file argument that is not a regular file (a FIFO, a device, a socket), where a
+    /// file is read as a whole.
+    #[error("{path}: not a regular file ({kind}); give a file")]
+    NotRegular { path: PathBuf, kind: String },
+
     /// An MLflow tracking server could not be reached or answered with an error.
     #[error("MLflow server {uri}: {reason}")]
     Mlflow { uri: String, reason: String },

@@ -8,6 +8,7 @@ pub mod data;
 pub mod drift;
 pub mod error;
 pub mod eval;
+pub mod fsutil;
 mod linalg;
 pub mod logging;
 pub mod lora;
@@ -21,5 +22,6 @@ pub mod replay;
 pub mod report;
 pub mod rng;
 pub mod train;
+pub mod validate;
 
 pub use error::{MnemoError, Result};

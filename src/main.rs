@@ -34,9 +34,10 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Compare two checkpoints tensor by tensor; exit 1 when they differ beyond --tol.
     Diff(cmd::diff::Args),
-    /// Evaluate a classifier: mean cross-entropy, accuracy, top-5 as JSON.
+    /// Evaluate a model as JSON: loss, accuracy and top-5 for class ids; IoU/mIoU for masks; AP/mAP
+    /// for multi-hot rows.
     Eval(cmd::eval::Args),
-    /// Diagonal Fisher information of a model on a dataset (empirical, true or batch).
+    /// Diagonal Fisher information of a model on a dataset (empirical, true, predicted or batch).
     Fisher(cmd::fisher::Args),
     /// Train on new data with EWC penalties holding earlier tasks' weights in place.
     TrainEwc(Box<cmd::train_ewc::Args>),
@@ -62,7 +63,8 @@ enum Command {
     /// (--config merge.yml, all 20 methods of mergekit 0.1.5) into a model folder.
     #[command(long_about = cmd::merge::long_about())]
     Merge(cmd::merge::Args),
-    /// Dataset tools: import (IDX, NumPy, image folders), split, permute, rotate, shuffle, take, concat, stats.
+    /// Dataset tools: import (IDX, NumPy, image folders, VOC, COCO), split, rotate, pad, permute,
+    /// shuffle, take, concat, stats, shapes.
     Data(cmd::data::Args),
     /// Forward a JSON Lines metric stream to a tracking server (MLflow), optionally passing
     /// it through.
@@ -182,7 +184,18 @@ fn configure_threads() {
     }
 }
 
+/// An ordinary error prints its message, nothing more: candle (and anyhow) capture a
+/// backtrace into their errors when RUST_BACKTRACE is set, and candle's message then
+/// carries it (24 frames for a shape mismatch). RUST_LIB_BACKTRACE, which those captures
+/// read first, is set to 0 unless the user set it; panics still honour RUST_BACKTRACE.
+fn quiet_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 fn main() {
+    quiet_error_backtraces();
     configure_threads();
     #[cfg(feature = "mimalloc")]
     tune_allocator();
@@ -203,7 +216,7 @@ fn main() {
         Ok(Status::Negative) => 1,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("mnemo: error: {}", message(&e));
+            cmd::warn(format!("mnemo: error: {}", message(&e)));
             2
         }
     };

@@ -20,7 +20,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if p.is_file() {
                 out.insert(
                     p.strip_prefix(dir).unwrap().to_path_buf(),
                     std::fs::read(&p).unwrap(),
@@ -853,10 +853,18 @@ fn replay_buffer_from_another_dataset_or_model() {
         a.extend(extra);
         a
     };
+    // The model itself as the buffer would be replaced: refused as a destination; a copy
+    // of it is read, and is not a buffer.
     refused(
         p,
         &args("mlp.safetensors", &[]),
-        &["mlp.safetensors", "not a replay buffer"],
+        &["mlp.safetensors", "same file"],
+    );
+    std::fs::copy(p.join("mlp.safetensors"), p.join("model-copy.safetensors")).unwrap();
+    refused(
+        p,
+        &args("model-copy.safetensors", &[]),
+        &["model-copy.safetensors", "not a replay buffer"],
     );
     refused(
         p,
@@ -1194,4 +1202,1455 @@ fn jsonl_with_invalid_utf8() {
             &["bad.jsonl:2"],
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Second pass (issue 26): the rules across commands and flags, one test per class.
+// ---------------------------------------------------------------------------------------
+
+/// The flags of a tiny, fast training run on the fixtures.
+const TINY: &[&str] = &[
+    "--arch",
+    ARCH,
+    "--data",
+    "mlp_data.safetensors",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+];
+
+/// Every F32 value of every safetensors file under `dir` is finite.
+fn all_outputs_finite(dir: &Path) -> Result<(), String> {
+    for (name, bytes) in snapshot(dir) {
+        if name.extension().and_then(|e| e.to_str()) != Some("safetensors") || bytes.len() < 8 {
+            continue;
+        }
+        let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let Ok(header) = serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + hlen]) else {
+            continue;
+        };
+        for (t, e) in header.as_object().unwrap() {
+            if t == "__metadata__" || e["dtype"] != "F32" {
+                continue;
+            }
+            let (b, en) = (
+                e["data_offsets"][0].as_u64().unwrap() as usize,
+                e["data_offsets"][1].as_u64().unwrap() as usize,
+            );
+            for c in bytes[8 + hlen + b..8 + hlen + en].chunks_exact(4) {
+                let v = f32::from_le_bytes(c.try_into().unwrap());
+                if !v.is_finite() {
+                    return Err(format!("{name:?}: tensor '{t}' holds {v}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Class 2: every hyperparameter is checked finite and in range when parsed, whatever the
+/// command; the message names the flag.
+#[test]
+fn hyperparameters_out_of_range_are_refused_when_parsed() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    std::fs::write(
+        p.join("r.jsonl"),
+        "{\"stage\":1,\"task\":1,\"accuracy\":0.5}\n",
+    )
+    .unwrap();
+    let train = |flag: &str, v: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["train-ewc", "mlp.safetensors"]
+            .iter()
+            .chain(TINY)
+            .map(|s| s.to_string())
+            .collect();
+        a.extend([format!("{flag}={v}"), "-o".into(), "out.safetensors".into()]);
+        a
+    };
+    let cases: &[(&str, &[&str])] = &[
+        ("--lr", &["nan", "inf", "-inf", "-1", "1e30", "NaN"]),
+        ("--lambda", &["nan", "inf", "-1"]),
+        ("--weight-decay", &["nan", "-1", "1e39"]),
+        ("--momentum", &["nan", "2", "-0.5"]),
+        ("--beta1", &["1", "nan", "-0.1"]),
+        ("--beta2", &["1.5", "0.99999999"]),
+        ("--eps", &["0", "-1e-8", "nan", "1e-50"]),
+        ("--label-smoothing", &["1", "nan", "-0.1"]),
+        ("--clip-grad-norm", &["0", "nan", "-1"]),
+        ("--l2-lambda", &["nan", "-1"]),
+        ("--lr-gamma", &["nan", "-1"]),
+        ("--eta-min", &["nan", "-1"]),
+        ("--focal-gamma", &["nan", "-1"]),
+        ("--focal-alpha", &["nan", "2"]),
+        ("--epochs", &["1e12", "-1", "1000000000000"]),
+        ("--max-batches-per-epoch", &["1000000000000"]),
+    ];
+    for (flag, values) in cases {
+        for v in *values {
+            let a = train(flag, v);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            refused(p, &a, &[flag]);
+        }
+    }
+    let others: &[&[&str]] = &[
+        &["diff", "mlp.safetensors", "mlp.safetensors", "--tol=nan"],
+        &["diff", "mlp.safetensors", "mlp.safetensors", "--tol=-1"],
+        &["check", "r.jsonl", "--max-drop=nan"],
+        &["check", "r.jsonl", "--max-drop=inf"],
+        &[
+            "drift",
+            "--detector",
+            "adwin",
+            "--calibrate",
+            "--resamples",
+            "0",
+            "r.jsonl",
+        ],
+        &[
+            "drift",
+            "--detector",
+            "adwin",
+            "--calibrate",
+            "--false-alarm-rate=nan",
+            "r.jsonl",
+        ],
+        &[
+            "merge",
+            "linear",
+            "mlp.safetensors",
+            "mlp.safetensors",
+            "--weights",
+            "nan,1",
+            "-o",
+            "m.safetensors",
+        ],
+        &[
+            "merge",
+            "ties",
+            "mlp.safetensors",
+            "mlp.safetensors",
+            "--base",
+            "mlp.safetensors",
+            "--density=2",
+            "-o",
+            "m.safetensors",
+        ],
+        &[
+            "log",
+            "mlflow",
+            "--uri",
+            "http://127.0.0.1:9",
+            "--experiment",
+            "e",
+            "--timeout=1e30",
+            "r.jsonl",
+        ],
+        &[
+            "log",
+            "mlflow",
+            "--uri",
+            "http://127.0.0.1:9",
+            "--experiment",
+            "e",
+            "--flush-seconds=-1",
+            "r.jsonl",
+        ],
+        &[
+            "data",
+            "take",
+            "mlp_data.safetensors",
+            "0",
+            "-o",
+            "t.safetensors",
+        ],
+        &[
+            "data",
+            "import",
+            "folder",
+            ".",
+            "--size",
+            "100000,100000",
+            "-o",
+            "f.safetensors",
+        ],
+        &[
+            "lora-gate",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "mlp_data.safetensors",
+            "--val",
+            "mlp_data.safetensors",
+            "--targets",
+            "0",
+            "--alpha=nan",
+            "-o",
+            "ad",
+        ],
+        &[
+            "lora-gate",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "mlp_data.safetensors",
+            "--val",
+            "mlp_data.safetensors",
+            "--targets",
+            "0",
+            "--threshold=nan",
+            "-o",
+            "ad",
+        ],
+        &[
+            "lora-gate",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "mlp_data.safetensors",
+            "--val",
+            "mlp_data.safetensors",
+            "--targets",
+            "0",
+            "--significance=1",
+            "-o",
+            "ad",
+        ],
+        &[
+            "drift",
+            "--detector",
+            "kswin",
+            "--window-size",
+            "1000000000000",
+            "r.jsonl",
+        ],
+        &["drift", "--detector", "adwin", "--delta", "nan", "r.jsonl"],
+        &[
+            "drift",
+            "--detector",
+            "page-hinkley",
+            "--threshold",
+            "inf",
+            "r.jsonl",
+        ],
+    ];
+    for a in others {
+        refused(p, a, &[]);
+    }
+}
+
+/// Class 2: values from a --config file, MNEMO_* variables and --set go through the same
+/// parsers, and the error names where the value came from.
+#[test]
+fn configured_hyperparameters_go_through_the_same_validation() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    let base = [
+        "train-ewc",
+        "mlp.safetensors",
+        "--arch",
+        ARCH,
+        "--data",
+        "mlp_data.safetensors",
+        "-o",
+        "o.safetensors",
+    ];
+    for (i, toml) in [
+        "lr = nan",
+        "lr = inf",
+        "lr = -1.0",
+        "weight-decay = nan",
+        "lambda = -inf",
+        "momentum = 2.0",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("c{i}.toml");
+        std::fs::write(p.join(&name), format!("[train-ewc]\n{toml}\n")).unwrap();
+        refused(p, &[&base[..], &["--config", &name]].concat(), &[&name]);
+    }
+    let r = mnemo_env(p, &base, &[("MNEMO_TRAIN_EWC_LR", Some("nan"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("MNEMO_TRAIN_EWC_LR"), "{}", r.stderr);
+    assert!(!p.join("o.safetensors").exists());
+    refused(p, &[&base[..], &["--set", "lr=nan"]].concat(), &["lr"]);
+}
+
+/// Class 2: a run whose loss or weights become non-finite stops with exit 2, naming the
+/// step and the tensor, and writes nothing (no output, no state, no optimizer file).
+#[test]
+fn a_diverging_run_stops_and_writes_nothing() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    // SGD with decay λ·lr = 10^9: every update multiplies the weights by about -10^9.
+    let diverge = [
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1000",
+        "--weight-decay",
+        "1000000",
+        "--decay-all",
+        "--batch-size",
+        "4",
+    ];
+    let extra: &[&[&str]] = &[
+        &[],
+        &["--state", "s.safetensors", "--save-every", "1000"],
+        &["--save-optimizer", "opt.safetensors"],
+        &["--l2-anchor", "mlp.safetensors", "--l2-lambda", "1e30"],
+    ];
+    for e in extra {
+        for cmd in [
+            &[
+                "train-ewc",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+            ][..],
+            &[
+                "replay-train",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+                "--buffer",
+                "b.safetensors",
+            ][..],
+        ] {
+            let err = refused(
+                p,
+                &[cmd, &diverge, e, &["-o", "out.safetensors"]].concat(),
+                &["diverged", "step", "nothing was written"],
+            );
+            assert!(err.contains("tensor '") || err.contains("loss"), "{err}");
+        }
+    }
+    // A normalisation whose ε would make the variance's root NaN is refused with the arch.
+    for arch in [
+        r#"[{"type":"linear","in_features":20,"out_features":4},{"type":"batchnorm1d","num_features":4,"eps":-1}]"#,
+        r#"[{"type":"linear","in_features":20,"out_features":4},{"type":"layernorm","normalized_shape":4,"eps":0}]"#,
+        r#"[{"type":"linear","in_features":20,"out_features":4},{"type":"batchnorm1d","num_features":4,"momentum":2}]"#,
+    ] {
+        let named = if arch.contains("eps") {
+            "eps"
+        } else {
+            "momentum"
+        };
+        refused(
+            p,
+            &["init", "--arch", arch, "-o", "i.safetensors"],
+            &[named],
+        );
+    }
+}
+
+/// Class 2: gates and checks never pass on a number that is not one.
+#[test]
+fn gates_never_accept_non_finite_scores() {
+    let d = workdir();
+    let p = d.path();
+    // Finite records whose drop overflows to +inf: not a pass, whatever --max-drop.
+    std::fs::write(
+        p.join("r.jsonl"),
+        "{\"stage\":1,\"task\":1,\"accuracy\":1e308}\n{\"stage\":2,\"task\":1,\"accuracy\":-1e308}\n{\"stage\":2,\"task\":2,\"accuracy\":0.5}\n",
+    )
+    .unwrap();
+    let r = mnemo_in(p, &["check", "r.jsonl", "--max-drop", "1e300", "-q"]);
+    assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
+    assert_eq!(r.last_json()["pass"], false);
+}
+
+/// Class 3: a destination that is an input, another destination (by path, `./` path,
+/// symlink or hard link), or whose folder is missing, is refused before any work.
+#[test]
+fn destinations_that_would_destroy_a_file_are_refused_first() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    std::os::unix::fs::symlink("mlp.safetensors", p.join("link.safetensors")).unwrap();
+    std::fs::hard_link(p.join("mlp.safetensors"), p.join("hard.safetensors")).unwrap();
+    std::fs::write(
+        p.join("r.jsonl"),
+        "{\"event\":\"epoch\",\"epoch\":1,\"task_loss\":1}\n",
+    )
+    .unwrap();
+    let t = |extra: &[&str]| -> Vec<String> {
+        ["train-ewc", "mlp.safetensors"]
+            .iter()
+            .chain(TINY)
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let rp = |extra: &[&str]| -> Vec<String> {
+        ["replay-train", "mlp.safetensors"]
+            .iter()
+            .chain(TINY)
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let lg = |extra: &[&str]| -> Vec<String> {
+        [
+            "lora-gate",
+            "mlp.safetensors",
+            "--val",
+            "mlp_data.safetensors",
+            "--targets",
+            "0",
+            "--threshold",
+            "1e9",
+        ]
+        .iter()
+        .chain(TINY)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (t(&["-o", "mlp.safetensors"]), "same file"),
+        (t(&["-o", "./mlp.safetensors"]), "same file"),
+        (t(&["-o", "link.safetensors"]), "same file"),
+        (t(&["-o", "hard.safetensors"]), "same file"),
+        (t(&["-o", "mlp_data.safetensors"]), "same file"),
+        (
+            t(&["--state", "s.safetensors", "-o", "s.safetensors"]),
+            "same file",
+        ),
+        (
+            t(&["--save-optimizer", "o.safetensors", "-o", "o.safetensors"]),
+            "same file",
+        ),
+        (
+            t(&["--save-optimizer", "mlp.safetensors", "-o", "x.safetensors"]),
+            "same file",
+        ),
+        (
+            t(&[
+                "--penalty",
+                "mlp.safetensors:mlp.safetensors",
+                "-o",
+                "link.safetensors",
+            ]),
+            "same file",
+        ),
+        (
+            t(&[
+                "--save-optimizer",
+                "nodir/o.safetensors",
+                "-o",
+                "x.safetensors",
+            ]),
+            "does not exist",
+        ),
+        (t(&["-o", "nodir/x.safetensors"]), "does not exist"),
+        (t(&["-o", "."]), "folder"),
+        (
+            rp(&["--buffer", "x.safetensors", "-o", "x.safetensors"]),
+            "same file",
+        ),
+        (
+            rp(&["--buffer", "mlp.safetensors", "-o", "x.safetensors"]),
+            "same file",
+        ),
+        (
+            rp(&["--buffer", "nodir/b.safetensors", "-o", "x.safetensors"]),
+            "does not exist",
+        ),
+        (lg(&["--log", "mlp.safetensors", "-o", "ad"]), "same file"),
+        (
+            lg(&["--merged", "mlp_data.safetensors", "-o", "ad"]),
+            "same file",
+        ),
+        (
+            lg(&["--log", "l.jsonl", "--merged", "l.jsonl", "-o", "ad"]),
+            "same file",
+        ),
+        (lg(&["-o", "mlp.safetensors"]), "same file"),
+        (
+            vec![
+                "fisher".into(),
+                "mlp.safetensors".into(),
+                "--arch".into(),
+                ARCH.into(),
+                "--data".into(),
+                "mlp_data.safetensors".into(),
+                "-o".into(),
+                "mlp_data.safetensors".into(),
+            ],
+            "same file",
+        ),
+        (
+            vec![
+                "init".into(),
+                "--arch".into(),
+                ARCH.into(),
+                "--from".into(),
+                "mlp.safetensors".into(),
+                "-o".into(),
+                "link.safetensors".into(),
+            ],
+            "same file",
+        ),
+        (
+            vec![
+                "merge".into(),
+                "linear".into(),
+                "mlp.safetensors".into(),
+                "hard.safetensors".into(),
+                "-o".into(),
+                "mlp.safetensors".into(),
+            ],
+            "same file",
+        ),
+        (
+            vec![
+                "data".into(),
+                "concat".into(),
+                "mlp_data.safetensors".into(),
+                "link.safetensors".into(),
+                "-o".into(),
+                "mlp_data.safetensors".into(),
+            ],
+            "same file",
+        ),
+        (
+            vec![
+                "report".into(),
+                "r.jsonl".into(),
+                "-o".into(),
+                "r.jsonl".into(),
+            ],
+            "same file",
+        ),
+    ];
+    for (a, why) in &cases {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        refused(p, &a, &[why]);
+    }
+    // The exception: a one-input data transform may replace its own input.
+    ok(mnemo_in(
+        p,
+        &[
+            "data",
+            "take",
+            "mlp_data.safetensors",
+            "5",
+            "-o",
+            "mlp_data.safetensors",
+        ],
+    ));
+    let r = ok(mnemo_in(p, &["data", "stats", "mlp_data.safetensors"]));
+    assert_eq!(r.last_json()["examples"], 5, "{}", r.stdout);
+}
+
+/// Class 3: two replay-train runs on one buffer take turns (a lock): neither update is lost.
+#[test]
+fn concurrent_replay_runs_lose_no_update() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    let spawn = |out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mnemo"))
+            .args([
+                "replay-train",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+                "--buffer",
+                "buf.safetensors",
+                "--capacity",
+                "1000",
+                "--epochs",
+                "3",
+                "-o",
+                out,
+            ])
+            .current_dir(p)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for round in 0..2 {
+        let (a, b) = (spawn("a.safetensors"), spawn("b.safetensors"));
+        for c in [a, b] {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let r = ok(mnemo_in(p, &["inspect", "--json", "buf.safetensors"]));
+        let seen = r.last_json()["metadata"]["mnemo.total_seen"].clone();
+        // 64 examples per run, offered in the first epoch of each.
+        assert_eq!(seen, json_str(64 * 2 * (round + 1)), "round {round}");
+    }
+}
+
+fn json_str(n: usize) -> serde_json::Value {
+    serde_json::Value::String(n.to_string())
+}
+
+/// Class 3: a failing run leaves every output as it was: the main output is put in place
+/// last, after every other file was written.
+#[test]
+fn outputs_are_written_through_one_atomic_writer() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    // lora-gate's log is written atomically too (it appears whole, with the decision).
+    let r = mnemo_in(
+        p,
+        &[
+            "lora-gate",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "mlp_data.safetensors",
+            "--val",
+            "mlp_data.safetensors",
+            "--targets",
+            "0",
+            "--threshold",
+            "1e9",
+            "--epochs",
+            "2",
+            "--log",
+            "log.jsonl",
+            "-o",
+            "ad",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let log = std::fs::read_to_string(p.join("log.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"epoch\"")).count(),
+        2,
+        "{log}"
+    );
+    let names: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}
+
+/// Class 4: symlinks are written through (the link stays), FIFOs and character devices
+/// are streamed into, a dangling link is refused, and new files follow the umask.
+#[test]
+fn special_destinations() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    std::fs::create_dir(p.join("real")).unwrap();
+    std::fs::write(p.join("real/m.safetensors"), b"old").unwrap();
+    std::os::unix::fs::symlink("real/m.safetensors", p.join("link.safetensors")).unwrap();
+    let init = |out: &str| mnemo_in(p, &["init", "--arch", ARCH, "-o", out]);
+    ok(init("link.safetensors"));
+    assert!(std::fs::symlink_metadata(p.join("link.safetensors"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_ne!(std::fs::read(p.join("real/m.safetensors")).unwrap(), b"old");
+    ok(mnemo_in(p, &["inspect", "real/m.safetensors"]));
+    // Dangling.
+    std::os::unix::fs::symlink("nowhere/x.safetensors", p.join("dangling.safetensors")).unwrap();
+    refused(
+        p,
+        &["init", "--arch", ARCH, "-o", "dangling.safetensors"],
+        &["dangling"],
+    );
+    // Character devices.
+    ok(init("/dev/null"));
+    let r = ok(mnemo_in(p, &["init", "--arch", ARCH, "-o", "/dev/stdout"]));
+    assert!(r.raw_stdout.len() > 1000);
+    let r = ok(mnemo_in(p, &["init", "--arch", ARCH, "-o", "-"]));
+    assert_eq!(&r.raw_stdout[8..10], b"{\"");
+    // Where stdout carries the command's JSON lines, it is not also an output.
+    for out in ["-", "/dev/stdout"] {
+        refused(
+            p,
+            &[
+                "fisher",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+                "-o",
+                out,
+            ],
+            &["stdout"],
+        );
+    }
+    // A FIFO: streamed into, still a FIFO.
+    let fifo = p.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    ok(init("fifo"));
+    let got = reader.join().unwrap();
+    assert!(got.len() > 1000 && got[8] == b'{');
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // umask.
+    for (umask, mode) in [("077", 0o600), ("022", 0o644), ("002", 0o664)] {
+        let out = format!("u{umask}.safetensors");
+        let s = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask {umask} && exec \"$0\" init --arch {ARCH} -o {out}"
+            ))
+            .arg(env!("CARGO_BIN_EXE_mnemo"))
+            .current_dir(p)
+            .status()
+            .unwrap();
+        assert!(s.success());
+        let m = std::fs::metadata(p.join(&out))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "umask {umask}");
+    }
+    // A replaced file keeps its permissions.
+    std::fs::set_permissions(
+        p.join("u077.safetensors"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    ok(init("u077.safetensors"));
+    let m = std::fs::metadata(p.join("u077.safetensors"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(m, 0o640);
+}
+
+/// Class 1: every size that comes from an input or a flag is bounded before allocation,
+/// with an error naming it.
+#[test]
+fn sizes_from_inputs_and_flags_are_bounded() {
+    let d = workdir();
+    let p = d.path();
+    // A rank-200000 tensor header.
+    let shape = vec!["1"; 200_000].join(",");
+    std::fs::write(
+        p.join("rank.safetensors"),
+        st(
+            &format!(r#"{{"a":{{"dtype":"F32","shape":[{shape}],"data_offsets":[0,4]}}}}"#),
+            &[0; 4],
+        ),
+    )
+    .unwrap();
+    refused(
+        p,
+        &["inspect", "rank.safetensors"],
+        &["rank.safetensors", "rank 200000"],
+    );
+    // A long tensor name still prints (format widths are capped).
+    let long = "n".repeat(70_000);
+    std::fs::write(
+        p.join("long.safetensors"),
+        st(
+            &format!(r#"{{"{long}":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#),
+            &[0; 4],
+        ),
+    )
+    .unwrap();
+    ok(mnemo_in(p, &["inspect", "long.safetensors"]));
+    // Stage and task numbers of JSON Lines records.
+    for (i, rec) in [
+        r#"{"stage":1,"task":100000,"accuracy":0.5}"#,
+        r#"{"stage":1,"task":18446744073709551615,"accuracy":0.5}"#,
+        r#"{"stage":1000000,"task":1,"accuracy":0.5}"#,
+        r#"{"stage":1,"task":1e300,"accuracy":0.5}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = format!("r{i}.jsonl");
+        std::fs::write(p.join(&f), format!("{rec}\n")).unwrap();
+        refused(p, &["check", &f], &[&format!("{f}:1")]);
+        refused(p, &["report", &f, "--markdown"], &[&format!("{f}:1")]);
+    }
+    // Losses of ±1e308 draw a figure (the axis is fitted to plottable values).
+    std::fs::write(
+        p.join("huge.jsonl"),
+        "{\"event\":\"epoch\",\"epoch\":1,\"task_loss\":1e308}\n{\"event\":\"epoch\",\"epoch\":2,\"task_loss\":-1e308}\n{\"event\":\"epoch\",\"epoch\":1e308,\"task_loss\":1}\n",
+    )
+    .unwrap();
+    for f in ["fig.svg", "fig.png"] {
+        ok(mnemo_in(p, &["report", "huge.jsonl", "-o", f]));
+    }
+    // Arch sizes.
+    for arch in [
+        r#"[{"type":"conv2d","in_channels":1,"out_channels":1,"kernel_size":3,"padding":100000}]"#,
+        r#"[{"type":"conv2d","in_channels":1,"out_channels":1,"kernel_size":100000}]"#,
+    ] {
+        refused(
+            p,
+            &["init", "--arch", arch, "-o", "c.safetensors"],
+            &["conv2d"],
+        );
+    }
+    // A model that no machine holds (10^12 parameters) is refused before initialisation.
+    refused(
+        p,
+        &[
+            "init",
+            "--arch",
+            "mlp:1000000-1000000-10",
+            "-o",
+            "big.safetensors",
+        ],
+        &["too large"],
+    );
+    // Detector windows, in every detector that has one.
+    std::fs::write(p.join("v.jsonl"), "{\"loss\":0.5}\n").unwrap();
+    for (det, flag) in [
+        ("kswin", "--window-size"),
+        ("kswin", "--stat-size"),
+        ("stepd", "--window-size"),
+        ("fhddm", "--sliding-window-size"),
+        ("adwin", "--max-buckets"),
+    ] {
+        refused(
+            p,
+            &["drift", "--detector", det, flag, "1000000000000", "v.jsonl"],
+            &[flag.trim_start_matches("--").replace('-', "_").as_str()],
+        );
+    }
+    // A gzipped IDX file whose header claims 1 byte but inflates to 64 MB: refused after
+    // reading two bytes of data.
+    let mut raw = vec![0u8, 0, 8, 1, 0, 0, 0, 1];
+    raw.extend(vec![0u8; 64 << 20]);
+    let mut gz = flate2_gzip(&raw);
+    std::fs::write(p.join("bomb-idx.gz"), std::mem::take(&mut gz)).unwrap();
+    refused(
+        p,
+        &[
+            "data",
+            "import",
+            "idx",
+            "bomb-idx.gz",
+            "bomb-idx.gz",
+            "-o",
+            "i.safetensors",
+        ],
+        &["bomb-idx.gz", "need 1 bytes"],
+    );
+}
+
+/// Gzip without a dependency: the `gzip` tool.
+fn flate2_gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut c = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    let data = data.to_vec();
+    let t = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let o = c.wait_with_output().unwrap();
+    t.join().unwrap();
+    o.stdout
+}
+
+/// Class 1: non-regular inputs (FIFO, devices, folders) are refused where a file is read,
+/// without blocking; an unwritable stderr or stdout loses the message, never panics.
+#[test]
+fn special_inputs_and_unwritable_streams() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    let fifo = p.join("fifo.safetensors");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Nobody writes to the FIFO: a blocking open would hang the test.
+    for a in [
+        &["inspect", "fifo.safetensors"][..],
+        &[
+            "eval",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "fifo.safetensors",
+        ],
+        &[
+            "eval",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "/dev/zero",
+        ],
+        &["diff", "mlp.safetensors", "fifo.safetensors"],
+        &["data", "stats", "fifo.safetensors"],
+        &[
+            "train-ewc",
+            "mlp.safetensors",
+            "--arch",
+            "fifo.safetensors",
+            "--data",
+            "mlp_data.safetensors",
+            "-o",
+            "o.safetensors",
+        ],
+    ] {
+        refused(p, a, &["not a regular file"]);
+    }
+    refused(
+        p,
+        &["eval", "mlp.safetensors", "--arch", ARCH, "--data", "."],
+        &[],
+    );
+    // stderr and stdout on /dev/full.
+    for (args, code) in [
+        (&["inspect", "missing.safetensors"][..], 2),
+        (&["inspect", "mlp.safetensors"][..], 2),
+        (&["init", "--arch", ARCH, "-o", "-"][..], 2),
+    ] {
+        let full = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+        };
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mnemo"))
+            .args(args)
+            .current_dir(p)
+            .stdout(full())
+            .stderr(full())
+            .status()
+            .unwrap();
+        assert_eq!(o.code(), Some(code), "{args:?}");
+    }
+}
+
+/// Class 5: a closed stdout ends the JSON lines, not the run: the checkpoint is written and
+/// the exit status is the run's.
+#[test]
+fn a_closed_stdout_keeps_the_training_result() {
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    for cmd in [
+        &[
+            "train-ewc",
+            "mlp.safetensors",
+            "--log-every",
+            "1",
+            "-o",
+            "t.safetensors",
+        ][..],
+        &[
+            "replay-train",
+            "mlp.safetensors",
+            "--log-every",
+            "1",
+            "--buffer",
+            "b.safetensors",
+            "-o",
+            "r.safetensors",
+        ],
+    ] {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mnemo"))
+            .args([cmd, TINY].concat())
+            .current_dir(p)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(c.stdout.take());
+        let o = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    ok(mnemo_in(p, &["inspect", "t.safetensors"]));
+    ok(mnemo_in(p, &["inspect", "r.safetensors"]));
+    ok(mnemo_in(p, &["inspect", "b.safetensors"]));
+}
+
+/// Class 5: with RUST_BACKTRACE set, an ordinary error is one line; a shape mismatch names
+/// the model and the data.
+#[test]
+fn errors_are_one_line_and_name_the_files() {
+    let d = setup(&[
+        "mlp.safetensors",
+        "img_data.safetensors",
+        "mlp_data.safetensors",
+    ]);
+    let p = d.path();
+    for bt in ["1", "full"] {
+        for args in [
+            &[
+                "eval",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "img_data.safetensors",
+            ][..],
+            &[
+                "train-ewc",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "img_data.safetensors",
+                "-o",
+                "o.safetensors",
+            ],
+            &[
+                "fisher",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "img_data.safetensors",
+                "-o",
+                "f.safetensors",
+            ],
+        ] {
+            let r = mnemo_env(
+                p,
+                args,
+                &[("RUST_BACKTRACE", Some(bt)), ("RUST_LIB_BACKTRACE", None)],
+            );
+            assert_eq!(r.code, 2, "{}", r.stderr);
+            assert_eq!(
+                r.stderr.trim_end().lines().count(),
+                1,
+                "{args:?}: {}",
+                r.stderr
+            );
+            assert!(
+                r.stderr.contains("mlp.safetensors") && r.stderr.contains("img_data.safetensors"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+}
+
+/// Class 5: `lora merge` refuses what PEFT would refuse or do differently, and `data take`
+/// refuses an empty result.
+#[test]
+fn lora_configs_are_read_as_peft_reads_them() {
+    let d = workdir();
+    let p = d.path();
+    copy_dir(&fixtures().join("lora/peft_mlp"), &p.join("ad"));
+    std::fs::copy(fixture("mlp.safetensors"), p.join("mlp.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("mlp_data.safetensors"),
+        p.join("mlp_data.safetensors"),
+    )
+    .unwrap();
+    ok(mnemo_in(
+        p,
+        &[
+            "lora",
+            "merge",
+            "mlp.safetensors",
+            "ad",
+            "-o",
+            "m.safetensors",
+        ],
+    ));
+    std::fs::remove_file(p.join("m.safetensors")).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("ad/adapter_config.json")).unwrap())
+            .unwrap();
+    for (key, value, named) in [
+        ("use_rslora", serde_json::json!("yes"), "use_rslora"),
+        ("use_rslora", serde_json::json!(1), "use_rslora"),
+        (
+            "fan_in_fan_out",
+            serde_json::json!("false"),
+            "fan_in_fan_out",
+        ),
+        ("lora_dropout", serde_json::json!("0.1"), "lora_dropout"),
+        (
+            "layers_to_transform",
+            serde_json::json!([0]),
+            "layers_to_transform",
+        ),
+        (
+            "layers_pattern",
+            serde_json::json!("layers"),
+            "layers_pattern",
+        ),
+        (
+            "modules_to_save",
+            serde_json::json!(["4"]),
+            "modules_to_save",
+        ),
+        (
+            "target_modules",
+            serde_json::json!(["nothing"]),
+            "target_modules",
+        ),
+        ("target_modules", serde_json::json!(["0"]), "'4'"),
+        ("target_modules", serde_json::json!(".*"), "target_modules"),
+        (
+            "target_modules",
+            serde_json::json!("all-linear"),
+            "all-linear",
+        ),
+    ] {
+        let mut c = cfg.clone();
+        c[key] = value;
+        let e = workdir();
+        copy_dir(&p.join("ad"), &e.path().join("ad"));
+        std::fs::copy(p.join("mlp.safetensors"), e.path().join("mlp.safetensors")).unwrap();
+        std::fs::write(e.path().join("ad/adapter_config.json"), c.to_string()).unwrap();
+        refused(
+            e.path(),
+            &[
+                "lora",
+                "merge",
+                "mlp.safetensors",
+                "ad",
+                "-o",
+                "m.safetensors",
+            ],
+            &[named],
+        );
+    }
+    refused(
+        p,
+        &[
+            "data",
+            "take",
+            "mlp_data.safetensors",
+            "0",
+            "-o",
+            "t.safetensors",
+        ],
+        &["0"],
+    );
+}
+
+/// Class 6: help that can be pasted: no line of any subcommand's help is wider than 100
+/// columns (examples are broken with ` \` continuations, never mid-word), drift's first
+/// example says what its exit status means, `mnemo --help` lists what each command does.
+#[test]
+fn help_examples_paste_and_summaries_are_current() {
+    let top = ok(mnemo(&["--help"])).stdout;
+    for word in ["pad", "shapes", "predicted", "masks"] {
+        assert!(top.contains(word), "mnemo --help lacks '{word}':\n{top}");
+    }
+    let mut subs = vec![];
+    for line in top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+    {
+        match line.split_whitespace().next() {
+            Some(w) if line.starts_with("  ") && !line.starts_with("   ") && w != "help" => {
+                subs.push(w.to_string())
+            }
+            _ if line.trim().is_empty() => break,
+            _ => {}
+        }
+    }
+    assert!(subs.len() > 10, "{subs:?}");
+    for s in &subs {
+        let h = ok(mnemo(&[s, "--help"])).stdout;
+        let ex: Vec<&str> = h
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .take_while(|l| *l != "Exit status:")
+            .collect();
+        for l in &ex {
+            assert!(
+                l.chars().count() <= 100,
+                "mnemo {s} --help: an example line of {} columns: {l}",
+                l.chars().count()
+            );
+        }
+        // Each example is one command: its lines are joined by ` \`.
+        for w in ex.windows(2) {
+            if w[1].starts_with("    ") {
+                assert!(
+                    w[0].ends_with(" \\"),
+                    "mnemo {s} --help: an example wrapped mid-line:\n{}\n{}",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
+    }
+    let drift = ok(mnemo(&["drift", "--help"])).stdout;
+    assert!(!drift.contains("exit 1 if it drifted"), "{drift}");
+}
+
+/// The clap tree, walked: every numeric flag of every subcommand gets NaN, ±inf, 0, -1,
+/// 1e12 and 10^12 written as an integer. No value may panic, hang or abort, and a run that
+/// ends with exit 0 must leave only finite numbers in what it wrote.
+#[test]
+fn every_numeric_flag_survives_hostile_values() {
+    let keys = ok(mnemo(&["config", "keys"])).json_lines();
+    // A quick, successful invocation per subcommand (flag, value pairs first, then words).
+    let train = [
+        "mlp.safetensors",
+        "--arch",
+        ARCH,
+        "--data",
+        "mlp_data.safetensors",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--max-batches-per-epoch",
+        "1",
+    ];
+    let base = |path: &str| -> Option<Vec<&str>> {
+        Some(match path {
+            "init" => vec!["--arch", ARCH, "-o", "o.safetensors"],
+            "inspect" => vec!["mlp.safetensors", "--stats"],
+            "diff" => vec!["mlp.safetensors", "mlp.safetensors"],
+            "eval" => vec![
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+            ],
+            "fisher" => vec![
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+                "-o",
+                "f.safetensors",
+            ],
+            "train-ewc" => [&train[..], &["-o", "o.safetensors"]].concat(),
+            "replay-train" => [
+                &train[..],
+                &["--buffer", "b.safetensors", "-o", "o.safetensors"],
+            ]
+            .concat(),
+            "lora-gate" => [
+                &train[..],
+                &[
+                    "--val",
+                    "mlp_data.safetensors",
+                    "--targets",
+                    "0",
+                    "--resamples",
+                    "10",
+                    "-o",
+                    "ad",
+                ],
+            ]
+            .concat(),
+            "check" => vec!["r.jsonl", "-q"],
+            "report" => vec!["r.jsonl", "--markdown"],
+            "drift" => vec!["--detector", "adwin", "v.jsonl"],
+            "merge" => vec![
+                "linear",
+                "mlp.safetensors",
+                "mlp.safetensors",
+                "-o",
+                "m.safetensors",
+            ],
+            "data-take" => vec!["mlp_data.safetensors", "5", "-o", "t.safetensors"],
+            "data-shapes" => vec!["-n", "2", "--size", "16", "-o", "s.safetensors"],
+            "data-pad" => vec![
+                "mlp_data.safetensors",
+                "--pad",
+                "1",
+                "--shape",
+                "4,5",
+                "-o",
+                "p.safetensors",
+            ],
+            "data-rotate" => vec![
+                "mlp_data.safetensors",
+                "--degrees",
+                "10",
+                "--shape",
+                "4,5",
+                "-o",
+                "p.safetensors",
+            ],
+            _ => return None,
+        })
+    };
+    let values = ["nan", "inf", "-inf", "0", "-1", "1e12", "1000000000000"];
+    let fill = |p: &Path| {
+        std::fs::write(p.join("r.jsonl"), "{\"stage\":1,\"task\":1,\"accuracy\":0.5}\n{\"stage\":2,\"task\":1,\"accuracy\":0.4}\n{\"stage\":2,\"task\":2,\"accuracy\":0.6}\n").unwrap();
+        std::fs::write(p.join("v.jsonl"), "{\"loss\":0.5}\n{\"loss\":0.6}\n").unwrap();
+    };
+    // Each base invocation succeeds on its own, so the values below are what is tested.
+    let mut tables: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            k["path"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .collect();
+    tables.dedup();
+    let mut based = 0;
+    for t in &tables {
+        let Some(args) = base(t) else { continue };
+        let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+        fill(d.path());
+        let path: Vec<&str> = match t.strip_prefix("data-") {
+            Some(sub) => vec!["data", sub],
+            None => vec![t.as_str()],
+        };
+        let r = mnemo_in(d.path(), &[&path[..], &args[..]].concat());
+        assert!(
+            matches!(r.code, 0 | 1),
+            "the base of {t}: exit {}: {}",
+            r.code,
+            r.stderr
+        );
+        based += 1;
+    }
+    assert!(based >= 16, "{based} bases");
+    let mut tried = 0;
+    for k in &keys {
+        if k["numeric"] != true || k["positional"] == true {
+            continue;
+        }
+        let path: Vec<&str> = k["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let long = k["long"].as_str().unwrap();
+        let table = path.join("-");
+        let args = base(&table).unwrap_or_default();
+        for v in values {
+            let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+            let p = d.path();
+            fill(p);
+            // The flag under test replaces the base's own value of it.
+            let mut a: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            let mut i = 0;
+            while i < args.len() {
+                if args[i] == format!("--{long}") {
+                    i += 2;
+                    continue;
+                }
+                a.push(args[i].to_string());
+                i += 1;
+            }
+            a.push(format!("--{long}={v}"));
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let r = mnemo_in(p, &a);
+            let what = format!("mnemo {}", a.join(" "));
+            assert!(
+                matches!(r.code, 0..=2),
+                "{what}: exit {}: {}",
+                r.code,
+                r.stderr
+            );
+            assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+            if r.code == 0 {
+                if let Err(e) = all_outputs_finite(p) {
+                    panic!("{what}: exit 0 with {e}");
+                }
+                for bad in ["NaN", "Infinity", "inf,", "inf}"] {
+                    assert!(!r.stdout.contains(bad), "{what}: {}", r.stdout);
+                }
+            }
+            tried += 1;
+        }
+    }
+    assert!(
+        tried > 300,
+        "only {tried} runs: the walk found too few numeric flags"
+    );
+}
+
+/// Drift's detector parameters are text flags (each detector parses its own): walked too,
+/// every parameter flag with every detector.
+#[test]
+fn every_detector_parameter_survives_hostile_values() {
+    let keys = ok(mnemo(&["config", "keys"])).json_lines();
+    let d = workdir();
+    let p = d.path();
+    let stream: String = (0..200)
+        .map(|i| format!("{{\"loss\":{}}}\n", i % 2))
+        .collect();
+    std::fs::write(p.join("v.jsonl"), stream).unwrap();
+    let detectors = [
+        "page-hinkley",
+        "adwin",
+        "kswin",
+        "ddm",
+        "eddm",
+        "hddm-a",
+        "hddm-w",
+        "fhddm",
+        "cusum",
+        "stepd",
+        "ewma",
+    ];
+    let mut tried = 0;
+    for k in &keys {
+        let long = k["long"].as_str().unwrap_or("");
+        if k["path"] != serde_json::json!(["drift"])
+            || k["positional"] == true
+            || k["kind"] != "One"
+            || k["numeric"] == true
+        {
+            continue;
+        }
+        if ["detector", "field"].contains(&long) {
+            continue;
+        }
+        for det in detectors {
+            for v in ["nan", "inf", "-1", "0", "1000000000000"] {
+                let flag = format!("--{long}={v}");
+                let r = mnemo_in(p, &["drift", "--detector", det, &flag, "v.jsonl"]);
+                assert!(
+                    matches!(r.code, 0..=2),
+                    "drift {det} {flag}: exit {}: {}",
+                    r.code,
+                    r.stderr
+                );
+                assert!(
+                    !r.stderr.contains("panicked"),
+                    "drift {det} {flag}: {}",
+                    r.stderr
+                );
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried > 200, "only {tried} runs");
 }

@@ -411,10 +411,15 @@ fn refusals_name_the_file() {
         "{}",
         r.stderr
     );
-    // A file that is not a buffer.
-    let r = replay(p, &model, &data, &model, &[], "x.safetensors");
+    // A file that is not a buffer (a copy of the model: the model itself would be refused
+    // as a destination, the buffer being replaced).
+    std::fs::copy(&model, p.join("notbuf.safetensors")).unwrap();
+    let r = replay(p, &model, &data, "notbuf.safetensors", &[], "x.safetensors");
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not a replay buffer"), "{}", r.stderr);
+    let r = replay(p, &model, &data, &model, &[], "x.safetensors");
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("same file"), "{}", r.stderr);
     // Bad ratios.
     let r = replay(
         p,

@@ -25,6 +25,8 @@ pub fn run(target: &str, data: &[u8]) {
         "import_idx" => import_idx(data),
         "import_npy" => import_npy(data),
         "import_npz" => import_npz(data),
+        "continual_records" => continual_records(data),
+        "adapter_config" => adapter_config(data),
         other => panic!("no fuzz target named '{other}'"),
     }
 }
@@ -38,6 +40,8 @@ pub const TARGETS: &[&str] = &[
     "import_idx",
     "import_npy",
     "import_npz",
+    "continual_records",
+    "adapter_config",
 ];
 
 /// The safetensors reader: `checkpoint::validate` (our header checks, then the official
@@ -297,4 +301,71 @@ pub fn check_imported(d: &RawDataset) {
     assert_eq!(back.targets, d.target);
     let raw = RawDataset::open(path).expect("reopening as bytes");
     assert_eq!(raw.input, d.input);
+}
+
+/// The JSON Lines reader of `check` and `report` (`metrics::continual::parse_records`) and
+/// the matrices built from what it accepts. Input: a first line that is the --metric list,
+/// then the records. Every accepted record's stage and task are within `MAX_TASKS` (so a
+/// matrix is small whatever the input claims), and building, averaging and scoring the
+/// matrices never panics.
+pub fn continual_records(data: &[u8]) {
+    use mnemo::metrics::continual::{matrices, mean_matrix, parse_records, MAX_TASKS};
+    let text = String::from_utf8_lossy(data);
+    let (metric, body) = text.split_once('\n').unwrap_or(("accuracy", &text));
+    let metric = if metric.trim().is_empty() {
+        "accuracy"
+    } else {
+        metric
+    };
+    let Ok(records) = parse_records(body, Path::new("fuzz.jsonl"), metric) else {
+        return;
+    };
+    for r in &records {
+        assert!(r.stage as u64 <= MAX_TASKS, "stage {} accepted", r.stage);
+        assert!(
+            r.task >= 1 && r.task as u64 <= MAX_TASKS,
+            "task {} accepted",
+            r.task
+        );
+    }
+    for (_, reps) in matrices(&records) {
+        let ms: Vec<_> = reps.iter().map(|(_, m)| m).collect();
+        for m in &ms {
+            let _ = m.metrics();
+        }
+        let mean = mean_matrix(&ms);
+        let _ = mean.metrics();
+        let _ = mean.final_stage();
+    }
+}
+
+/// PEFT's `adapter_config.json` reader (`LoraConfig::from_peft_json`, used by `lora merge`
+/// and `lora-gate --adapter`). Whatever it accepts has a positive rank, a finite α, a
+/// dropout in [0, 1) and targets PEFT's matching rule can use; writing it back as PEFT's
+/// JSON and reading that again gives the same configuration.
+pub fn adapter_config(data: &[u8]) {
+    use mnemo::lora::{peft_check, LoraConfig};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("adapter_config.json");
+    let Ok(c) = LoraConfig::from_peft_json(path, text) else {
+        return;
+    };
+    assert!(c.rank > 0);
+    assert!(c.alpha.is_finite(), "alpha {}", c.alpha);
+    assert!((0.0..1.0).contains(&c.dropout), "dropout {}", c.dropout);
+    let v: serde_json::Value = serde_json::from_str(text).expect("accepted, so JSON");
+    let t = peft_check::targets(path, &v).expect("accepted, so its targets are readable");
+    for m in &c.targets {
+        if let peft_check::Targets::Names(_) = t {
+            assert!(
+                peft_check::selects(&t, m),
+                "'{m}' not selected by its own list"
+            );
+        }
+    }
+    let back = c.to_peft_json().to_string();
+    let again = LoraConfig::from_peft_json(path, &back).expect("our own JSON reads back");
+    assert_eq!(again, c);
 }

@@ -326,6 +326,25 @@ pub struct ParamSpec {
     pub kind: ParamKind,
 }
 
+/// A normalisation's ε: finite and > 0 (a negative one makes the variance's root NaN).
+fn norm_eps(eps: f64, what: &str) -> std::result::Result<(), String> {
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(format!("{what} must be a finite number > 0, got {eps}"));
+    }
+    Ok(())
+}
+
+/// The largest conv2d kernel size and padding: beyond it the padded images of one batch
+/// do not fit in memory.
+const MAX_CONV_EXTENT: usize = 1024;
+
+fn at_most(n: usize, what: &str) -> std::result::Result<(), String> {
+    if n > MAX_CONV_EXTENT {
+        return Err(format!("{what} {n} exceeds the limit of {MAX_CONV_EXTENT}"));
+    }
+    Ok(())
+}
+
 fn probability(p: f64, what: &str) -> std::result::Result<(), String> {
     if !(0.0..1.0).contains(&p) {
         return Err(format!("{what} must be in [0, 1), got {p}"));
@@ -371,6 +390,7 @@ impl Layer {
                 out_channels,
                 kernel_size,
                 stride,
+                padding,
                 groups,
                 ..
             } => {
@@ -379,6 +399,8 @@ impl Layer {
                 pos(kernel_size, "conv2d kernel_size")?;
                 pos(stride, "conv2d stride")?;
                 pos(groups, "conv2d groups")?;
+                at_most(kernel_size, "conv2d kernel_size")?;
+                at_most(padding, "conv2d padding")?;
                 if in_channels % groups != 0 || out_channels % groups != 0 {
                     return Err(format!(
                         "conv2d channels ({in_channels} in, {out_channels} out) must be divisible by groups ({groups})"
@@ -386,13 +408,30 @@ impl Layer {
                 }
                 Ok(())
             }
-            Layer::BatchNorm1d { num_features, .. } | Layer::BatchNorm2d { num_features, .. } => {
-                pos(num_features, "batchnorm num_features")
+            Layer::BatchNorm1d {
+                num_features,
+                eps,
+                momentum,
+            }
+            | Layer::BatchNorm2d {
+                num_features,
+                eps,
+                momentum,
+            } => {
+                pos(num_features, "batchnorm num_features")?;
+                norm_eps(eps, "batchnorm eps")?;
+                if !(0.0..=1.0).contains(&momentum) {
+                    return Err(format!(
+                        "batchnorm momentum must be in [0, 1], got {momentum}"
+                    ));
+                }
+                Ok(())
             }
             Layer::LayerNorm {
                 ref normalized_shape,
-                ..
+                eps,
             } => {
+                norm_eps(eps, "layernorm eps")?;
                 if normalized_shape.is_empty() || normalized_shape.contains(&0) {
                     return Err("layernorm normalized_shape must be non-empty and positive".into());
                 }
@@ -779,10 +818,11 @@ impl ArchSpec {
         if s.starts_with('[') || s.starts_with('{') {
             return Self::from_json(s, None);
         }
-        let text = std::fs::read_to_string(Path::new(s)).map_err(|e| MnemoError::InvalidArch {
-            origin: Some(s.to_string()),
-            reason: format!("not 'mlp:...' nor inline JSON, and the file cannot be read: {e}"),
-        })?;
+        let text =
+            crate::fsutil::read_to_string(Path::new(s)).map_err(|e| MnemoError::InvalidArch {
+                origin: Some(s.to_string()),
+                reason: format!("not 'mlp:...' nor inline JSON, and the file cannot be read: {e}"),
+            })?;
         Self::from_json(&text, Some(s))
     }
 
@@ -881,7 +921,9 @@ impl ArchSpec {
         // Sizes a machine can hold: every tensor's and the whole model's bytes in f32 fit in
         // an allocation (isize::MAX bytes), so `num_parameters` and every product of a
         // shape are safe to compute (found by fuzzing: `mlp:` sizes whose product overflows).
-        let limit = isize::MAX as usize / 4;
+        // Bounded by this machine's memory too (validate::max_alloc_bytes), so a model that
+        // cannot be held is refused before initialisation starts.
+        let limit = (crate::validate::max_alloc_bytes() / 4).min(isize::MAX as u64 / 4) as usize;
         let mut total = 0usize;
         let params = self.params();
         // Each tensor once: two modules of one namespace must not both hold a 'weight'.
@@ -899,7 +941,7 @@ impl ArchSpec {
             total = total
                 .checked_add(n)
                 .filter(|&t| t <= limit)
-                .ok_or("the model has too many parameters to be held in memory")?;
+                .ok_or("the model has too many parameters to be held in this machine's memory")?;
         }
         Ok(())
     }
@@ -1170,7 +1212,11 @@ mod tests {
         let e = ArchSpec::parse("mlp:1500000000-1000000000-1500000000")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("too many parameters"), "{e}");
+        // (With the machine's memory as the limit, each tensor is already too large.)
+        assert!(
+            e.contains("too many parameters") || e.contains("too large"),
+            "{e}"
+        );
         assert!(ArchSpec::parse("mlp:784-400-10").is_ok());
     }
 

@@ -12,6 +12,10 @@ use std::fmt;
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// One tensor's entry, with offsets relative to the start of the data section.
+/// The most dimensions a tensor may have (torch allows 64; a header claiming 200,000 would
+/// otherwise reach every formatter and loop).
+pub const MAX_RANK: usize = 64;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorEntry {
     pub name: String,
@@ -130,6 +134,12 @@ pub fn parse(bytes: &[u8], file_len: u64) -> Result<Header, String> {
             .map_err(|err| format!("tensor '{name}': malformed entry: {err}"))?;
         let dtype = Dtype::parse(&e.dtype)
             .ok_or_else(|| format!("tensor '{name}': unsupported dtype '{}'", e.dtype))?;
+        if e.shape.len() > MAX_RANK {
+            return Err(format!(
+                "tensor '{name}': rank {} exceeds the limit of {MAX_RANK} dimensions",
+                e.shape.len()
+            ));
+        }
         let numel = e
             .shape
             .iter()

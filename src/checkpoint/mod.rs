@@ -8,12 +8,13 @@ mod writer;
 
 pub use dtype::{decode, decode_i64, decode_into, encode, Dtype};
 pub use header::TensorEntry;
-pub use writer::{header_bytes, write_checkpoint, AtomicFile, HeaderEntry, OwnedTensor};
+pub use writer::{
+    header_bytes, prepare_checkpoint, write_checkpoint, AtomicFile, HeaderEntry, OwnedTensor,
+};
 
 use crate::error::{MnemoError, Result};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 /// One memory-mapped safetensors file with a validated header.
@@ -29,7 +30,7 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             reason,
         };
-        let file = File::open(path).map_err(|e| MnemoError::io(path, e))?;
+        let file = crate::fsutil::open_file(path)?;
         let len = file.metadata().map_err(|e| MnemoError::io(path, e))?.len();
         if len < 8 {
             return Err(invalid(format!(
@@ -181,7 +182,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| MnemoError::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path)?;
         let parsed = parse_index(&text).map_err(invalid)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut files: Vec<SafetensorsFile> = Vec::new();
@@ -321,6 +322,7 @@ impl Checkpoint {
 
 /// BLAKE3 of a file's bytes, memory-mapped and hashed in parallel: `blake3:<hex>`.
 pub fn file_hash(path: &Path) -> Result<String> {
+    crate::fsutil::open_file(path)?;
     let mut h = blake3::Hasher::new();
     h.update_mmap_rayon(path)
         .map_err(|e| MnemoError::io(path, e))?;

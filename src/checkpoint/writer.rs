@@ -1,6 +1,14 @@
-//! Writing safetensors files atomically: a temporary file in the target's
-//! folder, fsynced, then renamed over the target, so a reader (or Make)
-//! never sees a half-written checkpoint. `-` writes to stdout.
+//! Writing files atomically: a temporary file in the target's folder, fsynced, then renamed
+//! over the target, so a reader (or Make) never sees a half-written file. Every file mnemo
+//! writes goes through [`AtomicFile`] (checkpoints, buffers, states, adapters, figures,
+//! logs). The rules for special targets:
+//! - `-` writes to stdout;
+//! - a FIFO, a character device (`/dev/null`, a terminal) or anything under `/dev/` or
+//!   `/proc/` (`/dev/stdout`) is streamed into (opened for writing), never replaced;
+//! - a symlink is written through: the temporary file goes beside its target and is renamed
+//!   over the target, so the link stays a link (a dangling symlink is refused);
+//! - a new file gets mode 0666 minus the umask (as `File::create`); a file that is
+//!   replaced keeps its permissions.
 
 use super::Dtype;
 use crate::error::{MnemoError, Result};
@@ -13,49 +21,118 @@ use std::path::{Path, PathBuf};
 pub struct AtomicFile {
     target: PathBuf,
     inner: Inner,
+    /// The permissions of the file being replaced, kept.
+    keep_mode: Option<std::fs::Permissions>,
 }
 
 enum Inner {
     Temp(BufWriter<tempfile::NamedTempFile>),
-    Stdout(BufWriter<std::io::Stdout>),
+    Stream(BufWriter<Box<dyn Write>>),
+}
+
+fn is_special_path(p: &Path) -> bool {
+    p.starts_with("/dev/") || p.starts_with("/proc/")
 }
 
 impl AtomicFile {
     pub fn create(target: impl AsRef<Path>) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
+        let stream = |w: Box<dyn Write>| AtomicFile {
+            target: target.clone(),
+            inner: Inner::Stream(BufWriter::with_capacity(1 << 16, w)),
+            keep_mode: None,
+        };
         if target.as_os_str() == "-" {
-            return Ok(AtomicFile {
-                target,
-                inner: Inner::Stdout(BufWriter::new(std::io::stdout())),
-            });
+            return Ok(stream(Box::new(std::io::stdout())));
         }
-        let dir = match target.parent() {
+        let meta = std::fs::metadata(&target).ok();
+        if meta.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(MnemoError::io(
+                &target,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a folder"),
+            ));
+        }
+        let special = meta.as_ref().is_some_and(|m| !m.is_file());
+        if special || is_special_path(&target) {
+            // Devices and FIFOs are streamed into; a regular file under /dev or /proc
+            // (/dev/stdout redirected to a file) is truncated and written in place.
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true);
+            if !special {
+                o.create(true).truncate(true);
+            }
+            let f = o.open(&target).map_err(|e| MnemoError::io(&target, e))?;
+            return Ok(stream(Box::new(f)));
+        }
+        // Through a symlink to its target.
+        let real = match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(&target) {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(MnemoError::io(
+                        &target,
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "a dangling symlink; not writing through it",
+                        ),
+                    ))
+                }
+            },
+            _ => target.clone(),
+        };
+        let dir = match real.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = target
+        let name = real
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let prefix = format!(".{name}.");
         remove_stale_temps(&dir, &prefix);
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{prefix}{}.", std::process::id()))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| MnemoError::io(&dir, e))?;
+        let temp_prefix = format!("{prefix}{}.", std::process::id());
+        let mut b = tempfile::Builder::new();
+        b.prefix(&temp_prefix).suffix(".tmp");
+        // Created with 0666: the kernel applies the umask, as for File::create.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = b.tempfile_in(&dir).map_err(|e| MnemoError::io(&dir, e))?;
         Ok(AtomicFile {
-            target,
+            target: real,
             inner: Inner::Temp(BufWriter::with_capacity(1 << 20, tmp)),
+            keep_mode: meta.map(|m| m.permissions()),
         })
+    }
+
+    /// The file that `commit` replaces (a symlink's target), or the stream's path.
+    pub fn target(&self) -> &Path {
+        &self.target
     }
 
     pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
         let r = match &mut self.inner {
             Inner::Temp(w) => w.write_all(buf),
-            Inner::Stdout(w) => w.write_all(buf),
+            Inner::Stream(w) => w.write_all(buf),
         };
         r.map_err(|e| MnemoError::io(&self.target, e))
+    }
+
+    /// Flushes and fsyncs what was written, without publishing it: a command with several
+    /// outputs prepares them all, then commits them, so a full disk or a failed write is
+    /// found before any of them replaces its target.
+    pub fn sync(&mut self) -> Result<()> {
+        let target = &self.target;
+        let io = |e| MnemoError::io(target, e);
+        match &mut self.inner {
+            Inner::Temp(w) => {
+                w.flush().map_err(io)?;
+                w.get_ref().as_file().sync_all().map_err(io)
+            }
+            Inner::Stream(_) => Ok(()),
+        }
     }
 
     /// Flushes, syncs and renames into place. Dropping without commit removes the temp file.
@@ -63,17 +140,12 @@ impl AtomicFile {
         let target = self.target;
         let io = |e| MnemoError::io(&target, e);
         match self.inner {
-            Inner::Stdout(mut w) => w.flush().map_err(io),
+            Inner::Stream(mut w) => w.flush().map_err(io),
             Inner::Temp(w) => {
                 let tmp = w.into_inner().map_err(|e| io(e.into_error()))?;
                 tmp.as_file().sync_all().map_err(io)?;
-                // Keep the permissions a plain File::create would give.
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = tmp
-                        .as_file()
-                        .set_permissions(std::fs::Permissions::from_mode(0o644));
+                if let Some(p) = self.keep_mode {
+                    let _ = tmp.as_file().set_permissions(p);
                 }
                 tmp.persist(&target).map_err(|e| io(e.error))?;
                 Ok(())
@@ -171,14 +243,24 @@ pub fn header_bytes<'a>(
     json
 }
 
-/// Writes a checkpoint atomically. Tensors are laid out by element size (largest first), then
+/// Writes a checkpoint atomically ([`prepare_checkpoint`], then commit).
+pub fn write_checkpoint(
+    path: impl AsRef<Path>,
+    tensors: Vec<OwnedTensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    prepare_checkpoint(path, tensors, metadata)?.commit()
+}
+
+/// Writes a checkpoint into its temporary file, synced but not yet in place: `commit` the
+/// returned file to publish it. Tensors are laid out by element size (largest first), then
 /// name, so every tensor is aligned to its element size and the bytes are deterministic.
 /// `"format": "pt"` is always included in the metadata (transformers requires it).
-pub fn write_checkpoint(
+pub fn prepare_checkpoint(
     path: impl AsRef<Path>,
     mut tensors: Vec<OwnedTensor>,
     metadata: &BTreeMap<String, String>,
-) -> Result<()> {
+) -> Result<AtomicFile> {
     let path = path.as_ref();
     for t in &tensors {
         let need = t.shape.iter().product::<usize>() * t.dtype.size();
@@ -215,7 +297,8 @@ pub fn write_checkpoint(
     for t in &tensors {
         out.write_all(&t.data)?;
     }
-    out.commit()
+    out.sync()?;
+    Ok(out)
 }
 
 #[cfg(test)]

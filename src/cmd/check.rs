@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value = "accuracy", value_name = "FIELD[,FIELD...]")]
     pub metric: String,
     /// The largest allowed drop, in points (hundredths of the metric).
-    #[arg(long, default_value_t = 5.0, value_name = "POINTS")]
+    #[arg(long, default_value_t = 5.0, value_name = "POINTS", allow_negative_numbers = true, value_parser = mnemo::validate::finite)]
     pub max_drop: f64,
     /// The metric is better when lower (a loss): a rise counts as a drop.
     #[arg(long)]
@@ -102,7 +102,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 } else {
                     base - fin
                 };
-            let pass = drop <= args.max_drop + 1e-9;
+            // Never a pass on a number that is not one (a drop that overflows to ±inf).
+            let pass = drop.is_finite() && drop <= args.max_drop + 1e-9;
             all_pass &= pass;
             let label = if name.is_empty() {
                 "(all)"
@@ -119,7 +120,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             .push(json!({"run": name, "seeds": reps.len(), "final_stage": last, "tasks": tasks}));
     }
     if !g.quiet {
-        eprint!("{table}");
+        super::warn_raw(&table);
     }
     JsonLines::stdout().emit(&json!({
         "pass": all_pass, "metric": args.metric, "max_drop": num(args.max_drop),

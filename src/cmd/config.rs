@@ -61,6 +61,10 @@ pub enum ConfigCommand {
         )]
         command: Vec<OsString>,
     },
+    /// Every leaf subcommand's flags as JSON Lines {"path","key","long","numeric","kind",
+    /// "positional"}: what tests/hostile.rs walks to feed every numeric flag hostile values.
+    #[command(hide = true)]
+    Keys,
 }
 
 /// One configurable argument of a subcommand (or a global flag): every argument but help,
@@ -466,7 +470,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
     let env = match mnemo_env() {
         Ok(env) => env,
         Err(e) => {
-            eprintln!("mnemo: error: {e:#}");
+            super::warn(format!("mnemo: error: {e:#}"));
             return Err(2);
         }
     };
@@ -487,7 +491,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
     let r = match resolve(&argv, &env) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("mnemo: error: {e:#}");
+            super::warn(format!("mnemo: error: {e:#}"));
             return Err(2);
         }
     };
@@ -503,11 +507,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
             .filter(|s| matches!(s.source, Source::File(_) | Source::Env(_) | Source::Set))
             .map(|s| format!("{} ({})", s.arg.key, s.source))
             .collect();
-        eprintln!(
+        super::warn(format!(
             "note: the command line above includes settings from layers: {}; \
                  `mnemo config show` lists them",
             from.join(", ")
-        );
+        ));
         code
     })
 }
@@ -541,8 +545,43 @@ fn json_value(s: &Setting) -> serde_json::Value {
     }
 }
 
+/// `mnemo config keys` (hidden): the command tree's flags, for tests.
+fn keys() -> anyhow::Result<Status> {
+    let mut root = crate::command();
+    root.build();
+    let mut out = super::JsonLines::stdout();
+    fn walk(
+        c: &clap::Command,
+        path: &mut Vec<String>,
+        out: &mut super::JsonLines,
+    ) -> anyhow::Result<()> {
+        for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+            path.push(s.get_name().to_string());
+            if s.has_subcommands() {
+                walk(s, path, out)?;
+            } else {
+                for a in s.get_arguments().filter(|a| !a.is_global_set()) {
+                    if let Some(k) = key_arg(a) {
+                        out.emit(&json!({
+                            "path": path, "key": k.key, "long": k.long, "numeric": k.numeric,
+                            "kind": format!("{:?}", k.kind), "positional": a.is_positional(),
+                        }))?;
+                    }
+                }
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+    walk(&root, &mut Vec::new(), &mut out)?;
+    Ok(Status::Success)
+}
+
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
-    let ConfigCommand::Show { table, command } = args.command;
+    let (table, command) = match args.command {
+        ConfigCommand::Show { table, command } => (table, command),
+        ConfigCommand::Keys => return keys(),
+    };
     let mut argv: Vec<OsString> = vec!["mnemo".into()];
     if let Some(c) = &g.config {
         argv.push("--config".into());

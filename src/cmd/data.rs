@@ -106,8 +106,10 @@ pub enum DataCommand {
     /// N examples in file order, after skipping K.
     Take {
         input: PathBuf,
+        /// How many (at least 1).
+        #[arg(value_parser = mnemo::validate::count)]
         n: usize,
-        #[arg(long, default_value_t = 0, value_name = "K")]
+        #[arg(long, default_value_t = 0, value_name = "K", value_parser = mnemo::validate::size)]
         skip: usize,
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
@@ -278,12 +280,16 @@ fn parse_degrees(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses "H,W" (two positive integers).
+/// The largest image side accepted by --size and --shape.
+const MAX_SIDE: usize = 16_384;
+
+/// Parses "H,W" (two positive integers, each at most 16384).
 fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let side = |p: &str| -> Result<usize, String> {
         match p.parse::<usize>() {
-            Ok(v) if v > 0 => Ok(v),
+            Ok(v) if v > 0 && v <= MAX_SIDE => Ok(v),
+            Ok(v) if v > MAX_SIDE => Err(format!("{v} exceeds the limit of {MAX_SIDE} pixels")),
             _ => Err(format!("'{p}' is not a positive integer")),
         }
     };
@@ -382,7 +388,60 @@ fn write_u8(
     JsonLines::stdout().emit(&line)
 }
 
+/// Each subcommand's input files and output, for the destinations check.
+fn files(c: &DataCommand) -> (Vec<&PathBuf>, Option<&PathBuf>) {
+    use DataCommand as D;
+    use ImportCommand as I;
+    match c {
+        D::Import(I::Idx {
+            images,
+            labels,
+            output,
+            ..
+        }) => (vec![images, labels], Some(output)),
+        D::Import(I::Npy { x, y, output }) => (vec![x, y], Some(output)),
+        D::Import(I::Npz { file, output, .. }) => (vec![file], Some(output)),
+        D::Import(I::Folder { output, .. }) | D::Import(I::Voc { output, .. }) => {
+            (vec![], Some(output))
+        }
+        D::Import(I::Coco {
+            annotations,
+            output,
+            ..
+        }) => (vec![annotations], Some(output)),
+        D::Split { input, output, .. }
+        | D::Rotate { input, output, .. }
+        | D::Pad { input, output, .. }
+        | D::Permute { input, output, .. }
+        | D::Shuffle { input, output, .. }
+        | D::Take { input, output, .. } => (vec![input], Some(output)),
+        D::Concat { inputs, output } => (inputs.iter().collect(), Some(output)),
+        D::Stats { input } => (vec![input], None),
+        D::Shapes { output, .. } => (vec![], Some(output)),
+    }
+}
+
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    let (inputs, output) = files(&args.command);
+    if let Some(o) = output {
+        let mut d = mnemo::fsutil::Destinations::new();
+        match inputs.as_slice() {
+            // A one-input transform may replace its input (`data rotate x -o x`): the input
+            // is read whole before its replacement is put in place.
+            [i] if !matches!(args.command, DataCommand::Import(_))
+                && mnemo::fsutil::same_file(i, o) =>
+            {
+                d.in_place("-o (the input)", o);
+            }
+            _ => {
+                for i in &inputs {
+                    d.input("the input", i);
+                }
+                d.output("-o", o);
+            }
+        }
+        d.check()?;
+    }
     match args.command {
         DataCommand::Import(ImportCommand::Voc {
             root,

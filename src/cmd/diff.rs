@@ -29,7 +29,7 @@ pub struct Args {
     pub a: PathBuf,
     pub b: PathBuf,
     /// Largest |a − b| still counted as equal.
-    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    #[arg(long, default_value_t = 0.0, value_name = "T", value_parser = mnemo::validate::non_negative)]
     pub tol: f64,
     /// JSON Lines: one object per tensor, then a summary object.
     #[arg(long)]

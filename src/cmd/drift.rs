@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
     examples: &[
-        ("watch the loss of every evaluated batch; exit 1 if it drifted", "mnemo eval model.safetensors --data stream.safetensors --stream | mnemo drift --field loss --detector adwin"),
+        ("watch the loss of every evaluated batch; exit 0 if it drifted (as grep), 1 if not", "mnemo eval model.safetensors --data stream.safetensors --stream | mnemo drift --field loss --detector adwin"),
         ("only the detections, Page-Hinkley on the mean of every 10 records, upward changes only", "mnemo drift --detector page-hinkley --mode up --threshold 20 --every 10 --events-only metrics.jsonl"),
         ("binary errors (1 = wrong prediction) with DDM; retrain when it fires", "if mnemo drift --detector ddm --field error -q < errors.jsonl; then make retrain; fi"),
         ("the Page-Hinkley threshold that gives 1 false alarm per 10,000 values on a stable period", "mnemo drift --detector page-hinkley --calibrate --false-alarm-rate 1e-4 stable.jsonl"),
@@ -56,10 +56,10 @@ pub struct Args {
     #[arg(long)]
     pub calibrate: bool,
     /// --calibrate: the target, in alarms per value.
-    #[arg(long, value_name = "R", requires = "calibrate")]
+    #[arg(long, value_name = "R", requires = "calibrate", value_parser = mnemo::validate::unit_open)]
     pub false_alarm_rate: Option<f64>,
     /// --calibrate: number of bootstrap resamples.
-    #[arg(long, default_value_t = 20, value_name = "K")]
+    #[arg(long, default_value_t = 20, value_name = "K", value_parser = mnemo::validate::count)]
     pub resamples: usize,
     /// --calibrate: seed of the resampling.
     #[arg(long, default_value_t = 0, value_name = "S")]
@@ -216,7 +216,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut det: Box<dyn Detector> = build(&args.detector, &detector_params(&args))?;
     let (binary, warns) = (det.binary(), det.has_warning());
     let silent = g.quiet;
-    let mut out = JsonLines::stdout();
+    let mut out = JsonLines::stdout_filter();
     let (mut index, mut drifts, mut values, mut skipped) = (0u64, 0u64, 0u64, 0u64);
     let (mut group_sum, mut group_n) = (0.0f64, 0u64);
     let need_record = !args.events_only && !silent;
@@ -349,6 +349,11 @@ fn calibrate(args: &Args, g: &Global) -> anyhow::Result<Status> {
     // Bootstrap resamples (with replacement) of the stable stream, fixed by --seed.
     let mut rng = mnemo::rng::Rng::new(args.calibration_seed);
     let n = values.len();
+    mnemo::validate::alloc_bytes(
+        &format!("--resamples {} of {n} values", args.resamples),
+        (args.resamples as u64).saturating_mul(n as u64),
+        8,
+    )?;
     let resamples: Vec<Vec<f64>> = (0..args.resamples)
         .map(|_| {
             (0..n)

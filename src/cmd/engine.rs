@@ -4,8 +4,9 @@
 
 use super::{num, Global, JsonLines};
 use anyhow::Context;
-use mnemo::checkpoint::{write_checkpoint, Checkpoint};
+use mnemo::checkpoint::{prepare_checkpoint, Checkpoint};
 use mnemo::data::Dataset;
+use mnemo::fsutil::Destinations;
 use mnemo::model::{ArchSpec, Mode, Model, ARCH_KEY};
 use mnemo::provenance::Provenance;
 use mnemo::train::{
@@ -85,28 +86,29 @@ impl LossName {
 pub struct EngineArgs {
     #[arg(long, value_enum, default_value = "adam")]
     pub optimizer: OptimizerName,
-    #[arg(long, default_value_t = 1e-3)]
+    /// Learning rate, in [0, 1000].
+    #[arg(long, default_value_t = 1e-3, value_parser = mnemo::validate::learning_rate)]
     pub lr: f64,
     /// SGD momentum (torch semantics: the first step's buffer is the gradient).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = mnemo::validate::unit_closed_f32)]
     pub momentum: f32,
     /// Nesterov momentum (SGD).
     #[arg(long)]
     pub nesterov: bool,
     /// Weight decay: L2 in the gradient for sgd/adam, decoupled for adamw. Biases and
     /// 1-dim parameters are exempt unless --decay-all.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = mnemo::validate::non_negative_f32)]
     pub weight_decay: f32,
     /// Apply weight decay to every parameter, as torch's optimizers do by default.
     #[arg(long)]
     pub decay_all: bool,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = mnemo::validate::unit_half_open_f32)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = 0.999, value_parser = mnemo::validate::unit_half_open_f32)]
     pub beta2: f32,
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = 1e-8, value_parser = mnemo::validate::positive_f32)]
     pub eps: f32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = mnemo::validate::size)]
     pub epochs: usize,
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
@@ -117,17 +119,17 @@ pub struct EngineArgs {
     #[arg(long)]
     pub no_shuffle: bool,
     /// Stop each epoch after this many batches.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = mnemo::validate::size)]
     pub max_batches_per_epoch: Option<usize>,
     /// Average the gradients of N batches into one update (torch: loss/N, N backwards, one step).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub accumulate_grad_batches: u64,
     /// Scale the gradient (penalties included) to this global L2 norm when it is larger
     /// (torch's clip_grad_norm_).
-    #[arg(long, value_name = "MAX")]
+    #[arg(long, value_name = "MAX", value_parser = mnemo::validate::positive)]
     pub clip_grad_norm: Option<f64>,
     /// Cross-entropy against (1−ε)·onehot + ε/C, as torch's label_smoothing.
-    #[arg(long, value_name = "EPS", default_value_t = 0.0)]
+    #[arg(long, value_name = "EPS", default_value_t = 0.0, value_parser = mnemo::validate::unit_half_open)]
     pub label_smoothing: f64,
     /// Task loss: ce for class ids and multi-class masks; bce or focal for multi-hot targets
     /// [N,K]; bce, focal, dice or dice-bce for binary masks (one output channel).
@@ -142,31 +144,31 @@ pub struct EngineArgs {
     #[arg(long, value_enum, default_value = "step")]
     pub schedule_unit: UnitName,
     /// Linear warm-up over the first N units: lr·(t+1)/N, then the schedule starts.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = mnemo::validate::size)]
     pub warmup: usize,
     /// --schedule step: decay every N units.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = mnemo::validate::count)]
     pub lr_step_size: usize,
     /// --schedule step: decay factor γ.
-    #[arg(long, value_name = "G", default_value_t = 0.1)]
+    #[arg(long, value_name = "G", default_value_t = 0.1, value_parser = mnemo::validate::non_negative)]
     pub lr_gamma: f64,
     /// --schedule cosine: period T_max (default: the run's length after warm-up).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = mnemo::validate::count)]
     pub t_max: Option<usize>,
     /// --schedule cosine-restarts: first period T₀.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = mnemo::validate::count)]
     pub t0: usize,
     /// --schedule cosine-restarts: period growth factor.
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = mnemo::validate::count)]
     pub t_mult: usize,
     /// Floor of the cosine schedules.
-    #[arg(long, value_name = "LR", default_value_t = 0.0)]
+    #[arg(long, value_name = "LR", default_value_t = 0.0, value_parser = mnemo::validate::learning_rate)]
     pub eta_min: f64,
     /// Pull towards this checkpoint: adds μ·Σ(θ − θ_anchor)² (μ from --l2-lambda).
     #[arg(long, value_name = "CKPT")]
     pub l2_anchor: Option<PathBuf>,
     /// Strength μ of the --l2-anchor pull.
-    #[arg(long, value_name = "MU", default_value_t = 0.0)]
+    #[arg(long, value_name = "MU", default_value_t = 0.0, value_parser = mnemo::validate::non_negative)]
     pub l2_lambda: f64,
     /// Learning without forgetting: distil from this model (the one before this task) on
     /// the new data, adding α·KL(softmax(old/T) ‖ softmax(new/T)) (batch mean, Avalanche's
@@ -196,7 +198,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "D")]
     pub val: Option<PathBuf>,
     /// Stop after N epochs without a lower validation loss (needs --val).
-    #[arg(long, value_name = "N", requires = "val")]
+    #[arg(long, value_name = "N", requires = "val", value_parser = mnemo::validate::count)]
     pub patience: Option<usize>,
     /// With --val, write the last epoch's weights instead of the best.
     #[arg(long, requires = "val")]
@@ -206,7 +208,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// With --state, also save every N updates.
-    #[arg(long, value_name = "N", requires = "state")]
+    #[arg(long, value_name = "N", requires = "state", value_parser = mnemo::validate::count_u64)]
     pub save_every: Option<u64>,
     /// Start the optimizer from moments saved by an earlier run's --save-optimizer (torch's
     /// exp_avg, exp_avg_sq or momentum_buffer, and the step count for Adam's bias correction)
@@ -234,7 +236,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "OMEGA", requires = "si_importance")]
     pub si_prior: Option<PathBuf>,
     /// Also emit a {"event":"step"} line every N updates.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = mnemo::validate::count)]
     pub log_every: Option<usize>,
     /// Test hook: exit with an error right after N updates, as if killed.
     #[arg(long, value_name = "N", hide = true)]
@@ -250,7 +252,8 @@ pub struct FocalArgs {
         long = "focal-alpha",
         value_name = "A",
         default_value_t = 0.25,
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = mnemo::validate::at_most_one
     )]
     pub alpha: f64,
     /// --loss focal: focusing exponent γ.
@@ -258,7 +261,8 @@ pub struct FocalArgs {
         id = "focal_gamma",
         long = "focal-gamma",
         value_name = "G",
-        default_value_t = 2.0
+        default_value_t = 2.0,
+        value_parser = mnemo::validate::non_negative
     )]
     pub gamma: f64,
 }
@@ -448,15 +452,15 @@ fn read_importance(
     Ok(term.fisher)
 }
 
-/// Writes SI's importance for the model's final weights, clamped at 0 (a negative
-/// importance would reward moving away from the anchor).
-fn write_importance(
+/// SI's importance for the model's final weights, clamped at 0 (a negative importance
+/// would reward moving away from the anchor), prepared beside its target.
+fn prepare_importance(
     path: &Path,
     si: &Si,
     prior: Option<&BTreeMap<String, Vec<f32>>>,
     model: &Model,
     prov: &Provenance,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<mnemo::checkpoint::AtomicFile> {
     let snap = model.snapshot()?;
     let end: BTreeMap<String, Vec<f32>> = model
         .params
@@ -475,8 +479,41 @@ fn write_importance(
     let mut meta = prov.metadata();
     meta.insert("mnemo.importance".into(), "si".into());
     meta.insert("mnemo.si.xi".into(), si.xi.to_string());
-    write_checkpoint(path, tensors, &meta)?;
-    Ok(())
+    Ok(prepare_checkpoint(path, tensors, &meta)?)
+}
+
+/// The engine flags' files, for the command's destinations check: --val, --l2-anchor and
+/// --init-optimizer are read, --save-optimizer written, --state read and replaced.
+pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
+    for (label, p) in [
+        ("--val", &e.val),
+        ("--l2-anchor", &e.l2_anchor),
+        ("--init-optimizer", &e.init_optimizer),
+        ("--distill-from", &e.distill_from),
+        ("--si-prior", &e.si_prior),
+    ] {
+        if let Some(p) = p {
+            d.input(label, p);
+        }
+    }
+    if let Some(p) = &e.save_optimizer {
+        d.output("--save-optimizer", p);
+    }
+    if let Some(p) = &e.si_importance {
+        d.output("--si-importance", p);
+    }
+    if let Some(p) = &e.state {
+        d.in_place("--state", p);
+    }
+}
+
+/// The FISHER:ANCHOR files of --penalty, as inputs.
+pub fn penalty_inputs(d: &mut Destinations, pairs: &[String]) {
+    for spec in pairs {
+        if let Some((f, a)) = spec.split_once(':') {
+            d.input("--penalty", f).input("--penalty", a);
+        }
+    }
 }
 
 /// What a training subcommand hands to `fit` besides the engine flags.
@@ -676,22 +713,45 @@ pub fn fit_with(
     let mut meta = f.prov.metadata();
     meta.insert(ARCH_KEY.into(), model.spec.to_json());
     meta.extend(f.metadata);
-    write_checkpoint(f.output, model.tensors()?, &meta)
+    let tensors = model.tensors()?;
+    mnemo::train::finite::check_tensors(&tensors)?;
+    // Every file is prepared (written and synced beside its target) before any is put in
+    // place, so a failure leaves every target as it was. Then the optimizer, the output,
+    // and the buffer last: a run killed between the last two leaves the old buffer, so
+    // running it again does not offer the data twice.
+    let output = prepare_checkpoint(f.output, tensors, &meta)
         .with_context(|| format!("writing {}", f.output.display()))?;
-    if let Some(p) = &e.save_optimizer {
-        optim_file::save(p, &opt, &model, &f.prov.metadata())
-            .with_context(|| format!("writing {}", p.display()))?;
+    let optimizer = match &e.save_optimizer {
+        Some(p) => Some(
+            optim_file::prepare(p, &opt, &model, &f.prov.metadata())
+                .with_context(|| format!("writing {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let importance = match (&e.si_importance, &si) {
+        (Some(p), Some(si)) => Some(
+            prepare_importance(p, si, si_prior.as_ref(), &model, &f.prov)
+                .with_context(|| format!("writing {}", p.display()))?,
+        ),
+        _ => None,
+    };
+    let buffer = match &f.replay {
+        Some(r) => Some(
+            r.buffer
+                .prepare(&r.buffer.path, &f.prov.metadata())
+                .with_context(|| format!("writing the buffer {}", r.buffer.path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(o) = optimizer {
+        o.commit()?;
     }
-    if let (Some(p), Some(si)) = (&e.si_importance, &si) {
-        write_importance(p, si, si_prior.as_ref(), &model, &f.prov)
-            .with_context(|| format!("writing {}", p.display()))?;
+    if let Some(i) = importance {
+        i.commit()?;
     }
-    // After the output: a run killed in between leaves the old buffer, so running the
-    // command again (or resuming with --state) does not offer the data twice.
-    if let Some(r) = &f.replay {
-        r.buffer
-            .write(&r.buffer.path, &f.prov.metadata())
-            .with_context(|| format!("writing the buffer {}", r.buffer.path.display()))?;
+    output.commit()?;
+    if let Some(b) = buffer {
+        b.commit()?;
     }
     let last = outcome.reports.last();
     let mut summary = json!({

@@ -68,7 +68,7 @@ pub struct Args {
     pub stream: bool,
     /// Mark each result line with "stage": N (the training stage the model comes from) and
     /// its "task" number: the records `report` and `check` build accuracy matrices from.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = mnemo::validate::size)]
     pub stage: Option<usize>,
     /// The "task" number of the first dataset (the next ones count up from it): for
     /// pipelines that evaluate each task apart, e.g. each with its own --head.
@@ -114,7 +114,17 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             }
         }
         let (mut line, accuracy) =
-            evaluate_one(&args, &mut model, head.as_deref(), &data, &mut out, g)?;
+            evaluate_one(&args, &mut model, head.as_deref(), &data, &mut out, g)
+                .map_err(|e| super::name_files(e, &[&args.model, path]))?;
+        // No exit 0 with a result that is not a number: finite weights can still overflow
+        // (logits of ±inf make the loss NaN).
+        if line.get("loss").is_some_and(|l| l.is_null()) {
+            anyhow::bail!(
+                "{} with {}: the loss is not finite (the model's outputs overflow)",
+                args.model.display(),
+                path.display()
+            );
+        }
         if several {
             line["task"] = json!(task as u64 + args.task);
             line["data"] = json!(path.display().to_string());

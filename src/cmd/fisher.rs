@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "empirical")]
     pub mode: Mode,
     /// Use the first N examples in file order.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = mnemo::validate::count)]
     pub samples: Option<usize>,
     /// Examples per pass (and the mini-batch of --mode batch).
     #[arg(long, default_value_t = 128, value_name = "B", value_parser = clap::value_parser!(u64).range(1..))]
@@ -80,11 +80,16 @@ pub struct Args {
     #[arg(long, value_name = "PREV", requires = "gamma")]
     pub accumulate: Option<PathBuf>,
     /// Decay γ of --accumulate (1 sums the tasks' Fisher, as separate EWC penalties would).
-    #[arg(long, value_name = "G", requires = "accumulate")]
+    #[arg(long, value_name = "G", requires = "accumulate", value_parser = mnemo::validate::non_negative)]
     pub gamma: Option<f64>,
 }
 
 fn run_reduce(args: &Args) -> anyhow::Result<Status> {
+    let mut d = mnemo::fsutil::Destinations::new();
+    for f in &args.reduce {
+        d.input("--reduce", f);
+    }
+    d.output("-o", &args.output).check()?;
     let start = std::time::Instant::now();
     let files: Vec<Checkpoint> = args
         .reduce
@@ -124,6 +129,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (Some(model_path), Some(data_path)) = (&args.model, &args.data) else {
         anyhow::bail!("MODEL and --data are required (or --reduce FISHER...)");
     };
+    let mut d = mnemo::fsutil::Destinations::new();
+    d.input("the model", model_path).input("--data", data_path);
+    if let Some(p) = &args.accumulate {
+        d.input("--accumulate", p);
+    }
+    d.output("-o", &args.output).check()?;
     let device = g.device()?;
     let (mut model, ckpt) = Model::open(model_path, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
@@ -153,7 +164,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         args.batch_size as usize,
         head.as_deref(),
         |n| pb.inc(n as u64),
-    )?;
+    )
+    .map_err(|e| super::name_files(e.into(), &[model_path, data_path]))?;
     pb.finish_and_clear();
     let prev = match (&args.accumulate, args.gamma) {
         (Some(p), Some(gamma)) => {

@@ -71,6 +71,11 @@ fn names_json(names: &[String]) -> serde_json::Value {
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    let mut d = mnemo::fsutil::Destinations::new();
+    if let Some(f) = &args.from {
+        d.input("--from", f);
+    }
+    d.stdout_free().output("-o", &args.output).check()?;
     let spec = ArchSpec::parse(&args.arch)?;
     // Initial values are drawn on the host from mnemo's RNG; the device does not change them.
     let mut model = Model::init(&spec, args.seed, &candle_core::Device::Cpu)?;

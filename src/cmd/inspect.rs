@@ -67,6 +67,9 @@ fn human_bytes(n: usize) -> String {
     }
 }
 
+/// The widest a column is padded to.
+const MAX_COLUMN: usize = 120;
+
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut out = JsonLines::stdout();
     for path in &args.files {
@@ -152,6 +155,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     .chain([["name", "dtype", "shape", "offsets"][c].len()])
                     .max()
                     .unwrap_or(0)
+                    // Padding only up to a screen's width: a longer cell (a long name) is
+                    // printed as it is (format widths above 65535 panic).
+                    .min(MAX_COLUMN)
             })
             .collect();
         let head = if stats.is_some() {

@@ -148,10 +148,10 @@ impl<B: Backend> Guard<'_, B> {
                     b.abort();
                     return Err(e);
                 }
-                eprintln!(
+                super::warn(format!(
                     "mnemo: {}: {e:#}; logging stopped, the stream still passes through",
                     self.what
-                );
+                ));
                 self.error = Some(e);
                 Ok(())
             }
@@ -181,10 +181,10 @@ impl Stream<'_> {
             Ok(b) => g.backend = Some(b),
             Err(e) if !tee => return Err(e),
             Err(e) => {
-                eprintln!(
+                super::warn(format!(
                     "mnemo: {}: {e:#}; logging stopped, the stream still passes through",
                     self.what
-                );
+                ));
                 g.error = Some(e);
             }
         }
@@ -246,11 +246,11 @@ impl Stream<'_> {
                                 return Err(e.into());
                             }
                             if invalid.is_none() {
-                                eprintln!(
+                                super::warn(format!(
                                     "mnemo: {}: {e}; the run will end {}",
                                     self.what,
                                     RunStatus::Failed.as_str()
-                                );
+                                ));
                                 invalid = Some(e.into());
                             }
                             continue;

@@ -4,6 +4,7 @@
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::checkpoint::{encode, write_checkpoint, Checkpoint, OwnedTensor};
+use mnemo::lora::peft_check;
 use mnemo::lora::{fold, Adapter};
 use mnemo::provenance::Provenance;
 use serde_json::json;
@@ -58,7 +59,47 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
             allow_nonfinite,
         } => {
             let ckpt = Checkpoint::open(&base)?;
+            let mut d = mnemo::fsutil::Destinations::new();
+            d.input("the base", &base)
+                .input("the adapter", adapter.join(mnemo::lora::WEIGHTS_FILE))
+                .input("the adapter", adapter.join(mnemo::lora::CONFIG_FILE));
+            for f in &ckpt.files {
+                d.input("the base", &f.path);
+            }
+            d.output("-o", &output).check()?;
             let ad = Adapter::read_dir(&adapter)?;
+            // PEFT's selection: target_modules must select a module of the base (PEFT
+            // raises "Target modules ... not found in the base model"), and every module
+            // the weights adapt must be one it selects.
+            let cfg_path = adapter.join(mnemo::lora::CONFIG_FILE);
+            let raw: serde_json::Value =
+                serde_json::from_str(&mnemo::fsutil::read_to_string(&cfg_path)?)
+                    .with_context(|| format!("{}: not JSON", cfg_path.display()))?;
+            let targets = peft_check::targets(&cfg_path, &raw)?;
+            let selected = ckpt
+                .names()
+                .filter_map(|n| n.strip_suffix(".weight"))
+                .filter(|m| peft_check::selects(&targets, m))
+                .count();
+            if selected == 0 {
+                anyhow::bail!(
+                    "{}: target_modules {} select no module of {} (PEFT refuses such an adapter: target modules not found in the base model)",
+                    cfg_path.display(),
+                    raw["target_modules"],
+                    base.display()
+                );
+            }
+            if let Some(m) = ad
+                .modules
+                .keys()
+                .find(|m| !peft_check::selects(&targets, m))
+            {
+                anyhow::bail!(
+                    "{}: holds weights for module '{m}', which target_modules {} does not select",
+                    adapter.join(mnemo::lora::WEIGHTS_FILE).display(),
+                    raw["target_modules"]
+                );
+            }
             let scale = ad.config.scale();
             let mut folded = std::collections::BTreeMap::new();
             for (m, w) in &ad.modules {

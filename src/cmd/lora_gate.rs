@@ -5,8 +5,9 @@
 use super::engine::{fit_with, EngineArgs, Fit};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
-use mnemo::checkpoint::write_checkpoint;
+use mnemo::checkpoint::prepare_checkpoint;
 use mnemo::data::Dataset;
+use mnemo::fsutil::Destinations;
 use mnemo::lora::{resolve_targets, Adapter, LoraConfig};
 use mnemo::metrics::paired::{paired_bootstrap, paired_t_test};
 use mnemo::model::{Model, ARCH_KEY};
@@ -62,31 +63,31 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "M,...")]
     pub targets: Vec<String>,
     /// Rank r of the adapter [default: 16].
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", value_parser = mnemo::validate::count)]
     pub rank: Option<usize>,
     /// α: the adapter's output is scaled by α/r [default: 32].
-    #[arg(long, value_name = "A")]
+    #[arg(long, value_name = "A", value_parser = mnemo::validate::positive)]
     pub alpha: Option<f64>,
     /// Dropout on the adapter's input while training [default: 0.05].
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = mnemo::validate::unit_half_open)]
     pub dropout: Option<f64>,
     /// Rank-stabilised scaling α/√r.
     #[arg(long)]
     pub rslora: bool,
     /// Accept when baseline − score ≤ this (in the metric's units).
-    #[arg(long, default_value_t = 0.02, value_name = "T")]
+    #[arg(long, default_value_t = 0.02, value_name = "T", allow_negative_numbers = true, value_parser = mnemo::validate::finite)]
     pub threshold: f64,
     #[arg(long, value_enum, default_value_t = Metric::NegLoss)]
     pub metric: Metric,
     /// Count a regression only when a paired test over per-example scores rejects
     /// "no change" at this level.
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, value_name = "ALPHA", value_parser = mnemo::validate::unit_open)]
     pub significance: Option<f64>,
     /// The paired test used with --significance.
     #[arg(long, value_enum, default_value_t = PairedTestKind::Bootstrap)]
     pub test: PairedTestKind,
     /// Bootstrap resamples (seeded by --seed).
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = mnemo::validate::count)]
     pub resamples: usize,
     /// Also write the base checkpoint with the adapter folded in (W + scale·B·A).
     #[arg(long, value_name = "OUT")]
@@ -107,20 +108,40 @@ pub struct Args {
     pub engine: EngineArgs,
 }
 
+/// The largest LoRA rank (the adapter's matrices are rank × features).
+const MAX_RANK: usize = 65_536;
+
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let val_path = args
         .engine
         .val
         .clone()
         .context("lora-gate needs --val: the validation set the update is judged on")?;
-    if let Some(a) = args.significance {
-        if !(a > 0.0 && a < 1.0) {
-            anyhow::bail!("--significance {a}: must be in (0, 1)");
+    let mut d = Destinations::new();
+    d.input("the model", &args.model)
+        .input("--data", &args.data);
+    super::engine::destinations(&mut d, &args.engine);
+    if let Some(a) = &args.adapter {
+        // Continuing an adapter in place (--adapter DIR -o DIR) is allowed: it is replaced.
+        let same = std::fs::canonicalize(a).ok().is_some()
+            && std::fs::canonicalize(a).ok() == std::fs::canonicalize(&args.output).ok();
+        if !same {
+            d.input("--adapter", a.join(mnemo::lora::WEIGHTS_FILE))
+                .input("--adapter", a.join(mnemo::lora::CONFIG_FILE));
         }
     }
-    if args.threshold.is_nan() {
-        anyhow::bail!("--threshold must be a number");
+    if let Some(m) = &args.merged {
+        d.output("--merged", m);
     }
+    if let Some(l) = &args.log {
+        d.output("--log", l);
+    }
+    d.output_dir(
+        "-o",
+        &args.output,
+        &[mnemo::lora::WEIGHTS_FILE, mnemo::lora::CONFIG_FILE],
+    )
+    .check()?;
     let device = g.device()?;
     let (mut model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
@@ -186,8 +207,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             (config, modules, None)
         }
     };
-    if config.rank == 0 {
-        anyhow::bail!("--rank must be at least 1");
+    if config.rank == 0 || config.rank > MAX_RANK {
+        anyhow::bail!("--rank {}: must be in [1, {MAX_RANK}]", config.rank);
     }
     if !(0.0..1.0).contains(&config.dropout) {
         anyhow::bail!("--dropout {}: must be in [0, 1)", config.dropout);
@@ -225,7 +246,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         "lora={:?}|metric={:?}|threshold={}",
         config, args.metric, args.threshold
     );
-    let (mut model, outcome, opt) = fit_with(
+    let fitted = fit_with(
         Fit {
             command: "lora-gate",
             model,
@@ -242,7 +263,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         g,
         &mut log,
         false,
-    )?;
+    )
+    .map_err(|e| super::name_files(e, &[&args.model, &args.data]))?;
+    let (mut model, outcome, opt) = fitted;
     let after = score_of(&mut model)?;
     let (baseline, score) = (mean(&before), mean(&after));
     let regression = baseline - score;
@@ -256,7 +279,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         (Some(t), Some(alpha)) => t.p_value < alpha,
         _ => true,
     };
-    let accepted = !(regression > args.threshold && significant);
+    // A gate never accepts what it cannot measure: a non-finite score (or p-value) rejects.
+    let measurable = baseline.is_finite()
+        && score.is_finite()
+        && test.as_ref().is_none_or(|t| t.p_value.is_finite());
+    let accepted = measurable && !(regression > args.threshold && significant);
     let mut line = json!({
         "accepted": accepted,
         "metric": match args.metric { Metric::NegLoss => "neg-loss", Metric::Accuracy => "accuracy" },
@@ -279,25 +306,50 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     if accepted {
         prov.seed = Some(args.engine.seed);
         let mut meta = prov.metadata();
-        if let Some(m) = &args.merged {
-            let mut mmeta = meta.clone();
-            mmeta.insert(ARCH_KEY.into(), model.spec.to_json());
-            write_checkpoint(m, mnemo::lora::attach::merged_tensors(&model)?, &mmeta)
-                .with_context(|| format!("writing {}", m.display()))?;
-            line["merged"] = json!(m.display().to_string());
-        }
+        // Everything prepared first; the adapter, the main output, is put in place last.
+        let merged = match &args.merged {
+            Some(m) => {
+                let mut mmeta = meta.clone();
+                mmeta.insert(ARCH_KEY.into(), model.spec.to_json());
+                let tensors = mnemo::lora::attach::merged_tensors(&model)?;
+                mnemo::train::finite::check_tensors(&tensors)?;
+                line["merged"] = json!(m.display().to_string());
+                Some(
+                    prepare_checkpoint(m, tensors, &mmeta)
+                        .with_context(|| format!("writing {}", m.display()))?,
+                )
+            }
+            None => None,
+        };
+        let optimizer = match &args.engine.save_optimizer {
+            Some(p) => {
+                line["optimizer"] = json!(p.display().to_string());
+                Some(
+                    mnemo::train::optim_file::prepare(p, &opt, &model, &prov.metadata())
+                        .with_context(|| format!("writing {}", p.display()))?,
+                )
+            }
+            None => None,
+        };
         meta.insert("mnemo.lora.base".into(), base_hash);
         let adapter = mnemo::lora::attach::adapter_of(&model)?.expect("an adapter is attached");
+        log.sync()?;
+        log.finish()?;
+        if let Some(o) = optimizer {
+            o.commit()?;
+        }
+        if let Some(m) = merged {
+            m.commit()?;
+        }
         adapter
             .write_dir(&args.output, &meta)
             .with_context(|| format!("writing the adapter to {}", args.output.display()))?;
         line["adapter"] = json!(args.output.display().to_string());
-        if let Some(p) = &args.engine.save_optimizer {
-            mnemo::train::optim_file::save(p, &opt, &model, &prov.metadata())
-                .with_context(|| format!("writing {}", p.display()))?;
-            line["optimizer"] = json!(p.display().to_string());
-        }
     } else {
+        log.finish()?;
+        if !measurable {
+            g.say("lora-gate: rejected: a validation score is not finite (NaN or ±inf)");
+        }
         g.say(format!(
             "lora-gate: rejected: {} fell from {baseline:.6} to {score:.6} (threshold {}){}; nothing written",
             line["metric"].as_str().unwrap_or(""),

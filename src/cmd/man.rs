@@ -108,7 +108,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (name, bytes) in pages()? {
         let path: PathBuf = Path::new(&args.out).join(&name);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        let mut f = mnemo::checkpoint::AtomicFile::create(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(&bytes)?;
+        f.commit()?;
         g.say(format!("wrote {}", path.display()));
     }
     Ok(Status::Success)

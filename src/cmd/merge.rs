@@ -79,7 +79,7 @@ pub struct Args {
     #[arg(long, value_name = "CKPT")]
     pub base: Option<PathBuf>,
     /// One weight per input, comma-separated (default: all 1).
-    #[arg(long, value_delimiter = ',', value_name = "W,...")]
+    #[arg(long, value_delimiter = ',', value_name = "W,...", value_parser = mnemo::validate::finite)]
     pub weights: Vec<f64>,
     /// Divide by the sum of the weights (linear, task-arithmetic, fisher, dare, breadcrumbs;
     /// ties normalises by default).
@@ -89,29 +89,29 @@ pub struct Args {
     #[arg(long)]
     pub no_normalize: bool,
     /// linear with two inputs: weights a, 1 − a.
-    #[arg(long, value_name = "A", conflicts_with = "weights")]
+    #[arg(long, value_name = "A", conflicts_with = "weights", value_parser = mnemo::validate::finite)]
     pub alpha: Option<f64>,
     /// ema: weight D of the target.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = mnemo::validate::unit_closed)]
     pub decay: Option<f64>,
     /// fisher: one Fisher file per input, in the same order.
     #[arg(long, num_args = 1.., value_name = "FISHER")]
     pub fisher: Vec<PathBuf>,
     /// fisher: added to the denominator.
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = 1e-8, value_parser = mnemo::validate::non_negative)]
     pub eps: f64,
     /// fisher: floor on every Fisher value (1e-6 makes entries where all F are 0 the
     /// weighted average instead of 0).
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", value_parser = mnemo::validate::non_negative)]
     pub floor: Option<f64>,
     /// Scale λ of the merged task vector.
-    #[arg(long, default_value_t = 1.0, value_name = "L")]
+    #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::finite)]
     pub lambda: f64,
     /// ties, dare, breadcrumbs: the fraction of each task vector kept.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = mnemo::validate::unit_closed)]
     pub density: Option<f64>,
     /// breadcrumbs: the fraction of largest magnitudes dropped.
-    #[arg(long, default_value_t = 0.01, value_name = "G")]
+    #[arg(long, default_value_t = 0.01, value_name = "G", value_parser = mnemo::validate::unit_half_open)]
     pub gamma: f64,
     /// dare, breadcrumbs: elect signs as TIES does.
     #[arg(long)]
@@ -123,7 +123,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// slerp: interpolation position.
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = mnemo::validate::finite)]
     pub t: Option<f64>,
     /// Let NaN/Inf through with IEEE semantics instead of refusing them.
     #[arg(long)]
@@ -507,6 +507,24 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let inputs: Vec<Checkpoint> = args.inputs.iter().map(open).collect::<Result<_, _>>()?;
     let base = args.base.as_ref().map(open).transpose()?;
     let fishers: Vec<Checkpoint> = args.fisher.iter().map(open).collect::<Result<_, _>>()?;
+    let mut d = mnemo::fsutil::Destinations::new();
+    for (label, c) in inputs
+        .iter()
+        .map(|c| ("the input", c))
+        .chain(base.as_ref().map(|c| ("--base", c)))
+        .chain(fishers.iter().map(|c| ("--fisher", c)))
+    {
+        d.input(label, &c.path);
+        for f in &c.files {
+            d.input(label, &f.path);
+        }
+    }
+    if args.shard_size.is_some() {
+        d.output_folder("-o", &args.output);
+    } else {
+        d.output("-o", &args.output);
+    }
+    d.check()?;
     let mut prov = Provenance::from_args(&super::argv());
     for c in inputs.iter().chain(base.as_ref()).chain(&fishers) {
         prov.input(c.path.display().to_string(), c.content_hash()?);

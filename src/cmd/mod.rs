@@ -92,7 +92,7 @@ impl Global {
     /// A human message on stderr unless -q.
     pub fn say(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("{msg}");
+            warn(msg);
         }
     }
 }
@@ -106,49 +106,110 @@ pub enum Status {
     Negative,
 }
 
-/// JSON Lines, one object per line, flushed per line so pipes see records as they come:
-/// on stdout, into a file, or nowhere.
+/// JSON Lines, one object per line: on stdout (flushed per line, so pipes see records as
+/// they come), into a file (through the atomic writer: it appears at `finish`), or nowhere.
+///
+/// A closed stdout (`| head -1`) ends the lines, not the command: `stdout()` drops the
+/// remaining lines and the command goes on to write its files and return its exit status
+/// (a training run keeps its result). Filters whose only product is the stream
+/// (`drift`) use `stdout_filter()`, which stops at a closed stdout (exit 0, quietly).
 pub struct JsonLines {
-    out: Box<dyn Write>,
+    out: Out,
     what: String,
+    /// A closed stdout stops the writing, not the command.
+    tolerate_closed: bool,
+    closed: bool,
+}
+
+enum Out {
+    Stream(Box<dyn Write>),
+    File(Option<mnemo::checkpoint::AtomicFile>),
 }
 
 impl JsonLines {
     pub fn stdout() -> Self {
         JsonLines {
-            out: Box::new(std::io::BufWriter::new(std::io::stdout())),
+            out: Out::Stream(Box::new(std::io::BufWriter::new(std::io::stdout()))),
             what: "stdout".into(),
+            tolerate_closed: true,
+            closed: false,
         }
     }
 
-    /// A log file, created (or truncated) now.
+    /// Stdout for a filter: a closed stdout is an error (a broken pipe, which ends the
+    /// command quietly with exit 0).
+    pub fn stdout_filter() -> Self {
+        JsonLines {
+            tolerate_closed: false,
+            ..Self::stdout()
+        }
+    }
+
+    /// A log file, written through the atomic writer: it appears (or replaces the old one)
+    /// at `finish`.
     pub fn file(path: &std::path::Path) -> anyhow::Result<Self> {
-        let f =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let f = mnemo::checkpoint::AtomicFile::create(path)
+            .with_context(|| format!("creating {}", path.display()))?;
         Ok(JsonLines {
-            out: Box::new(std::io::BufWriter::new(f)),
+            out: Out::File(Some(f)),
             what: path.display().to_string(),
+            tolerate_closed: false,
+            closed: false,
         })
     }
 
     /// Discards everything.
     pub fn sink() -> Self {
         JsonLines {
-            out: Box::new(std::io::sink()),
+            out: Out::Stream(Box::new(std::io::sink())),
             what: "nothing".into(),
+            tolerate_closed: false,
+            closed: false,
         }
     }
 
     pub fn emit(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         let what = &self.what;
-        serde_json::to_writer(&mut self.out, value)
-            .with_context(|| format!("writing to {what}"))?;
-        self.out
-            .write_all(b"\n")
-            .with_context(|| format!("writing to {what}"))?;
-        self.out
-            .flush()
-            .with_context(|| format!("writing to {what}"))?;
+        let mut line = serde_json::to_vec(value).with_context(|| format!("writing to {what}"))?;
+        line.push(b'\n');
+        match &mut self.out {
+            Out::Stream(w) => {
+                let r = w.write_all(&line).and_then(|_| w.flush());
+                match r {
+                    Err(e)
+                        if self.tolerate_closed && e.kind() == std::io::ErrorKind::BrokenPipe =>
+                    {
+                        self.closed = true;
+                        Ok(())
+                    }
+                    r => r.with_context(|| format!("writing to {what}")),
+                }
+            }
+            Out::File(f) => match f {
+                Some(f) => Ok(f.write_all(&line)?),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Publishes a log file (see `file`); nothing for stdout and sinks.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        if let Out::File(f) = &mut self.out {
+            if let Some(f) = f.take() {
+                f.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs a log file without publishing it.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        if let Out::File(Some(f)) = &mut self.out {
+            f.sync()?;
+        }
         Ok(())
     }
 
@@ -176,6 +237,43 @@ impl JsonLines {
     }
 }
 
+/// An error that names none of `files` (a shape mismatch deep in a forward pass: "layer 0
+/// (linear): input shape [64, 21] ...") gets them as context, so the message says which
+/// model and which data did not fit.
+pub fn name_files<P: AsRef<std::path::Path>>(e: anyhow::Error, files: &[P]) -> anyhow::Error {
+    // Only errors of the computation itself: every other error names its own file.
+    let computing = e.chain().any(|c| {
+        c.downcast_ref::<candle_core::Error>().is_some()
+            || matches!(
+                c.downcast_ref::<mnemo::MnemoError>(),
+                Some(mnemo::MnemoError::Compute { .. })
+            )
+    });
+    if !computing {
+        return e;
+    }
+    let text = format!("{e:#}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.as_ref().display().to_string())
+        .collect();
+    if names.iter().any(|n| text.contains(n.as_str())) {
+        return e;
+    }
+    e.context(names.join(" with "))
+}
+
+/// A line on stderr that cannot panic: a full or closed stderr (`2>/dev/full`) loses the
+/// message, nothing else.
+pub fn warn(msg: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// Text on stderr as it is (no newline added), losing it rather than panicking.
+pub fn warn_raw(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// Plain text on stdout (tables), with write errors (a closed pipe) reported, not panicking.
 pub fn print_text(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -201,7 +299,10 @@ impl HelpExtra {
     pub fn render(&self) -> String {
         let mut s = String::from("Examples:\n");
         for (what, cmd) in self.examples {
-            s.push_str(&format!("  # {what}\n  {cmd}\n\n"));
+            s.push_str(&format!(
+                "  # {what}\n{}\n\n",
+                wrap_command(cmd, EXAMPLE_WIDTH)
+            ));
         }
         s.push_str("Exit status:\n");
         for (code, what) in self.exit_status {
@@ -209,6 +310,56 @@ impl HelpExtra {
         }
         s
     }
+}
+
+/// The widest line of an example (help is wrapped at 100 columns: an example longer than
+/// that would be broken mid-word by clap and no longer paste).
+pub const EXAMPLE_WIDTH: usize = 96;
+
+/// A shell command indented by two spaces and broken at spaces outside quotes with ` \`
+/// continuations (indented four), so no line is wider than `width` and a pasted example
+/// still runs. A word longer than the width stays whole.
+pub fn wrap_command(cmd: &str, width: usize) -> String {
+    // Words: split at spaces outside single or double quotes.
+    let mut words: Vec<String> = Vec::new();
+    let (mut cur, mut quote) = (String::new(), None::<char>);
+    for c in cmd.chars() {
+        match (c, quote) {
+            (' ', None) => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            ('\'' | '"', None) => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            (c, Some(q)) if c == q => {
+                quote = None;
+                cur.push(c);
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut lines: Vec<String> = vec![String::from("  ")];
+    for w in words {
+        let line = lines.last_mut().expect("a line");
+        let fresh = line.trim().is_empty();
+        // Room for " " + word + " \\".
+        if !fresh && line.len() + 1 + w.len() + 2 > width {
+            line.push_str(" \\");
+            lines.push(format!("    {w}"));
+        } else {
+            if !fresh {
+                line.push(' ');
+            }
+            line.push_str(&w);
+        }
+    }
+    lines.join("\n")
 }
 
 /// Each subcommand's examples and exit codes, shared by `--help` and the man pages.

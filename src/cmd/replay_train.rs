@@ -4,6 +4,7 @@
 use super::engine::{ewc_penalty, fit, EngineArgs, Fit};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
 use mnemo::data::Dataset;
+use mnemo::fsutil::Destinations;
 use mnemo::model::Model;
 use mnemo::provenance::Provenance;
 use mnemo::replay::{Policy, ReservoirBuffer};
@@ -40,10 +41,10 @@ pub struct Args {
     pub output: PathBuf,
     /// Examples the buffer keeps [default: 10000 for a new buffer; an existing buffer keeps
     /// its own, and another value is refused].
-    #[arg(long, value_name = "C")]
+    #[arg(long, value_name = "C", value_parser = mnemo::validate::count)]
     pub capacity: Option<usize>,
     /// Weight r of the replay loss, in [0, 1].
-    #[arg(long, value_name = "R", default_value_t = 0.5)]
+    #[arg(long, value_name = "R", default_value_t = 0.5, value_parser = mnemo::validate::unit_closed)]
     pub replay_ratio: f64,
     /// What a full buffer keeps: reservoir (a uniform sample of the stream) or class-balanced
     /// (equal quotas per class, CBRS) [default: reservoir for a new buffer; an existing buffer
@@ -52,13 +53,13 @@ pub struct Args {
     pub policy: Option<String>,
     /// Dark experience replay: add W·MSE between the logits of replayed examples and the
     /// logits stored when they entered the buffer (the buffer then stores logits).
-    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    #[arg(long, value_name = "W", default_value_t = 0.0, value_parser = mnemo::validate::non_negative)]
     pub distill: f64,
     /// FISHER:ANCHOR — an EWC penalty (repeatable), as in train-ewc.
     #[arg(long, value_name = "FISHER:ANCHOR")]
     pub penalty: Vec<String>,
     /// Strength λ of the EWC penalties.
-    #[arg(long, default_value_t = 1.0, value_name = "L")]
+    #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
     /// Architecture, for checkpoints without `mnemo.arch` metadata.
     #[arg(long, value_name = "SPEC")]
@@ -80,6 +81,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     if args.capacity == Some(0) {
         anyhow::bail!("--capacity must be at least 1");
     }
+    let mut d = Destinations::new();
+    d.input("the model", &args.model)
+        .input("--data", &args.data);
+    super::engine::penalty_inputs(&mut d, &args.penalty);
+    super::engine::destinations(&mut d, &args.engine);
+    d.in_place("--buffer", &args.buffer);
+    d.output("-o", &args.output).check()?;
+    // Two runs on one buffer take turns: the second reads the first one's buffer.
+    let _lock = mnemo::fsutil::lock_in_place(&args.buffer)?;
     let device = g.device()?;
     let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
@@ -150,6 +160,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         },
         &args.engine,
         g,
-    )?;
+    )
+    .map_err(|e| super::name_files(e, &[&args.model, &args.data]))?;
     Ok(Status::Success)
 }

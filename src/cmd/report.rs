@@ -116,6 +116,13 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
     if args.output.is_none() && !args.markdown {
         anyhow::bail!("nothing to do: give -o FILE.png|FILE.svg and/or --markdown");
     }
+    if let Some(o) = &args.output {
+        let mut d = mnemo::fsutil::Destinations::new();
+        for f in &args.files {
+            d.input("the input", f);
+        }
+        d.output("-o", o).check()?;
+    }
     let mut texts = Vec::new();
     for f in &args.files {
         texts.push((f.clone(), read(f)?));

@@ -4,6 +4,7 @@
 use super::engine::{ewc_penalty, fit, EngineArgs, Fit};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
 use mnemo::data::Dataset;
+use mnemo::fsutil::Destinations;
 use mnemo::model::Model;
 use mnemo::provenance::Provenance;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ pub struct Args {
     #[arg(long, value_name = "FISHER:ANCHOR")]
     pub penalty: Vec<String>,
     /// Strength λ of the penalties.
-    #[arg(long, default_value_t = 1.0, value_name = "L")]
+    #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
     /// Architecture, for checkpoints without `mnemo.arch` metadata.
     #[arg(long, value_name = "SPEC")]
@@ -45,6 +46,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
+    let mut d = Destinations::new();
+    d.input("the model", &args.model)
+        .input("--data", &args.data);
+    super::engine::penalty_inputs(&mut d, &args.penalty);
+    super::engine::destinations(&mut d, &args.engine);
+    d.output("-o", &args.output).check()?;
     let device = g.device()?;
     let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref())?;
@@ -71,6 +78,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         },
         &args.engine,
         g,
-    )?;
+    )
+    .map_err(|e| super::name_files(e, &[&args.model, &args.data]))?;
     Ok(Status::Success)
 }

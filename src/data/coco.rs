@@ -96,7 +96,7 @@ pub fn import_coco(json: &Path, images_dir: &Path, opts: &CocoOptions) -> Result
             ));
         }
     }
-    let bytes = std::fs::read(json).map_err(|e| MnemoError::io(json, e))?;
+    let bytes = crate::fsutil::read(json)?;
     // serde_json's messages carry the line and column.
     let file: CocoFile = serde_json::from_slice(&bytes)
         .map_err(|e| bad(json, format!("not a COCO instances file: {e}")))?;

@@ -295,7 +295,7 @@ type Loaded = (Vec<u8>, (usize, usize));
 /// Decodes, converts and resizes one image file (as `data import folder` does, for the
 /// other importers too).
 pub(crate) fn load(path: &Path, opts: &FolderOptions) -> Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    let bytes = crate::fsutil::read(path)?;
     let img = ::image::load_from_memory(&bytes)
         .map_err(|e| bad(path, format!("cannot decode the image: {e}")))?;
     let c = if opts.grayscale { 1 } else { 3 };
@@ -351,9 +351,20 @@ pub fn import_folder(dir: &Path, opts: &FolderOptions) -> Result<FolderImport> {
         classes.push(name.to_string_lossy().into_owned());
         files.extend(found.into_iter().map(|f| (f, id as i64)));
     }
+    let c = if opts.grayscale { 1 } else { 3 };
+    if let Some((h, w)) = opts.size {
+        // Every resized image is held at once: refuse what cannot be, before decoding.
+        crate::validate::alloc_bytes(
+            &format!("{}: {} images of {c}×{h}×{w}", dir.display(), files.len()),
+            (files.len() as u64)
+                .saturating_mul((c * h) as u64)
+                .saturating_mul(w as u64),
+            // Twice: the decoded images and the dataset they are copied into.
+            2,
+        )?;
+    }
     // Decoded in parallel; errors reported for the first failing file in order.
     let loaded: Vec<Result<Loaded>> = files.par_iter().map(|(f, _)| load(f, opts)).collect();
-    let c = if opts.grayscale { 1 } else { 3 };
     let mut input = Vec::new();
     let mut shape: Option<(usize, usize, &Path)> = None;
     for (r, (f, _)) in loaded.into_iter().zip(&files) {

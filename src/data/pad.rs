@@ -19,7 +19,7 @@ pub fn pad(d: &RawDataset, p: usize, plane: Option<(usize, usize)>) -> Result<Ra
     let out_row = planes * ph * pw * sz;
     let bytes = n
         .checked_mul(out_row)
-        .filter(|&b| b <= isize::MAX as usize)
+        .filter(|&b| b as u64 <= crate::validate::max_alloc_bytes())
         .ok_or_else(|| MnemoError::InvalidDataset {
             path: d.path.clone(),
             reason: format!("padding by {p} makes the dataset too large"),

@@ -275,18 +275,35 @@ impl U8Dataset {
 
 /// Reads a whole file, gunzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    let raw = crate::fsutil::read(path)?;
     gunzip_if_gz(path, raw)
 }
 
 /// `raw` itself, or its gunzipped content when it starts with the gzip magic; `path`
 /// names it in errors.
+/// Only as much is decompressed as the IDX header claims (plus one byte, so that more data
+/// than claimed is still seen): a small file claiming 1 byte is refused after reading a few
+/// bytes, not after inflating gigabytes, and a claim beyond this machine's memory is refused
+/// before any allocation.
 fn gunzip_if_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
+        let io = |e| MnemoError::io(path, e);
+        let mut dec = flate2::read::MultiGzDecoder::new(raw.as_slice());
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| MnemoError::io(path, e))?;
+        (&mut dec).take(4).read_to_end(&mut out).map_err(io)?;
+        if out.len() == 4 {
+            let d = out[3] as u64;
+            (&mut dec).take(4 * d).read_to_end(&mut out).map_err(io)?;
+            if out.len() as u64 == 4 + 4 * d {
+                let mut n: u64 = 1;
+                for i in 0..d as usize {
+                    let x = u32::from_be_bytes(out[4 + 4 * i..8 + 4 * i].try_into().expect("4"));
+                    n = n.saturating_mul(x as u64);
+                }
+                crate::validate::alloc_bytes(&format!("{}: IDX data", path.display()), n, 1)?;
+                (&mut dec).take(n + 1).read_to_end(&mut out).map_err(io)?;
+            }
+        }
         return Ok(out);
     }
     Ok(raw)
@@ -415,7 +432,7 @@ pub struct Npy {
 
 /// Reads a NumPy `.npy` file (see [`parse_npy`]).
 pub fn read_npy(path: &Path) -> Result<Npy> {
-    let b = std::fs::read(path).map_err(|e| MnemoError::io(path, e))?;
+    let b = crate::fsutil::read(path)?;
     if b.starts_with(b"PK\x03\x04") {
         return Err(bad(
             path,
@@ -527,7 +544,7 @@ pub fn npy_dataset(x: &Path, x_bytes: &[u8], y: &Path, y_bytes: &[u8]) -> Result
 /// those named `x` and `y`; else, when the archive holds just two arrays and neither is named
 /// `x` or `y`, the first (X) and the second (Y) in archive order.
 pub fn import_npz(path: &Path, x_name: Option<&str>, y_name: Option<&str>) -> Result<RawDataset> {
-    let file = std::fs::File::open(path).map_err(|e| MnemoError::io(path, e))?;
+    let file = crate::fsutil::open_file(path)?;
     npz_dataset(path, std::io::BufReader::new(file), x_name, y_name)
 }
 

@@ -352,6 +352,12 @@ pub fn generate(n: usize, size: usize, seed: u64, task: Task, labels: usize) -> 
     if n == 0 {
         return Err(bad("-n 0: a dataset needs one or more examples".into()));
     }
+    // Images and targets are held at once: refuse what this machine cannot hold.
+    crate::validate::alloc_bytes(
+        &format!("{n} shapes images of 3×{size}×{size}"),
+        (n as u64).saturating_mul(4 * (size * size) as u64 + labels as u64),
+        1,
+    )?;
     if labels < KINDS.len() {
         return Err(bad(format!(
             "--labels {labels}: there are {} shape kinds",

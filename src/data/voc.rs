@@ -101,7 +101,7 @@ pub fn resize_nearest(px: &[u8], (h, w): (usize, usize), (oh, ow): (usize, usize
 
 /// A mask's pixel values (palette indices or grey levels), `(h, w, values)`.
 pub fn read_mask(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let file = std::fs::File::open(path).map_err(|e| MnemoError::io(path, e))?;
+    let file = crate::fsutil::open_file(path)?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     // No expansion: the raw indices, not the palette's colours.
     dec.set_transformations(png::Transformations::IDENTITY);
@@ -240,7 +240,7 @@ pub fn import_voc(root: &Path, opts: &VocOptions) -> Result<VocImport> {
         }
     }
     let list = list_file(root, &opts.split)?;
-    let text = std::fs::read_to_string(&list).map_err(|e| MnemoError::io(&list, e))?;
+    let text = crate::fsutil::read_to_string(&list)?;
     let ids: Vec<&str> = text
         .lines()
         .map(str::trim)

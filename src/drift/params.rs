@@ -153,6 +153,9 @@ impl DetectorParams {
     }
 }
 
+/// The largest window or bucket count a detector accepts (2^24 values).
+pub const MAX_SIZE: usize = 1 << 24;
+
 /// Reads typed parameter values: the override if given, else the default in
 /// the detector's [`DetectorSpec`].
 pub(crate) struct Reader<'a> {
@@ -173,10 +176,14 @@ impl Reader<'_> {
         invalid(self.spec.name, name, reason)
     }
 
+    /// A finite number (NaN and ±inf are refused for every parameter).
     pub(crate) fn f64(&self, name: &str) -> Result<f64> {
         let v = self.raw(name);
-        v.parse::<f64>()
-            .map_err(|_| self.err(name, format!("'{v}' is not a number")))
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(x),
+            Ok(_) => Err(self.err(name, format!("'{v}' is not a finite number"))),
+            Err(_) => Err(self.err(name, format!("'{v}' is not a number"))),
+        }
     }
 
     pub(crate) fn u64(&self, name: &str) -> Result<u64> {
@@ -185,10 +192,17 @@ impl Reader<'_> {
             .map_err(|_| self.err(name, format!("'{v}' is not a non-negative integer")))
     }
 
+    /// A size (a window, a bucket count): detectors allocate by it, so it is bounded by
+    /// [`MAX_SIZE`].
     pub(crate) fn usize(&self, name: &str) -> Result<usize> {
         let v = self.raw(name);
-        v.parse::<usize>()
-            .map_err(|_| self.err(name, format!("'{v}' is not a non-negative integer")))
+        let n = v
+            .parse::<usize>()
+            .map_err(|_| self.err(name, format!("'{v}' is not a non-negative integer")))?;
+        if n > MAX_SIZE {
+            return Err(self.err(name, format!("{n} exceeds the limit of {MAX_SIZE}")));
+        }
+        Ok(n)
     }
 
     pub(crate) fn opt_usize(&self, name: &str) -> Result<Option<usize>> {

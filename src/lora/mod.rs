@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod attach;
+pub mod peft_check;
 
 /// PEFT's key prefix for a model wrapped by `get_peft_model`.
 pub const KEY_PREFIX: &str = "base_model.model.";
@@ -70,6 +71,8 @@ impl LoraConfig {
         };
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        peft_check::check_fields(path, &v)?;
+        peft_check::targets(path, &v)?;
         if v.get("peft_type").and_then(|t| t.as_str()) != Some("LORA") {
             return Err(bad("'peft_type' is not \"LORA\"".into()));
         }
@@ -303,7 +306,7 @@ impl Adapter {
     /// Reads an adapter folder written by PEFT's `save_pretrained` or by mnemo.
     pub fn read_dir(dir: &Path) -> Result<Adapter> {
         let cfg_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| MnemoError::io(&cfg_path, e))?;
+        let text = crate::fsutil::read_to_string(&cfg_path)?;
         let config = LoraConfig::from_peft_json(&cfg_path, &text)?;
         let wpath = dir.join(WEIGHTS_FILE);
         let ckpt = Checkpoint::open(&wpath)?;

@@ -130,6 +130,10 @@ const NOT_LABELS: &[&str] = &[
 
 /// Reads records with `stage`, `task` and `metric` fields from JSON Lines text; lines
 /// without them (summaries, epoch events) are skipped. Errors name the file and line.
+/// The largest stage and task number accepted in a record: a matrix has (stages + 1) ×
+/// tasks cells, so a 42-byte record claiming task 10^6 would otherwise ask for terabytes.
+pub const MAX_TASKS: u64 = 1000;
+
 pub fn parse_records(text: &str, path: &Path, metric: &str) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -149,15 +153,19 @@ pub fn parse_records(text: &str, path: &Path, metric: &str) -> Result<Vec<Record
         let (Some(stage), Some(task)) = (obj.get("stage"), obj.get("task")) else {
             continue;
         };
-        let stage = stage
-            .as_u64()
-            .ok_or_else(|| bad(format!("'stage' = {stage} is not a non-negative integer")))?
-            as usize;
+        let stage = stage.as_u64().filter(|&s| s <= MAX_TASKS).ok_or_else(|| {
+            bad(format!(
+                "'stage' = {stage} is not an integer in [0, {MAX_TASKS}]"
+            ))
+        })? as usize;
         let task = task
             .as_u64()
-            .filter(|&t| t >= 1)
-            .ok_or_else(|| bad(format!("'task' = {task} is not a positive integer")))?
-            as usize;
+            .filter(|&t| (1..=MAX_TASKS).contains(&t))
+            .ok_or_else(|| {
+                bad(format!(
+                    "'task' = {task} is not an integer in [1, {MAX_TASKS}]"
+                ))
+            })? as usize;
         // `metric` may list several fields, `miou,map,accuracy`: each record contributes the
         // first it has, so tasks of different kinds (masks, multi-hot rows, classes) share one
         // matrix, each scored by its own metric.

@@ -436,11 +436,20 @@ impl ReservoirBuffer {
 
     /// Writes the buffer atomically, with `extra` metadata (provenance).
     pub fn write(&self, path: &Path, extra: &BTreeMap<String, String>) -> Result<()> {
+        self.prepare(path, extra)?.commit()
+    }
+
+    /// [`Self::write`] into its temporary file, not yet in place (commit it).
+    pub fn prepare(
+        &self,
+        path: &Path,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<crate::checkpoint::AtomicFile> {
         let (tensors, mut meta) = self.to_parts("");
         for (k, v) in extra {
             meta.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        crate::checkpoint::write_checkpoint(path, tensors, &meta)
+        crate::checkpoint::prepare_checkpoint(path, tensors, &meta)
     }
 
     /// Reads a buffer file.

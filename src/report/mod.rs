@@ -153,7 +153,7 @@ where
     let ys: Vec<f64> = panels
         .iter()
         .flat_map(|p| p.curves.iter().flat_map(|c| c.points.iter().map(|q| q.1)))
-        .filter(|y| y.is_finite())
+        .filter(|&y| plottable(y))
         .collect();
     let (ymin, ymax) = ys
         .iter()
@@ -171,6 +171,7 @@ where
             .curves
             .iter()
             .flat_map(|c| c.points.iter().map(|q| q.0))
+            .filter(|&x| plottable(x))
             .collect();
         let xmin = xs.iter().copied().fold(f64::INFINITY, f64::min);
         let xmax = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -212,7 +213,7 @@ where
                 .points
                 .iter()
                 .copied()
-                .filter(|p| p.1.is_finite())
+                .filter(|p| plottable(p.0) && plottable(p.1))
                 .collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
@@ -252,6 +253,13 @@ impl Figure for PanelsFigure<'_> {
     {
         draw_panels(root, self.0, self.1, path)
     }
+}
+
+/// The values an axis is fitted to: finite and within ±10^15 (points beyond are drawn
+/// outside the plot area, clipped), so ±1e308 neither overflows the range nor makes the
+/// tick search run for ever.
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= 1e15
 }
 
 /// Line plots, one panel per entry of `panels`, in a grid.

@@ -5,6 +5,7 @@
 //! that lets a killed run resume to the same bytes.
 
 pub mod dense;
+pub mod finite;
 pub mod fisher;
 pub mod lwf;
 pub mod optim;
@@ -530,6 +531,7 @@ pub fn train(
                 first,
             )?;
             let (loss_sum, pen, grad_norm) = (u.loss_sum, u.penalty, u.grad_norm);
+            finite::check_update(opt.step, loss_sum + pen + u.replay_sum, &host)?;
             first = false;
             p.step = opt.step;
             p.batch += group.len();

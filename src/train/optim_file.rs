@@ -7,7 +7,7 @@
 //! and the optimizer's kind are in the metadata.
 
 use super::{Optimizer, OptimizerKind};
-use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
+use crate::checkpoint::{Checkpoint, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use crate::model::Model;
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +50,16 @@ pub fn save(
     model: &Model,
     provenance: &BTreeMap<String, String>,
 ) -> Result<()> {
+    prepare(path, opt, model, provenance)?.commit()
+}
+
+/// [`save`] into its temporary file, not yet in place (commit it).
+pub fn prepare(
+    path: &Path,
+    opt: &Optimizer,
+    model: &Model,
+    provenance: &BTreeMap<String, String>,
+) -> Result<crate::checkpoint::AtomicFile> {
     let kind = &opt.config.as_ref().expect("configured").kind;
     let (pm, pv) = prefixes(kind);
     let mut tensors = Vec::new();
@@ -66,7 +76,7 @@ pub fn save(
     meta.insert("mnemo.kind".into(), KIND.into());
     meta.insert(OPTIMIZER_KEY.into(), kind_name(kind).into());
     meta.insert(STEP_KEY.into(), (opt.carried_steps + opt.step).to_string());
-    write_checkpoint(path, tensors, &meta)
+    crate::checkpoint::prepare_checkpoint(path, tensors, &meta)
 }
 
 /// Loads moments saved by [`save`] into a fresh `opt` for `model`. The file must hold a

@@ -1,0 +1,68 @@
+//! The divergence check of the training loop: after every update, the loss and every
+//! trainable weight must be finite; otherwise the run stops with an error naming the step
+//! and the tensor (and the element), before anything (state file, output) is written from
+//! those weights.
+
+use crate::{MnemoError, Result};
+use std::collections::BTreeMap;
+
+/// Fails when the loss of update `step` or any weight in `host` is NaN or infinite.
+pub fn check_update(step: u64, loss: f64, host: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+    if !loss.is_finite() {
+        return Err(MnemoError::Diverged {
+            at: format!("at step {step}"),
+            what: "the loss".into(),
+            value: format!("{loss}"),
+        });
+    }
+    for (name, w) in host {
+        if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(MnemoError::Diverged {
+                at: format!("at step {step}"),
+                what: format!("tensor '{name}' element {i}"),
+                value: format!("{v}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Fails when any tensor to be written holds NaN or ±inf (batchnorm statistics included),
+/// naming it: the last guard before a training command writes its output.
+pub fn check_tensors(tensors: &[crate::checkpoint::OwnedTensor]) -> Result<()> {
+    for t in tensors {
+        if !matches!(t.dtype, crate::checkpoint::Dtype::F32) {
+            continue;
+        }
+        for (i, c) in t.data.chunks_exact(4).enumerate() {
+            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            if !v.is_finite() {
+                return Err(MnemoError::Diverged {
+                    at: "by the end of the run".into(),
+                    what: format!("tensor '{}' element {i}", t.name),
+                    value: format!("{v}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_step_and_tensor() {
+        let mut h = BTreeMap::new();
+        h.insert("0.weight".to_string(), vec![1.0, f32::NAN]);
+        let e = check_update(7, 0.5, &h).unwrap_err().to_string();
+        assert!(
+            e.contains("step 7") && e.contains("'0.weight' element 1"),
+            "{e}"
+        );
+        assert!(check_update(1, f64::INFINITY, &BTreeMap::new()).is_err());
+        h.insert("0.weight".to_string(), vec![1.0]);
+        check_update(1, 0.5, &h).unwrap();
+    }
+}
