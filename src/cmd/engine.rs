@@ -180,10 +180,10 @@ pub struct EngineArgs {
     #[arg(long, value_name = "SPEC", requires = "distill_from")]
     pub distill_arch: Option<String>,
     /// Softmax temperature T of --distill-from.
-    #[arg(long, value_name = "T", default_value_t = 2.0)]
+    #[arg(long, value_name = "T", default_value_t = 2.0, value_parser = mnemo::validate::positive)]
     pub distill_temperature: f64,
     /// Weight α of --distill-from's term.
-    #[arg(long, value_name = "ALPHA", default_value_t = 1.0)]
+    #[arg(long, value_name = "ALPHA", default_value_t = 1.0, value_parser = mnemo::validate::non_negative)]
     pub distill_weight: f64,
     /// Distil only these outputs of --distill-from (the classes the old model knew, as
     /// Avalanche distils its previously active units), e.g. 0,1,2,3; default: all.
