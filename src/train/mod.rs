@@ -252,6 +252,8 @@ struct UpdateOut {
     loss_sum: f64,
     /// The strategies' penalty terms.
     penalty: f64,
+    /// The strategies' terms at the new batches' logits (LwF's distillation).
+    extra: f64,
     /// Global gradient norm before clipping.
     grad_norm: f64,
 }
@@ -287,6 +289,7 @@ fn update(
     strategies.iter_mut().for_each(|s| s.begin_update(&ctx));
     let keep_logits = strategies.iter().any(|s| s.wants_logits());
     let mut loss_sum = 0.0;
+    let mut extra = 0.0;
     let mut captured = Vec::with_capacity(group.len());
     let is_dense = dense.is_some();
     {
@@ -319,6 +322,7 @@ fn update(
                 keep_logits,
             )?;
             loss_sum += b.loss;
+            extra += b.extra;
             for s in strategies.iter_mut() {
                 s.after_batch(&ctx, &mut pass, &b)?;
             }
@@ -382,6 +386,7 @@ fn update(
     Ok(UpdateOut {
         loss_sum,
         penalty: pen,
+        extra,
         grad_norm: norm,
     })
 }
@@ -531,7 +536,7 @@ pub fn train(
                 first,
             )?;
             let (loss_sum, pen, grad_norm) = (u.loss_sum, u.penalty, u.grad_norm);
-            finite::check_update(opt.step, loss_sum + pen + u.replay_sum, &host)?;
+            finite::check_update(opt.step, loss_sum + pen + u.extra, &host)?;
             first = false;
             p.step = opt.step;
             p.batch += group.len();
