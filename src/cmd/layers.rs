@@ -220,7 +220,7 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::fsutil::read_to_string(path)?;
+        let text = mnemo::fsutil::read_to_string(path)?;
         Self::parse(path, &text)
     }
 

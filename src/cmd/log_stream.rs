@@ -148,7 +148,7 @@ impl<B: Backend> Guard<'_, B> {
                     b.abort();
                     return Err(e);
                 }
-                super::warn(format!(
+                crate::cmd::warn(format!(
                     "mnemo: {}: {e:#}; logging stopped, the stream still passes through",
                     self.what
                 ));
@@ -181,7 +181,7 @@ impl Stream<'_> {
             Ok(b) => g.backend = Some(b),
             Err(e) if !tee => return Err(e),
             Err(e) => {
-                super::warn(format!(
+                crate::cmd::warn(format!(
                     "mnemo: {}: {e:#}; logging stopped, the stream still passes through",
                     self.what
                 ));
@@ -246,7 +246,7 @@ impl Stream<'_> {
                                 return Err(e.into());
                             }
                             if invalid.is_none() {
-                                super::warn(format!(
+                                crate::cmd::warn(format!(
                                     "mnemo: {}: {e}; the run will end {}",
                                     self.what,
                                     RunStatus::Failed.as_str()
