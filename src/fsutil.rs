@@ -220,8 +220,17 @@ impl Destinations {
         let dir = dir.as_ref();
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
-            // Not a folder yet (or a file): the folder itself is what is created.
-            _ => {
+            // Something that is not a folder (a file, /dev/null): refused by `check` (as the
+            // file it is first, so that an input there is named as such).
+            Ok(_) => {
+                self.entries
+                    .push((label.clone(), dir.to_path_buf(), Role::Output));
+                self.entries
+                    .push((label.clone(), dir.to_path_buf(), Role::OutputFolder));
+                return self;
+            }
+            // Not a folder yet: the folder itself is what is created.
+            Err(_) => {
                 self.entries
                     .push((label.clone(), dir.to_path_buf(), Role::Output));
                 return self;
@@ -249,6 +258,14 @@ impl Destinations {
             }
             if *role == Role::Input || path.as_os_str() == "-" {
                 continue;
+            }
+            // A folder output must be a folder or not exist yet: checked before any work,
+            // not when the first file is written into it.
+            if *role == Role::OutputFolder && std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
+                return Err(err(
+                    path,
+                    format!("{label} names a file, not a folder; nothing was written"),
+                ));
             }
             let id = &ids[i];
             if !id.regular_or_new {

@@ -2654,3 +2654,67 @@ fn every_detector_parameter_survives_hostile_values() {
     }
     assert!(tried > 200, "only {tried} runs");
 }
+
+#[test]
+fn a_folder_output_that_is_not_a_folder_is_refused_before_any_work() {
+    // lora-gate's adapter folder and a sharded merge's folder: a file or a device there is
+    // refused when the destinations are checked, before training or merging.
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    std::fs::write(p.join("afile"), b"keep me").unwrap();
+    for out in ["afile", "/dev/null"] {
+        refused(
+            p,
+            &[
+                "lora-gate",
+                "mlp.safetensors",
+                "--arch",
+                ARCH,
+                "--data",
+                "mlp_data.safetensors",
+                "--val",
+                "mlp_data.safetensors",
+                "--targets",
+                "0",
+                "-o",
+                out,
+            ],
+            &["not a folder"],
+        );
+        refused(
+            p,
+            &[
+                "merge",
+                "linear",
+                "mlp.safetensors",
+                "mlp.safetensors",
+                "--shard-size",
+                "1KB",
+                "-o",
+                out,
+            ],
+            &["not a folder"],
+        );
+    }
+}
+
+#[test]
+fn help_on_a_full_stdout_is_an_error() {
+    use std::process::{Command, Stdio};
+    for args in [&["--help"][..], &["train-ewc", "--help"], &["--version"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+            .args(args)
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

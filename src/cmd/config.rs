@@ -426,11 +426,15 @@ pub fn resolve(argv: &[OsString], env: &[(String, String)]) -> anyhow::Result<Re
 }
 
 fn print_clap_error(e: &clap::Error) -> i32 {
-    let _ = e.print();
-    if e.use_stderr() {
-        2
-    } else {
-        0
+    match e.print() {
+        // Help or version on a stdout that cannot take it (`>/dev/full`) is an error, not
+        // exit 0; a reader that went away (`| head -1`) ends it quietly.
+        Err(io) if !e.use_stderr() && io.kind() != std::io::ErrorKind::BrokenPipe => {
+            super::warn(format!("mnemo: error: writing to stdout: {io}"));
+            2
+        }
+        _ if e.use_stderr() => 2,
+        _ => 0,
     }
 }
 
