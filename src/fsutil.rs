@@ -353,19 +353,66 @@ impl Destinations {
 }
 
 /// An exclusive advisory lock on a file that is read, then replaced by rename (a replay
-/// buffer): held until dropped. Two runs on the same file take turns instead of one losing
-/// the other's update. Because the file is replaced (a new inode), the lock is taken on the
-/// file and then checked to still be the file at `path`; while the file does not exist, its
-/// folder is locked instead.
+/// buffer, a training state): held until dropped. Two runs on the same file take turns
+/// instead of one losing the other's update. Because the file is replaced (a new inode), the
+/// lock is taken on the file and then checked to still be the file at `path`; while the file
+/// does not exist, its folder is locked instead. Locks on the same file or folder within one
+/// process share one descriptor, so a run that locks its buffer and its state in one folder
+/// never waits on itself (flock would make a second descriptor wait on the first).
 pub struct InPlaceLock {
-    _file: File,
+    _file: std::sync::Arc<File>,
+}
+
+#[cfg(unix)]
+type LockId = (u64, u64);
+#[cfg(not(unix))]
+type LockId = PathBuf;
+
+/// The locks this process holds, by file identity.
+static HELD: std::sync::Mutex<Vec<(LockId, std::sync::Weak<File>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn lock_id(f: &File, path: &Path) -> Result<LockId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().map_err(|e| MnemoError::io(path, e))?;
+        Ok((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = f;
+        Ok(path.to_path_buf())
+    }
+}
+
+/// `f` locked exclusively, or the descriptor this process already locked the same file with.
+fn lock_shared_in_process(f: File, path: &Path) -> Result<std::sync::Arc<File>> {
+    let id = lock_id(&f, path)?;
+    {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(a) = held
+            .iter()
+            .find(|(i, _)| *i == id)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(a);
+        }
+    }
+    f.lock().map_err(|e| MnemoError::io(path, e))?;
+    let a = std::sync::Arc::new(f);
+    HELD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, std::sync::Arc::downgrade(&a)));
+    Ok(a)
 }
 
 pub fn lock_in_place(path: &Path) -> Result<InPlaceLock> {
     loop {
         match File::open(path) {
             Ok(f) => {
-                f.lock().map_err(|e| MnemoError::io(path, e))?;
+                let f = lock_shared_in_process(f, path)?;
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::MetadataExt;
@@ -381,7 +428,7 @@ pub fn lock_in_place(path: &Path) -> Result<InPlaceLock> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let dir = parent_of(path);
                 let d = File::open(&dir).map_err(|e| MnemoError::io(&dir, e))?;
-                d.lock().map_err(|e| MnemoError::io(&dir, e))?;
+                let d = lock_shared_in_process(d, &dir)?;
                 if path.exists() {
                     // Created by another run while we waited: lock it instead.
                     continue;

@@ -2718,3 +2718,95 @@ fn help_on_a_full_stdout_is_an_error() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn concurrent_runs_on_one_state_file_take_turns() {
+    // Two train-ewc runs on one --state at once: the second waits, resumes from the state
+    // the first finished with and ends with the same weights; neither corrupts the file.
+    // A replay-train run whose buffer and state are both new in one folder locks that
+    // folder once (it must not wait on itself).
+    let d = setup(&["mlp.safetensors", "mlp_data.safetensors"]);
+    let p = d.path();
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mnemo"))
+            .args(args)
+            .current_dir(p)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A deadlock guard, not a timing test: far beyond what either run needs.
+    let finish = |mut c: std::process::Child, what: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                let o = c.wait_with_output().unwrap();
+                assert!(
+                    status.success(),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return;
+            }
+            if start.elapsed().as_secs() > 300 {
+                let _ = c.kill();
+                panic!("{what}: still running after 300 s (waiting on its own lock?)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let train = |out: &'static str| -> Vec<&'static str> {
+        vec![
+            "train-ewc",
+            "mlp.safetensors",
+            "--arch",
+            ARCH,
+            "--data",
+            "mlp_data.safetensors",
+            "--epochs",
+            "3",
+            "--state",
+            "run.state",
+            "-o",
+            out,
+        ]
+    };
+    let (a, b) = (
+        spawn(&train("a.safetensors")),
+        spawn(&train("b.safetensors")),
+    );
+    finish(a, "first train-ewc");
+    finish(b, "second train-ewc");
+    let (ca, cb) = (
+        mnemo::checkpoint::Checkpoint::open(p.join("a.safetensors")).unwrap(),
+        mnemo::checkpoint::Checkpoint::open(p.join("b.safetensors")).unwrap(),
+    );
+    for n in ca.names() {
+        assert_eq!(ca.to_f32(n).unwrap(), cb.to_f32(n).unwrap(), "{n}");
+    }
+    let r = ok(mnemo_in(p, &train("c.safetensors")));
+    assert_eq!(
+        r.json_lines()[0]["event"],
+        "resumed",
+        "the state file is whole"
+    );
+    let replay = spawn(&[
+        "replay-train",
+        "mlp.safetensors",
+        "--arch",
+        ARCH,
+        "--data",
+        "mlp_data.safetensors",
+        "--buffer",
+        "new-buf.safetensors",
+        "--state",
+        "new.state",
+        "-o",
+        "r.safetensors",
+    ]);
+    finish(
+        replay,
+        "replay-train with a new buffer and a new state in one folder",
+    );
+}

@@ -623,6 +623,12 @@ pub fn fit_with(
         ),
         save_every: e.save_every,
     });
+    // Two runs on one --state take turns (the second resumes from what the first saved)
+    // rather than overwriting each other's saves.
+    let _state_lock = match &e.state {
+        Some(p) => Some(mnemo::fsutil::lock_in_place(p)?),
+        None => None,
+    };
     let mut opt = Optimizer::new(opt_cfg);
     if let Some(p) = &e.init_optimizer {
         optim_file::load(p, &mut opt, &f.model)
