@@ -36,9 +36,11 @@ fn assert_close(got: &Checkpoint, want: &Checkpoint, tol: f32, case: &str) {
     }
 }
 
-fn lwf_args(case: &Value, out: &str) -> Vec<String> {
+/// `train-ewc` on a case's model and data with its optimizer, epochs and batch size, in file
+/// order (the references do not shuffle).
+fn train_args(case: &Value, out: &str) -> Vec<String> {
     let o = &case["optimizer"];
-    let mut args: Vec<String> = vec![
+    vec![
         "train-ewc".into(),
         fixture(case["model"].as_str().unwrap()),
         "--arch".into(),
@@ -56,13 +58,19 @@ fn lwf_args(case: &Value, out: &str) -> Vec<String> {
         case["epochs"].to_string(),
         "--batch-size".into(),
         case["batch_size"].to_string(),
+    ]
+}
+
+fn lwf_args(case: &Value, out: &str) -> Vec<String> {
+    let mut args = train_args(case, out);
+    args.extend([
         "--distill-from".into(),
         fixture(case["teacher"].as_str().unwrap()),
         "--distill-temperature".into(),
         case["temperature"].to_string(),
         "--distill-weight".into(),
         case["weight"].to_string(),
-    ];
+    ]);
     if let Some(c) = case["classes"].as_array() {
         let list: Vec<String> = c.iter().map(|v| v.to_string()).collect();
         args.extend(["--distill-classes".into(), list.join(",")]);
@@ -250,30 +258,13 @@ fn si_importance_matches_torch() {
         let name = case["name"].as_str().unwrap();
         let out = d.path().join(format!("{name}.safetensors"));
         let omega = d.path().join(format!("{name}_omega.safetensors"));
-        let o = &case["optimizer"];
-        let mut args: Vec<String> = vec![
-            "train-ewc".into(),
-            fixture(case["model"].as_str().unwrap()),
-            "--arch".into(),
-            arch_arg(case["arch"].as_str().unwrap()),
-            "--data".into(),
-            fixture(case["data"].as_str().unwrap()),
-            "-o".into(),
-            out.to_string_lossy().into_owned(),
-            "--no-shuffle".into(),
-            "--optimizer".into(),
-            o["name"].as_str().unwrap().into(),
-            "--lr".into(),
-            o["lr"].to_string(),
-            "--epochs".into(),
-            case["epochs"].to_string(),
-            "--batch-size".into(),
-            case["batch_size"].to_string(),
+        let mut args = train_args(case, &out.to_string_lossy());
+        args.extend([
             "--si-importance".into(),
             omega.to_string_lossy().into_owned(),
             "--si-xi".into(),
             case["xi"].to_string(),
-        ];
+        ]);
         if let Some(p) = case["penalty"].as_array() {
             args.extend([
                 "--penalty".into(),
