@@ -24,9 +24,9 @@ pub struct Lwf {
     /// The teacher's logits of the batch being processed, and their width.
     teacher_logits: Vec<f32>,
     width: usize,
-    /// The student's output width when it differed from the teacher's (reported by
-    /// `after_batch`, which can fail).
-    mismatch: Option<usize>,
+    /// The student's logits did not match the teacher's (reported by `after_batch`, which
+    /// can fail).
+    mismatch: bool,
     loss_sum: f64,
     batches: usize,
 }
@@ -41,7 +41,7 @@ impl Lwf {
             classes,
             teacher_logits: Vec::new(),
             width: 0,
-            mismatch: None,
+            mismatch: false,
             loss_sum: 0.0,
             batches: 0,
         }
@@ -110,7 +110,7 @@ impl Strategy for Lwf {
     fn logit_term(&mut self, logits: &[f32], scale: f64, grad: &mut [f32]) -> f64 {
         let c = self.width;
         if logits.len() != self.teacher_logits.len() {
-            self.mismatch = Some(logits.len() * c / self.teacher_logits.len().max(1));
+            self.mismatch = true;
             return 0.0;
         }
         let all: Vec<usize> = (0..c).collect();
@@ -144,15 +144,15 @@ impl Strategy for Lwf {
         _pass: &mut super::strategy::Pass,
         batch: &super::strategy::BatchOut,
     ) -> Result<()> {
-        match self.mismatch.take() {
-            Some(_) => Err(MnemoError::InvalidArch {
+        match std::mem::take(&mut self.mismatch) {
+            true => Err(MnemoError::InvalidArch {
                 origin: None,
                 reason: format!(
                     "the teacher has {} outputs but the model trained has {}: distillation needs the same outputs",
                     self.width, batch.classes
                 ),
             }),
-            None => Ok(()),
+            false => Ok(()),
         }
     }
 
