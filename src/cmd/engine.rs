@@ -516,6 +516,71 @@ pub fn penalty_inputs(d: &mut Destinations, pairs: &[String]) {
     }
 }
 
+/// The arguments every training command shares besides the engine flags (flattened into
+/// train-ewc's, replay-train's and lora-gate's `Args`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainInputs {
+    /// The starting (base) checkpoint.
+    pub model: PathBuf,
+    /// Training data: safetensors with `input` and `target`.
+    #[arg(long, value_name = "D")]
+    pub data: PathBuf,
+    /// Architecture, for checkpoints without `mnemo.arch` metadata.
+    #[arg(long, value_name = "SPEC")]
+    pub arch: Option<String>,
+    /// Which head of a multi-head model to train.
+    #[arg(long, value_name = "NAME")]
+    pub head: Option<String>,
+}
+
+/// What every training command opens first.
+pub struct Opened {
+    pub model: Model,
+    /// The chosen head (checked against the model).
+    pub head: Option<String>,
+    pub data: Dataset,
+    /// Provenance with the model and the data recorded.
+    pub prov: Provenance,
+    /// The model's content hash.
+    pub model_hash: String,
+}
+
+impl TrainInputs {
+    /// The model and the data, as inputs of the command's destinations check.
+    pub fn destinations(&self, d: &mut Destinations) {
+        d.input("the model", &self.model)
+            .input("--data", &self.data);
+    }
+
+    /// The files an error deep in a forward pass is to name.
+    pub fn files(&self) -> [&Path; 2] {
+        [&self.model, &self.data]
+    }
+
+    /// Opens the model (with its arch) on the device, the head, the data, and provenance with
+    /// both recorded.
+    pub fn open(&self, g: &Global) -> anyhow::Result<Opened> {
+        let device = g.device()?;
+        let (model, ckpt) = Model::open(&self.model, self.arch.as_deref(), &device)?;
+        let head = model.choose_head(self.head.as_deref())?;
+        let data = Dataset::open(&self.data)?;
+        let mut prov = Provenance::from_args(&super::argv());
+        let model_hash = ckpt.content_hash()?;
+        prov.input(self.model.display().to_string(), model_hash.clone());
+        prov.input(
+            self.data.display().to_string(),
+            mnemo::checkpoint::file_hash(&self.data)?,
+        );
+        Ok(Opened {
+            model,
+            head,
+            data,
+            prov,
+            model_hash,
+        })
+    }
+}
+
 /// What a training subcommand hands to `fit` besides the engine flags.
 pub struct Fit<'a> {
     pub command: &'a str,

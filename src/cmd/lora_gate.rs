@@ -2,7 +2,7 @@
 //! validation does not get worse. Accepted: the adapter folder (PEFT's layout) and,
 //! with --merged, the folded checkpoint; rejected: nothing is written, exit 1.
 
-use super::engine::{fit_with, EngineArgs, Fit};
+use super::engine::{fit_with, EngineArgs, Fit, Opened, TrainInputs};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
 use mnemo::checkpoint::prepare_checkpoint;
@@ -11,7 +11,6 @@ use mnemo::fsutil::Destinations;
 use mnemo::lora::{resolve_targets, Adapter, LoraConfig};
 use mnemo::metrics::paired::{paired_bootstrap, paired_t_test};
 use mnemo::model::{Model, ARCH_KEY};
-use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -51,11 +50,8 @@ pub enum PairedTestKind {
 /// also picks the best epoch).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base checkpoint.
-    pub model: PathBuf,
-    /// Training data: safetensors with `input` and `target`.
-    #[arg(long, value_name = "D")]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub inputs: TrainInputs,
     /// The adapter folder to write (adapter_model.safetensors + adapter_config.json).
     #[arg(short, long, value_name = "ADAPTER_DIR")]
     pub output: PathBuf,
@@ -98,12 +94,6 @@ pub struct Args {
     /// Write the training run's JSON Lines (epochs, steps) here.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
-    /// Architecture, for checkpoints without `mnemo.arch` metadata.
-    #[arg(long, value_name = "SPEC")]
-    pub arch: Option<String>,
-    /// Which head of a multi-head model to adapt and score.
-    #[arg(long, value_name = "NAME")]
-    pub head: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -118,8 +108,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         .clone()
         .context("lora-gate needs --val: the validation set the update is judged on")?;
     let mut d = Destinations::new();
-    d.input("the model", &args.model)
-        .input("--data", &args.data);
+    args.inputs.destinations(&mut d);
     super::engine::destinations(&mut d, &args.engine);
     if let Some(a) = &args.adapter {
         // Continuing an adapter in place (--adapter DIR -o DIR) is allowed: it is replaced.
@@ -142,20 +131,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         &[mnemo::lora::WEIGHTS_FILE, mnemo::lora::CONFIG_FILE],
     )
     .check()?;
-    let device = g.device()?;
-    let (mut model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
-    let head = model.choose_head(args.head.as_deref())?;
-    let data = Dataset::open(&args.data)?;
+    let Opened {
+        mut model,
+        head,
+        data,
+        mut prov,
+        model_hash: base_hash,
+    } = args.inputs.open(g)?;
     let val = Dataset::open(&val_path)?;
     data.require_class("lora-gate")?;
     val.require_class("lora-gate")?;
-    let mut prov = Provenance::from_args(&super::argv());
-    let base_hash = ckpt.content_hash()?;
-    prov.input(args.model.display().to_string(), base_hash.clone());
-    prov.input(
-        args.data.display().to_string(),
-        mnemo::checkpoint::file_hash(&args.data)?,
-    );
     let (config, modules, init) = match &args.adapter {
         Some(dir) => {
             let prev = Adapter::read_dir(dir)?;
@@ -264,7 +249,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         &mut log,
         false,
     )
-    .map_err(|e| super::name_files(e, &[&args.model, &args.data]))?;
+    .map_err(|e| super::name_files(e, &args.inputs.files()))?;
     let (mut model, outcome, opt) = fitted;
     let after = score_of(&mut model)?;
     let (baseline, score) = (mean(&before), mean(&after));

@@ -1,12 +1,9 @@
 //! `mnemo replay-train`: train on new data while replaying examples kept from earlier data
 //! in an on-disk buffer (experience replay, optionally with logit distillation).
 
-use super::engine::{ewc_penalty, fit, EngineArgs, Fit};
+use super::engine::{ewc_penalty, fit, EngineArgs, Fit, Opened, TrainInputs};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
-use mnemo::data::Dataset;
 use mnemo::fsutil::Destinations;
-use mnemo::model::Model;
-use mnemo::provenance::Provenance;
 use mnemo::replay::{Policy, ReservoirBuffer};
 use mnemo::train::Replay;
 use std::path::PathBuf;
@@ -28,11 +25,8 @@ pub const HELP: HelpExtra = HelpExtra {
 /// two runs over D1 then D2 (with --no-shuffle) leave the buffer of one run over D1+D2.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The starting checkpoint.
-    pub model: PathBuf,
-    /// Training data: safetensors with `input` and `target`.
-    #[arg(long, value_name = "D")]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub inputs: TrainInputs,
     /// The replay buffer (safetensors): read when it exists, then replaced.
     #[arg(long, value_name = "BUF")]
     pub buffer: PathBuf,
@@ -61,12 +55,6 @@ pub struct Args {
     /// Strength λ of the EWC penalties.
     #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
-    /// Architecture, for checkpoints without `mnemo.arch` metadata.
-    #[arg(long, value_name = "SPEC")]
-    pub arch: Option<String>,
-    /// Which head of a multi-head model to train.
-    #[arg(long, value_name = "NAME")]
-    pub head: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -82,18 +70,20 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         anyhow::bail!("--capacity must be at least 1");
     }
     let mut d = Destinations::new();
-    d.input("the model", &args.model)
-        .input("--data", &args.data);
+    args.inputs.destinations(&mut d);
     super::engine::penalty_inputs(&mut d, &args.penalty);
     super::engine::destinations(&mut d, &args.engine);
     d.in_place("--buffer", &args.buffer);
     d.output("-o", &args.output).check()?;
     // Two runs on one buffer take turns: the second reads the first one's buffer.
     let _lock = mnemo::fsutil::lock_in_place(&args.buffer)?;
-    let device = g.device()?;
-    let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
-    let head = model.choose_head(args.head.as_deref())?;
-    let data = Dataset::open(&args.data)?;
+    let Opened {
+        model,
+        head,
+        data,
+        mut prov,
+        ..
+    } = args.inputs.open(g)?;
     data.require_class("replay-train")?;
     let policy = args.policy.as_deref().and_then(Policy::parse);
     let buffer = if args.buffer.exists() {
@@ -113,7 +103,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 p.as_str()
             );
         }
-        b.check_compatible(&data.example_shape, &args.data)?;
+        b.check_compatible(&data.example_shape, &args.inputs.data)?;
         b
     } else {
         ReservoirBuffer::new(
@@ -130,12 +120,6 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             args.buffer.display()
         );
     }
-    let mut prov = Provenance::from_args(&super::argv());
-    prov.input(args.model.display().to_string(), ckpt.content_hash()?);
-    prov.input(
-        args.data.display().to_string(),
-        mnemo::checkpoint::file_hash(&args.data)?,
-    );
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
     let settings = format!(
         "lambda={}|ratio={}|distill={}|capacity={}|policy={}",
@@ -161,6 +145,6 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         &args.engine,
         g,
     )
-    .map_err(|e| super::name_files(e, &[&args.model, &args.data]))?;
+    .map_err(|e| super::name_files(e, &args.inputs.files()))?;
     Ok(Status::Success)
 }

@@ -1,12 +1,9 @@
 //! `mnemo train-ewc`: train on a new task while EWC penalties hold the weights
 //! that mattered for earlier tasks in place.
 
-use super::engine::{ewc_penalty, fit, EngineArgs, Fit};
+use super::engine::{ewc_penalty, fit, EngineArgs, Fit, Opened, TrainInputs};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
-use mnemo::data::Dataset;
 use mnemo::fsutil::Destinations;
-use mnemo::model::Model;
-use mnemo::provenance::Provenance;
 use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
@@ -21,11 +18,8 @@ pub const HELP: HelpExtra = HelpExtra {
 /// ½ factor (the reference formulation: halve λ to compare with papers that use one).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The starting checkpoint.
-    pub model: PathBuf,
-    /// Training data: safetensors with `input` and `target`.
-    #[arg(long, value_name = "D")]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub inputs: TrainInputs,
     /// Output checkpoint, written atomically.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -35,33 +29,23 @@ pub struct Args {
     /// Strength λ of the penalties.
     #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
-    /// Architecture, for checkpoints without `mnemo.arch` metadata.
-    #[arg(long, value_name = "SPEC")]
-    pub arch: Option<String>,
-    /// Which head of a multi-head model to train.
-    #[arg(long, value_name = "NAME")]
-    pub head: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut d = Destinations::new();
-    d.input("the model", &args.model)
-        .input("--data", &args.data);
+    args.inputs.destinations(&mut d);
     super::engine::penalty_inputs(&mut d, &args.penalty);
     super::engine::destinations(&mut d, &args.engine);
     d.output("-o", &args.output).check()?;
-    let device = g.device()?;
-    let (model, ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
-    let head = model.choose_head(args.head.as_deref())?;
-    let data = Dataset::open(&args.data)?;
-    let mut prov = Provenance::from_args(&super::argv());
-    prov.input(args.model.display().to_string(), ckpt.content_hash()?);
-    prov.input(
-        args.data.display().to_string(),
-        mnemo::checkpoint::file_hash(&args.data)?,
-    );
+    let Opened {
+        model,
+        head,
+        data,
+        mut prov,
+        ..
+    } = args.inputs.open(g)?;
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
     fit(
         Fit {
@@ -79,6 +63,6 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         &args.engine,
         g,
     )
-    .map_err(|e| super::name_files(e, &[&args.model, &args.data]))?;
+    .map_err(|e| super::name_files(e, &args.inputs.files()))?;
     Ok(Status::Success)
 }
