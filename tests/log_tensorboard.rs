@@ -10,7 +10,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Every scalar's history, as TensorBoard reads it: tag → [(step, wall_time, value)].
 fn scalars(run: &Value) -> BTreeMap<String, Vec<(i64, f64, f64)>> {
@@ -151,15 +150,7 @@ fn a_killed_stream_leaves_a_readable_file() {
     let Some(py) = python() else { return };
     let d = workdir();
     let t0 = now_s();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
-        .args(["log", "tensorboard", "--logdir", "tb"])
-        .current_dir(d.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin) = spawn_fed(d.path(), &["log", "tensorboard", "--logdir", "tb"]);
     let stream: String = (0..50)
         .map(|i| {
             format!(

@@ -332,15 +332,7 @@ fn a_killed_stream_leaves_a_readable_unfinished_run() {
     let Some(py) = python() else { return };
     let d = workdir();
     let t0 = now_s();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
-        .args(["log", "wandb", "--dir", "out"])
-        .current_dir(d.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin) = spawn_fed(d.path(), &["log", "wandb", "--dir", "out"]);
     // Long lines: the records cross 32 KiB blocks (FIRST / MIDDLE / LAST chunks, padding).
     let stream: String = (0..40)
         .map(|i| {
@@ -462,15 +454,7 @@ fn a_stream_killed_while_flowing_reads_as_a_prefix() {
     let Some(py) = python() else { return };
     let d = workdir();
     let t0 = now_s();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
-        .args(["log", "wandb", "--dir", "out"])
-        .current_dir(d.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin) = spawn_fed(d.path(), &["log", "wandb", "--dir", "out"]);
     let stream: String = (0..3000)
         .map(|i| {
             let many: String = (0..40)

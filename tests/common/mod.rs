@@ -118,3 +118,18 @@ pub fn mnemo_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Run
         raw_stdout: out.stdout,
     }
 }
+
+/// `mnemo ARGS` started in `dir` with a piped stdin (and stderr), stdout discarded, for tests
+/// that feed a stream and stop or kill the process themselves.
+pub fn spawn_fed(dir: &Path, args: &[&str]) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mnemo");
+    let stdin = child.stdin.take().expect("piped stdin");
+    (child, stdin)
+}
