@@ -6,8 +6,8 @@
 //! Container kinds (`sequential`, `module`, `residual`, and the fixed-structure blocks
 //! `squeeze-excitation`, `patch-embedding`, `self-attention`, `encoder-block`) make a spec a
 //! module tree: every tensor is named by its dotted module path, as torch's `state_dict()`
-//! names it. `arch/zoo.rs` builds torchvision's ResNet-18 and EfficientNet-B0 and a small ViT
-//! from such trees.
+//! names it. `arch/zoo.rs` builds torchvision's ResNet-18 and EfficientNet-B0,
+//! EfficientNet-Lite0 and a small ViT from such trees.
 
 use crate::error::{MnemoError, Result};
 use serde::de::{MapAccess, Visitor};
@@ -158,6 +158,12 @@ pub enum Layer {
         groups: usize,
         #[serde(default = "yes")]
         bias: bool,
+        /// Zero padding `[left, right, top, bottom]` before the convolution (which then has
+        /// `padding` 0): TensorFlow's "SAME" padding fixed for one image size, as
+        /// `Conv2dStaticSamePadding` (a `ZeroPad2d` then the conv) computes it, which is
+        /// asymmetric where torch's `padding` is not. Absent from the JSON when unset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        static_padding: Option<[usize; 4]>,
     },
     #[serde(rename = "batchnorm1d")]
     BatchNorm1d {
@@ -184,6 +190,10 @@ pub enum Layer {
     },
     #[serde(rename = "relu")]
     Relu,
+    /// `nn.ReLU6`: min(max(x, 0), 6), gradient 1 strictly inside (0, 6) and 0 elsewhere
+    /// (torch's hardtanh backward).
+    #[serde(rename = "relu6")]
+    Relu6,
     #[serde(rename = "gelu")]
     Gelu,
     #[serde(rename = "tanh")]
@@ -392,6 +402,7 @@ impl Layer {
                 stride,
                 padding,
                 groups,
+                static_padding,
                 ..
             } => {
                 pos(in_channels, "conv2d in_channels")?;
@@ -401,6 +412,16 @@ impl Layer {
                 pos(groups, "conv2d groups")?;
                 at_most(kernel_size, "conv2d kernel_size")?;
                 at_most(padding, "conv2d padding")?;
+                if let Some(sides) = static_padding {
+                    for p in sides {
+                        at_most(p, "conv2d static_padding")?;
+                    }
+                    if padding != 0 {
+                        return Err(format!(
+                            "conv2d with static_padding {sides:?} must have padding 0, got {padding}"
+                        ));
+                    }
+                }
                 if in_channels % groups != 0 || out_channels % groups != 0 {
                     return Err(format!(
                         "conv2d channels ({in_channels} in, {out_channels} out) must be divisible by groups ({groups})"
@@ -548,6 +569,7 @@ impl Layer {
             Layer::BatchNorm2d { .. } => "batchnorm2d",
             Layer::LayerNorm { .. } => "layernorm",
             Layer::Relu => "relu",
+            Layer::Relu6 => "relu6",
             Layer::Gelu => "gelu",
             Layer::Tanh => "tanh",
             Layer::Sigmoid => "sigmoid",
@@ -593,6 +615,7 @@ impl Layer {
             padding: 0,
             groups: 1,
             bias: true,
+            static_padding: None,
         };
         match *self {
             Layer::Sequential { ref layers } => layers
@@ -1263,6 +1286,55 @@ mod tests {
         assert_eq!(names, want);
         // Child order survives the canonical JSON (`mnemo.arch`).
         assert_eq!(ArchSpec::parse(&spec.to_json()).unwrap(), spec);
+    }
+
+    /// `static_padding` is optional and absent from the JSON when unset: a conv written
+    /// before it existed reads and writes back byte for byte.
+    #[test]
+    fn conv_json_without_static_padding_round_trips_unchanged() {
+        let canonical = r#"[{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3,"stride":2,"padding":1,"groups":1,"bias":false},{"type":"relu6"}]"#;
+        let spec = ArchSpec::parse(canonical).unwrap();
+        assert_eq!(spec.to_json(), canonical);
+        let spec = ArchSpec::parse(
+            r#"[{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.to_json(),
+            r#"[{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3,"stride":1,"padding":0,"groups":1,"bias":true}]"#
+        );
+        let padded = r#"[{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3,"stride":2,"padding":0,"groups":1,"bias":false,"static_padding":[0,1,0,1]}]"#;
+        let spec = ArchSpec::parse(padded).unwrap();
+        assert_eq!(spec.to_json(), padded);
+        let ArchSpec::Sequential(l) = &spec else {
+            panic!()
+        };
+        assert!(matches!(
+            l[0],
+            Layer::Conv2d {
+                static_padding: Some([0, 1, 0, 1]),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_static_padding_says_why() {
+        let err = |extra: &str| {
+            ArchSpec::parse(&format!(
+                r#"[{{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3{extra}}}]"#
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = err(r#","padding":1,"static_padding":[0,1,0,1]"#);
+        assert!(e.contains("must have padding 0, got 1"), "{e}");
+        let e = err(r#","static_padding":[0,1,0,2000]"#);
+        assert!(e.contains("static_padding 2000 exceeds the limit"), "{e}");
+        let e = err(r#","static_padding":[0,1,0]"#);
+        assert!(e.contains("expected an array of length 4"), "{e}");
+        let e = err(r#","static_padding":[0,1,0,-1]"#);
+        assert!(e.contains("-1"), "{e}");
     }
 
     #[test]

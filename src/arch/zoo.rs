@@ -228,6 +228,7 @@ fn conv(in_ch: usize, out_ch: usize, kernel: usize, stride: usize, groups: usize
         padding: (kernel - 1) / 2,
         groups,
         bias: false,
+        static_padding: None,
     }
 }
 

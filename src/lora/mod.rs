@@ -5,7 +5,9 @@
 //! A Linear module `m` of shape `[out, in]` gets `A` `[r, in]` and `B` `[out, r]`; a Conv2d
 //! `[out, in, k, k]` gets `A` `[r, in, k, k]` (same stride and padding) and `B`
 //! `[out, r, 1, 1]`, as PEFT builds them. In the adapter file they are named
-//! `base_model.model.<m>.lora_A.weight` and `base_model.model.<m>.lora_B.weight`.
+//! `base_model.model.<m>.lora_A.weight` and `base_model.model.<m>.lora_B.weight`. Grouped
+//! convs and convs with `static_padding` are not targets (PEFT's LoRA conv supports neither:
+//! its `A` would run on the unpadded input).
 
 use crate::arch::{ArchSpec, Layer};
 use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
@@ -222,7 +224,7 @@ pub fn resolve_targets(
             ..
         } => modules.push((
             name.to_string(),
-            Some(TargetKind::Linear {
+            Ok(TargetKind::Linear {
                 in_features,
                 out_features,
             }),
@@ -234,16 +236,25 @@ pub fn resolve_targets(
             stride,
             padding,
             groups,
+            static_padding,
             ..
         } => modules.push((
             name.to_string(),
-            (groups == 1).then_some(TargetKind::Conv2d {
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride,
-                padding,
-            }),
+            if groups != 1 {
+                Err("is a grouped conv2d; LoRA on grouped convolutions is not supported")
+            } else if static_padding.is_some() {
+                // PEFT's LoRA conv runs A on the unpadded input (Conv2dStaticSamePadding pads
+                // inside its own forward), so its output would not even match the base's.
+                Err("is a conv2d with static_padding (TensorFlow \"SAME\" padding); LoRA on it is not supported, as PEFT cannot wrap such a convolution")
+            } else {
+                Ok(TargetKind::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel_size,
+                    stride,
+                    padding,
+                })
+            },
         )),
         _ => {}
     });
@@ -256,8 +267,8 @@ pub fn resolve_targets(
             if !matches {
                 continue;
             }
-            let kind = kind.clone().ok_or_else(|| MnemoError::InvalidTargets {
-                reason: format!("module '{name}' is a grouped conv2d; LoRA on grouped convolutions is not supported"),
+            let kind = kind.clone().map_err(|why| MnemoError::InvalidTargets {
+                reason: format!("module '{name}' {why}"),
             })?;
             out.insert(name.clone(), kind);
             hit = true;
@@ -489,6 +500,33 @@ mod tests {
             .to_string();
         assert!(e.contains("'1' matches no linear"), "{e}");
         assert_eq!(resolve_targets(&spec, &["*".into()]).unwrap().len(), 3);
+    }
+
+    /// A statically padded conv (EfficientNet-Lite's stem) is refused by name; a plain
+    /// conv beside it is an ordinary target.
+    #[test]
+    fn statically_padded_convs_are_not_targets() {
+        let spec = ArchSpec::parse(
+            r#"{"type":"module","children":{
+                "stem":{"type":"conv2d","in_channels":3,"out_channels":4,"kernel_size":3,
+                        "stride":2,"bias":false,"static_padding":[0,1,0,1]},
+                "act":{"type":"relu6"},
+                "pw":{"type":"conv2d","in_channels":4,"out_channels":6,"kernel_size":1}}}"#,
+        )
+        .unwrap();
+        let e = resolve_targets(&spec, &["stem".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("module 'stem'") && e.contains("static_padding"),
+            "{e}"
+        );
+        let e = resolve_targets(&spec, &["*".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("module 'stem'"), "{e}");
+        let t = resolve_targets(&spec, &["pw".into()]).unwrap();
+        assert_eq!(t["pw"].a_shape(2), vec![2, 4, 1, 1]);
     }
 
     #[test]

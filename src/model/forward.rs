@@ -136,10 +136,22 @@ impl Model {
                 padding,
                 groups,
                 bias,
+                static_padding,
                 ..
             } => {
+                // `Conv2dStaticSamePadding`: ZeroPad2d((left, right, top, bottom)), then the
+                // conv without padding (validation keeps `padding` 0 then).
+                let padded = match static_padding {
+                    Some([left, right, top, bottom]) => Cow::Owned(
+                        x.pad_with_zeros(D::Minus1, left, right)
+                            .and_then(|x| x.pad_with_zeros(D::Minus2, top, bottom))
+                            .map_err(c)?,
+                    ),
+                    None => Cow::Borrowed(x),
+                };
                 // f32 on the CPU: the host kernels of conv.rs; candle's conv2d otherwise.
-                let y = conv::conv2d(x, &w(self, "weight")?, padding, stride, groups).map_err(c)?;
+                let y = conv::conv2d(&padded, &w(self, "weight")?, padding, stride, groups)
+                    .map_err(c)?;
                 let y = if bias {
                     let b = w(self, "bias")?;
                     let n = b.dim(0).map_err(c)?;
@@ -192,6 +204,13 @@ impl Model {
                     .map_err(c)?
             }
             Layer::Relu => x.relu().map_err(c)?,
+            // x inside (0, 6), the clamp's constant outside: the gradient is exactly the
+            // mask, as torch's hardtanh backward (candle's min/max would give ½ at ties).
+            Layer::Relu6 => {
+                let inside = x.gt(0.0).and_then(|a| a.mul(&x.lt(6.0)?)).map_err(c)?;
+                let clamped = x.clamp(0.0, 6.0).map_err(c)?.detach();
+                inside.where_cond(x, &clamped).map_err(c)?
+            }
             // Exact GELU from erf: candle's gelu_erf backward uses a rounded constant.
             Layer::Gelu => {
                 let e = (x / std::f64::consts::SQRT_2)
@@ -528,6 +547,69 @@ mod tests {
         for (g, v) in got.iter().zip([-4f32, -1.0, 0.0, 1.0, 4.0]) {
             assert!((g - hardswish(silu(v))).abs() < 1e-6, "{v}: {g}");
         }
+    }
+
+    /// ReLU6's values, and its gradient as torch's hardtanh backward: 1 strictly inside
+    /// (0, 6), 0 at and beyond the ends.
+    #[test]
+    fn relu6_values_and_gradient() {
+        let spec = ArchSpec::parse(r#"[{"type":"relu6"}]"#).unwrap();
+        let mut m = Model::init(&spec, 0, &Device::Cpu).unwrap();
+        let v = [-2f32, 0.0, 0.5, 5.9, 6.0, 7.0, f32::INFINITY];
+        let x = Var::new(&v, &Device::Cpu).unwrap();
+        let y = m
+            .forward(x.as_tensor(), None, Mode::Train, &mut Rng::new(0))
+            .unwrap();
+        assert_eq!(flat(&y), [0.0, 0.0, 0.5, 5.9, 6.0, 6.0, 6.0]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            flat(g.get(x.as_tensor()).unwrap()),
+            [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        );
+    }
+
+    /// A conv with static_padding is ZeroPad2d((left, right, top, bottom)) and then the
+    /// conv: the same as padding the input by hand, gradient included.
+    #[test]
+    fn static_padding_pads_left_right_top_bottom() {
+        let dev = Device::Cpu;
+        let conv = |sp: &str, padding: usize| {
+            ArchSpec::parse(&format!(
+                r#"[{{"type":"conv2d","in_channels":2,"out_channels":3,"kernel_size":3,"stride":2,"padding":{padding},"bias":false{sp}}}]"#
+            ))
+            .unwrap()
+        };
+        let padded = conv(r#","static_padding":[0,1,2,1]"#, 0);
+        let mut a = Model::init(&padded, 5, &dev).unwrap();
+        let mut b = Model::init(&conv("", 0), 5, &dev).unwrap();
+        let xs: Vec<f32> = (0..2 * 2 * 6 * 7)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let x = Var::from_vec(xs, (2, 2, 6, 7), &dev).unwrap();
+        let mut rng = Rng::new(0);
+        let ya = a
+            .forward(x.as_tensor(), None, Mode::Train, &mut rng)
+            .unwrap();
+        // By hand: one zero column on the right, two zero rows on top, one below.
+        let xp = x
+            .as_tensor()
+            .pad_with_zeros(D::Minus1, 0, 1)
+            .unwrap()
+            .pad_with_zeros(D::Minus2, 2, 1)
+            .unwrap();
+        let yb = b.forward(&xp, None, Mode::Train, &mut rng).unwrap();
+        // (6 + 3 − 3) / 2 + 1 = 4 rows, (7 + 1 − 3) / 2 + 1 = 3 columns.
+        assert_eq!(ya.dims(), [2, 3, 4, 3]);
+        assert_eq!(flat(&ya), flat(&yb));
+        let ga = ya.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = yb.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            flat(ga.get(x.as_tensor()).unwrap()),
+            flat(gb.get(x.as_tensor()).unwrap())
+        );
+        let wa = ga.get(a.params["0.weight"].as_tensor()).unwrap();
+        let wb = gb.get(b.params["0.weight"].as_tensor()).unwrap();
+        assert_eq!(flat(wa), flat(wb));
     }
 
     /// The multi-task model's heads give their shapes at CI size (the spec's names are
