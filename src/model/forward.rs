@@ -612,6 +612,28 @@ mod tests {
         assert_eq!(flat(wa), flat(wb));
     }
 
+    /// With trunk=lite0 the heads give the same shapes (Lite0's output stride is 32 too).
+    #[test]
+    fn effnet_multitask_lite0_heads_give_their_shapes() {
+        let spec = ArchSpec::parse(
+            "effnet_multitask:trunk=lite0,image_size=64,decoder_channels=8,num_classes=3,num_labels=5",
+        )
+        .unwrap();
+        let dev = Device::Cpu;
+        let mut m = Model::init(&spec, 1, &dev).unwrap();
+        let mut rng = Rng::new(0);
+        for (hw, head, want) in [
+            ((64, 64), "seg", vec![2, 1, 64, 64]),
+            ((32, 64), "seg", vec![2, 1, 32, 64]),
+            ((64, 64), "det", vec![2, 5]),
+            ((64, 64), "cls", vec![2, 3]),
+        ] {
+            let x = Tensor::ones((2, 3, hw.0, hw.1), candle_core::DType::F32, &dev).unwrap();
+            let y = m.forward(&x, Some(head), Mode::Train, &mut rng).unwrap();
+            assert_eq!(y.dims(), want.as_slice(), "{head} {hw:?}");
+        }
+    }
+
     /// The multi-task model's heads give their shapes at CI size (the spec's names are
     /// checked in arch/zoo.rs).
     #[test]
