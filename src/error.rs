@@ -18,6 +18,10 @@ pub enum MnemoError {
     #[error("{path}: invalid safetensors file: {reason}")]
     InvalidSafetensors { path: PathBuf, reason: String },
 
+    /// A `torch.save` file is malformed, hostile, or holds more than tensors and containers.
+    #[error("{path}: not read as a PyTorch checkpoint: {reason}")]
+    InvalidPth { path: PathBuf, reason: String },
+
     /// A sharded checkpoint's `*.index.json` is malformed or inconsistent with its shards.
     #[error("{path}: invalid sharded checkpoint index: {reason}")]
     InvalidIndex { path: PathBuf, reason: String },

@@ -32,6 +32,9 @@ enum Command {
     Init(cmd::init::Args),
     /// Show a checkpoint's tensors and metadata (header only; --stats reads values).
     Inspect(cmd::inspect::Args),
+    /// Convert a PyTorch torch.save file (.pth/.pt/.bin, zip or legacy) to safetensors, names
+    /// and dtypes unchanged; its pickle is read without running code.
+    Convert(cmd::convert::Args),
     /// Compare two checkpoints tensor by tensor; exit 1 when they differ beyond --tol.
     Diff(cmd::diff::Args),
     /// Evaluate a model as JSON: loss, accuracy and top-5 for class ids; IoU/mIoU for masks; AP/mAP
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Init(a) => cmd::init::run(a, g),
         Command::Inspect(a) => cmd::inspect::run(a, g),
+        Command::Convert(a) => cmd::convert::run(a, g),
         Command::Diff(a) => cmd::diff::run(a, g),
         Command::Eval(a) => cmd::eval::run(a, g),
         Command::Fisher(a) => cmd::fisher::run(a, g),

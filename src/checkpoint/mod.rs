@@ -3,6 +3,8 @@
 
 mod dtype;
 pub mod header;
+pub mod pickle;
+pub mod pth;
 pub mod stats;
 mod writer;
 

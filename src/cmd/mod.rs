@@ -5,6 +5,7 @@
 pub mod check;
 pub mod completions;
 pub mod config;
+pub mod convert;
 pub mod data;
 pub mod diff;
 pub mod drift;
@@ -366,6 +367,7 @@ pub fn wrap_command(cmd: &str, width: usize) -> String {
 pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("init", &init::HELP),
     ("inspect", &inspect::HELP),
+    ("convert", &convert::HELP),
     ("diff", &diff::HELP),
     ("eval", &eval::HELP),
     ("fisher", &fisher::HELP),
