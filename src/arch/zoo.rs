@@ -420,8 +420,16 @@ fn mbconv(expand_ratio: f64, kernel: usize, stride: usize, i: usize, o: usize, s
         activation: Activation::Silu,
     });
     block.push(conv_bn_act(expanded, o, 1, 1, 1, false));
-    let body = vec![("block", sequential(block))];
-    if stride == 1 && i == o {
+    skip_if(
+        stride == 1 && i == o,
+        vec![("block", sequential(block))],
+        sd,
+    )
+}
+
+/// An MBConv body with the identity skip (and stochastic depth) when `skip`, else plain.
+fn skip_if(skip: bool, body: Vec<(&str, Layer)>, sd: f64) -> Layer {
+    if skip {
         Layer::Residual {
             body: named(body),
             shortcut: Children::default(),
@@ -569,16 +577,7 @@ fn lite_block(
         ("_project_conv", same_conv(e, o, 1, 1, 1, size.div_ceil(s))),
         ("_bn2", lite_bn(o)),
     ]);
-    if s == 1 && i == o {
-        Layer::Residual {
-            body: named(body),
-            shortcut: Children::default(),
-            post: Children::default(),
-            stochastic_depth: sd,
-        }
-    } else {
-        module(body)
-    }
+    skip_if(s == 1 && i == o, body, sd)
 }
 
 /// The 1×1 head conv's output channels (fixed: `fix_head_stem`).

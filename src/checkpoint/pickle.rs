@@ -287,13 +287,12 @@ impl<F: FnMut(&Value) -> Result<Value, String>> Machine<'_, F> {
                     let v = u16::from_le_bytes(self.take(2)?.try_into().unwrap());
                     self.push(Value::Int(v as i128))?
                 }
-                0x8a => {
-                    let n = self.u8()? as usize;
-                    let v = self.long(n)?;
-                    self.push(v)?
-                }
-                0x8b => {
-                    let n = self.u32()? as usize;
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
                     let v = self.long(n)?;
                     self.push(v)?
                 }
@@ -301,18 +300,12 @@ impl<F: FnMut(&Value) -> Result<Value, String>> Machine<'_, F> {
                     let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap());
                     self.push(Value::Float(v))?
                 }
-                b'X' => {
-                    let n = self.u32()? as usize;
-                    let v = self.text(n)?;
-                    self.push(v)?
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let v = self.text(n)?;
-                    self.push(v)?
-                }
-                0x8d => {
-                    let n = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32()? as usize,
+                        0x8c => self.u8()? as usize,
+                        _ => usize::try_from(self.u64()?).unwrap_or(usize::MAX),
+                    };
                     let v = self.text(n)?;
                     self.push(v)?
                 }
