@@ -168,6 +168,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn tune_allocator() {
     // The option's number in mimalloc.h (the same in v2 and v3).
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // The user's MIMALLOC_PURGE_DELAY, read by mimalloc itself, wins.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: sets a plain integer option; mimalloc reads options atomically.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
 }

@@ -4,8 +4,8 @@
 //! children's full names, so batchnorm state and adapter terms are found by name at any
 //! depth.
 
-use super::conv;
 use super::ops::{dropout, pool2d, stochastic_depth, upsample, Pool};
+use super::{conv, norm};
 use super::{Mode, Model, Taps};
 use crate::arch::{join, Activation, ArchSpec, Children, Layer};
 use crate::error::{MnemoError, Result};
@@ -202,6 +202,19 @@ impl Model {
                     .map_err(c)?
                     .broadcast_add(&w(self, "bias")?)
                     .map_err(c)?
+            }
+            Layer::Relu | Layer::Relu6
+                if let Some(y) = norm::activation(
+                    x,
+                    if matches!(layer, Layer::Relu) {
+                        norm::Activation::Relu
+                    } else {
+                        norm::Activation::Relu6
+                    },
+                )
+                .map_err(c)? =>
+            {
+                y
             }
             Layer::Relu => x.relu().map_err(c)?,
             // x inside (0, 6), the clamp's constant outside: the gradient is exactly the
@@ -473,6 +486,39 @@ impl Model {
         let rm_key = join(name, "running_mean");
         let rv_key = join(name, "running_var");
         let c = weight.dim(0)?;
+        // f32 on the CPU: norm.rs's fused kernels (the same arithmetic, in f64 where it sums).
+        let host = match mode {
+            Mode::Eval => norm::batch_norm_eval(
+                x,
+                &weight,
+                &bias,
+                &self.buffers[&rm_key],
+                &self.buffers[&rv_key],
+                eps,
+            )?
+            .map(|y| (y, None)),
+            Mode::Train => {
+                norm::batch_norm_train(x, &weight, &bias, eps)?.map(|(y, s)| (y, Some(s)))
+            }
+        };
+        if let Some((y, stats)) = host {
+            if let Some(s) = stats {
+                let dev = x.device();
+                let unbiased = if s.count > 1 {
+                    s.count as f64 / (s.count as f64 - 1.0)
+                } else {
+                    1.0
+                };
+                let m1 = Tensor::from_vec(s.mean.iter().map(|&v| v as f32).collect(), c, dev)?;
+                let v1 = Tensor::from_vec(
+                    s.var.iter().map(|&v| (v * unbiased) as f32).collect(),
+                    c,
+                    dev,
+                )?;
+                self.update_running(name, &rm_key, &rv_key, m1, v1, momentum)?;
+            }
+            return Ok(y);
+        }
         // Statistics over every dim but the channel dim (1): [B,C] or [B,C,H,W].
         let shape: Vec<usize> = (0..x.rank()).map(|d| if d == 1 { c } else { 1 }).collect();
         let (mean, var) = match mode {
@@ -500,14 +546,7 @@ impl Model {
                 };
                 let m1 = mean.detach().flatten_all()?;
                 let v1 = (var.detach().flatten_all()? * unbiased)?;
-                let rm = ((&self.buffers[&rm_key] * (1.0 - momentum))? + (m1 * momentum)?)?;
-                let rv = ((&self.buffers[&rv_key] * (1.0 - momentum))? + (v1 * momentum)?)?;
-                self.buffers.insert(rm_key, rm);
-                self.buffers.insert(rv_key, rv);
-                *self
-                    .counters
-                    .entry(join(name, "num_batches_tracked"))
-                    .or_insert(0) += 1;
+                self.update_running(name, &rm_key, &rv_key, m1, v1, momentum)?;
                 (mean, var)
             }
         };
@@ -516,6 +555,28 @@ impl Model {
             .broadcast_div(&(var + eps)?.sqrt()?)?;
         xn.broadcast_mul(&weight.reshape(shape.as_slice())?)?
             .broadcast_add(&bias.reshape(shape.as_slice())?)
+    }
+
+    /// torch's running-statistics update: r ← (1 − momentum)·r + momentum·batch (the
+    /// variance unbiased), and one more batch tracked.
+    fn update_running(
+        &mut self,
+        name: &str,
+        rm_key: &str,
+        rv_key: &str,
+        batch_mean: Tensor,
+        batch_var: Tensor,
+        momentum: f64,
+    ) -> candle_core::Result<()> {
+        let rm = ((&self.buffers[rm_key] * (1.0 - momentum))? + (batch_mean * momentum)?)?;
+        let rv = ((&self.buffers[rv_key] * (1.0 - momentum))? + (batch_var * momentum)?)?;
+        self.buffers.insert(rm_key.to_string(), rm);
+        self.buffers.insert(rv_key.to_string(), rv);
+        *self
+            .counters
+            .entry(join(name, "num_batches_tracked"))
+            .or_insert(0) += 1;
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod conv;
 mod forward;
 mod init;
+pub mod norm;
 pub(crate) mod ops;
 mod partial;
 mod snapshot;
