@@ -1369,3 +1369,89 @@ fn pad_puts_zero_borders_around_every_image() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!p.join("x.safetensors").exists());
 }
+
+/// `data normalize` is torchvision's `ToTensor()` + `Normalize(mean, std)` bit for bit
+/// (fixtures/data/gen.py), keeps the targets, and refuses statistics that do not fit.
+#[test]
+fn normalize_matches_torchvision_bit_for_bit() {
+    let d = workdir();
+    let dir = d.path();
+    rot_dataset(dir, "norm_u8.npy", "u8.st");
+    ok(mnemo_in(
+        dir,
+        &["data", "normalize", "u8.st", "--imagenet", "-o", "n.st"],
+    ));
+    let c = Checkpoint::open(dir.join("n.st")).unwrap();
+    assert_eq!(c.entry("input").unwrap().dtype.to_string(), "F32");
+    let (shape, _, y) = ds(dir, "n.st");
+    let (want_shape, want) = npy("norm_u8_imagenet.npy");
+    assert_eq!((shape, y), (want_shape, vec![3, 2, 1, 0]));
+    assert_eq!(f32s(c.bytes("input").unwrap()), f32s(&want));
+    // The same statistics spelled out give the same bytes.
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "normalize",
+            "u8.st",
+            "--mean",
+            "0.485,0.456,0.406",
+            "--std",
+            "0.229,0.224,0.225",
+            "-o",
+            "m.st",
+        ],
+    ));
+    assert_eq!(
+        Checkpoint::open(dir.join("m.st"))
+            .unwrap()
+            .bytes("input")
+            .unwrap(),
+        c.bytes("input").unwrap()
+    );
+    // F32 input, one (negative) mean for every channel.
+    rot_dataset(dir, "norm_f32.npy", "f.st");
+    ok(mnemo_in(
+        dir,
+        &[
+            "data",
+            "normalize",
+            "f.st",
+            "--mean",
+            "-1",
+            "--std",
+            "2",
+            "-o",
+            "nf.st",
+        ],
+    ));
+    let got = f32s(
+        Checkpoint::open(dir.join("nf.st"))
+            .unwrap()
+            .bytes("input")
+            .unwrap(),
+    );
+    assert_eq!(got, f32s(&npy("norm_f32_m1_s2.npy").1));
+    // Statistics that do not fit the channels, or a std that is not positive: exit 2, nothing written.
+    for (args, words) in [
+        (
+            &["--mean", "0.5,0.5", "--std", "1"][..],
+            "2 mean values for 3 channels",
+        ),
+        (&["--mean", "0", "--std", "0"][..], "--std"),
+        (&["--mean", "0"][..], "--std"),
+        (
+            &["--imagenet", "--mean", "0", "--std", "1"][..],
+            "cannot be used with",
+        ),
+        (&[][..], "--mean"),
+    ] {
+        let mut a = vec!["data", "normalize", "u8.st"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "bad.st"]);
+        let r = mnemo_in(dir, &a);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(words), "{args:?}: {}", r.stderr);
+        assert!(!dir.join("bad.st").exists());
+    }
+}

@@ -1,5 +1,5 @@
 //! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco,
-//! shapes, split, permute, rotate, shuffle, take, concat, stats). Every output is a dataset
+//! shapes, split, permute, rotate, pad, normalize, shuffle, take, concat, stats). Every output is a dataset
 //! safetensors (`input`, `target`) written atomically, with provenance.
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
@@ -23,6 +23,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("arrays saved by np.savez / np.savez_compressed (Keras' mnist.npz names them x_train, y_train)", "mnemo data import npz mnist.npz --x x_train --y y_train -o mnist-train.safetensors"),
         ("Pascal VOC 2012's train split as 21-class masks at 128x128 (void pixels stay 255)", "mnemo data import voc VOCdevkit/VOC2012 --split train --size 128,128 -o voc-train.safetensors"),
         ("COCO's category presence per image (80 columns, ids 1-90 mapped to 0-79)", "mnemo data import coco annotations/instances_val2017.json val2017/ --size 224,224 -o coco-val.safetensors"),
+        ("inputs for an ImageNet-pretrained trunk: U8 / 255, then ImageNet's per-channel mean and std, as F32", "mnemo data normalize shapes-seg.safetensors --imagenet -o shapes-seg-norm.safetensors"),
         ("MNIST padded to 32x32 (flat rows stay flat), as van de Ven & Tolias before permuting", "mnemo data pad mnist.safetensors --pad 2 --shape 28,28 -o mnist32.safetensors"),
         ("a generated shapes dataset: binary masks, then presence (80 columns) on the same images", "mnemo data shapes -n 2000 --task seg --seed 1 -o shapes-seg.safetensors && mnemo data shapes -n 2000 --task det --labels 80 --seed 1 -o shapes-det.safetensors"),
         ("a 1000-example validation set after the first 50000", "mnemo data take mnist-train.safetensors 1000 --skip 50000 -o val.safetensors"),
@@ -84,6 +85,26 @@ pub enum DataCommand {
         /// Image height and width of a flat input (each row is C·H·W values).
         #[arg(long, value_name = "H,W", value_parser = parse_hw)]
         shape: Option<(usize, usize)>,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// Per-channel (x − mean) / std to F32, as torchvision's ToTensor() then Normalize(mean,
+    /// std): U8 is first scaled by 1/255 (as training reads it), each step in f32 in torch's
+    /// order, so the values are torch's bit for bit. Channels are the first axis of each
+    /// example ([N, C, H, W]); targets are kept. An ImageNet-pretrained trunk wants --imagenet.
+    Normalize {
+        input: PathBuf,
+        /// Per-channel means (one value: every channel).
+        #[arg(long, value_delimiter = ',', value_name = "M,...", allow_negative_numbers = true,
+              value_parser = mnemo::validate::finite, requires = "std", required_unless_present = "imagenet")]
+        mean: Vec<f64>,
+        /// Per-channel standard deviations, positive (one value: every channel).
+        #[arg(long, value_delimiter = ',', value_name = "S,...", value_parser = mnemo::validate::positive,
+              requires = "mean")]
+        std: Vec<f64>,
+        /// ImageNet's statistics: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225.
+        #[arg(long, conflicts_with_all = ["mean", "std"])]
+        imagenet: bool,
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
@@ -412,6 +433,7 @@ fn files(c: &DataCommand) -> (Vec<&PathBuf>, Option<&PathBuf>) {
         D::Split { input, output, .. }
         | D::Rotate { input, output, .. }
         | D::Pad { input, output, .. }
+        | D::Normalize { input, output, .. }
         | D::Permute { input, output, .. }
         | D::Shuffle { input, output, .. }
         | D::Take { input, output, .. } => (vec![input], Some(output)),
@@ -610,6 +632,29 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             d.require_classes("pad")?;
             let r = mnemo::data::pad::pad(&d, pad as usize, shape)?;
             let mut extra = vec![("pad", pad.to_string())];
+            extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
+            write(&r, &output, &[&input], &extra)?;
+        }
+        DataCommand::Normalize {
+            input,
+            mean,
+            std,
+            imagenet,
+            output,
+        } => {
+            use mnemo::data::normalize::{normalize, IMAGENET_MEAN, IMAGENET_STD};
+            let d = RawDataset::open(&input)?;
+            let (mean, std) = if imagenet {
+                (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec())
+            } else {
+                (mean, std)
+            };
+            let r = normalize(&d, &mean, &std)?;
+            let list = |v: &[f64]| v.iter().map(f64::to_string).collect::<Vec<_>>().join(",");
+            let mut extra = vec![
+                ("normalize_mean", list(&mean)),
+                ("normalize_std", list(&std)),
+            ];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
             write(&r, &output, &[&input], &extra)?;
         }

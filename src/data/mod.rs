@@ -7,6 +7,7 @@
 
 pub mod coco;
 pub mod folder;
+pub mod normalize;
 pub mod pad;
 pub mod raw;
 pub mod rotate;
