@@ -8,7 +8,7 @@
 //!   stochastic_depth=0.2}: torchvision's `EfficientNet` with `_efficientnet_conf`'s B0
 //!   stages scaled as torchvision scales them (`efficientnet_b0()` at the defaults).
 //! - `efficientnet_lite0` {num_classes=1000, dropout=0.2, stochastic_depth=0.2,
-//!   image_size=224}: PyPI's `efficientnet-lite-pytorch` 0.1.0
+//!   image_size=224, bn_momentum=0.01}: PyPI's `efficientnet-lite-pytorch` 0.1.0
 //!   (`EfficientNet.from_name('efficientnet-lite0')`): ReLU6, no squeeze-excitation,
 //!   batchnorm eps 1e-3, TensorFlow "SAME" padding fixed for `image_size` (convs with
 //!   `static_padding`), names `_conv_stem`, `_bn0`, `_blocks.N._depthwise_conv`, ...,
@@ -18,9 +18,11 @@
 //!   `features` (torchvision's names, so its ImageNet weights load with `init --from`) shared
 //!   by three heads in a `heads` container: `seg` (an upsampling decoder to [B, 1, H, W] mask
 //!   logits for H, W divisible by 32), `det` (multi-label presence, [B, num_labels]) and
-//!   `cls` ([B, num_classes]). `trunk=lite0` (with `image_size=224` instead of the
-//!   multipliers) puts efficientnet_lite0's features there instead, under their own names
-//!   (`_conv_stem` ... `_bn1` at the root), so the Lite0 ImageNet weights load.
+//!   `cls` ([B, num_classes]). `trunk=lite0` (with `image_size=224` and `bn_momentum=0.01`
+//!   instead of the multipliers) puts efficientnet_lite0's features there instead, under
+//!   their own names (`_conv_stem` ... `_bn1` at the root), so the Lite0 ImageNet weights
+//!   load. `bn_momentum` is torch's (the new batch's weight) for the trunk's batchnorms; the
+//!   package's 0.01 is TF's 0.99, slow to leave ImageNet's statistics when fine-tuning.
 //! - `vit` {image_size=32, patch_size=4, in_channels=3, dim=64, depth=4, heads=4,
 //!   mlp_dim=128, num_classes=10, dropout=0, attention_dropout=0}: a small pre-norm ViT
 //!   laid out like torchvision's `VisionTransformer`, with the attention projections as
@@ -87,9 +89,18 @@ pub fn parse(s: &str) -> Result<Option<ArchSpec>> {
                 dropout: opts.probability("dropout", 0.2).map_err(bad)?,
                 stochastic_depth: opts.probability("stochastic_depth", 0.2).map_err(bad)?,
                 image_size: opts.size("image_size", 224).map_err(bad)?,
+                bn_momentum: opts
+                    .momentum("bn_momentum", LITE_BN_MOMENTUM)
+                    .map_err(bad)?,
             };
-            opts.finish(&["num_classes", "dropout", "stochastic_depth", "image_size"])
-                .map_err(bad)?;
+            opts.finish(&[
+                "num_classes",
+                "dropout",
+                "stochastic_depth",
+                "image_size",
+                "bn_momentum",
+            ])
+            .map_err(bad)?;
             efficientnet_lite0(&conf).map_err(bad)?
         }
         "effnet_multitask" => {
@@ -130,12 +141,15 @@ pub fn parse(s: &str) -> Result<Option<ArchSpec>> {
                             )));
                         }
                     }
-                    known.push("image_size");
+                    known.extend(["image_size", "bn_momentum"]);
                     MultitaskTrunk::Lite0(Lite0Conf {
                         num_classes: 1,
                         dropout,
                         stochastic_depth,
                         image_size: opts.size("image_size", 224).map_err(bad)?,
+                        bn_momentum: opts
+                            .momentum("bn_momentum", LITE_BN_MOMENTUM)
+                            .map_err(bad)?,
                     })
                 }
                 Some(other) => {
@@ -248,6 +262,15 @@ impl Options {
         let x = self.float(key, default)?;
         if !(0.0..1.0).contains(&x) {
             return Err(format!("{key} must be in [0, 1), got {x}"));
+        }
+        Ok(x)
+    }
+
+    /// A batchnorm momentum: in [0, 1], as torch's `BatchNorm2d` allows.
+    fn momentum(&mut self, key: &str, default: f64) -> std::result::Result<f64, String> {
+        let x = self.float(key, default)?;
+        if !(0.0..=1.0).contains(&x) {
+            return Err(format!("{key} must be in [0, 1], got {x}"));
         }
         Ok(x)
     }
@@ -510,6 +533,8 @@ pub struct Lite0Conf {
     /// The image size the static "SAME" padding is computed for (the class's
     /// `image_size`); inputs of other sizes run with the same padding, as in torch.
     pub image_size: usize,
+    /// The trunk batchnorms' momentum (torch's convention: the weight of the new batch).
+    pub bn_momentum: f64,
 }
 
 /// TensorFlow's "SAME" padding of a `k`×`k` conv with stride `s` on `size`×`size` inputs,
@@ -537,13 +562,16 @@ fn same_conv(i: usize, o: usize, k: usize, s: usize, groups: usize, size: usize)
     }
 }
 
-/// The Lite models' batchnorm: TF's momentum 0.99 as torch's `1 - 0.99` (the very double
-/// the class computes), eps 1e-3.
-fn lite_bn(n: usize) -> Layer {
+/// The Lite models' default batchnorm momentum: TF's 0.99 as torch's `1 - 0.99` (the very
+/// double the class computes).
+const LITE_BN_MOMENTUM: f64 = 1.0 - 0.99;
+
+/// The Lite models' batchnorm: eps 1e-3.
+fn lite_bn(n: usize, momentum: f64) -> Layer {
     Layer::BatchNorm2d {
         num_features: n,
         eps: 1e-3,
-        momentum: 1.0 - 0.99,
+        momentum,
     }
 }
 
@@ -551,7 +579,11 @@ fn lite_bn(n: usize) -> Layer {
 /// `size`×`size` inputs: `_expand_conv`/`_bn0` (absent for expand ratio 1), `_depthwise_conv`
 /// /`_bn1`, `_project_conv`/`_bn2`; the activation after `_bn0` and `_bn1` (the class's one
 /// parameter-free `_swish` module) is `_swish0` / `_swish1` here. With a skip (stride 1,
-/// in = out) drop connect is row-wise stochastic depth with probability `sd`.
+/// in = out) drop connect is row-wise stochastic depth with probability `sd`; `m` is the
+/// batchnorms' momentum.
+// The arguments are one row of the stage table plus where the block sits; a struct for them
+// would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn lite_block(
     expand: usize,
     k: usize,
@@ -560,22 +592,23 @@ fn lite_block(
     o: usize,
     size: usize,
     sd: f64,
+    m: f64,
 ) -> Layer {
     let e = i * expand;
     let mut body = Vec::new();
     if expand != 1 {
         body.extend([
             ("_expand_conv", same_conv(i, e, 1, 1, 1, size)),
-            ("_bn0", lite_bn(e)),
+            ("_bn0", lite_bn(e, m)),
             ("_swish0", Layer::Relu6),
         ]);
     }
     body.extend([
         ("_depthwise_conv", same_conv(e, e, k, s, e, size)),
-        ("_bn1", lite_bn(e)),
+        ("_bn1", lite_bn(e, m)),
         ("_swish1", Layer::Relu6),
         ("_project_conv", same_conv(e, o, 1, 1, 1, size.div_ceil(s))),
-        ("_bn2", lite_bn(o)),
+        ("_bn2", lite_bn(o, m)),
     ]);
     skip_if(s == 1 && i == o, body, sd)
 }
@@ -611,17 +644,17 @@ fn lite0_features(c: &Lite0Conf) -> Vec<(&'static str, Layer)> {
             // extract_features: drop_connect_rate * (idx / len(blocks)).
             let idx = blocks.len();
             let sd = c.stochastic_depth * (idx as f64 / total as f64);
-            blocks.push(lite_block(expand, k, bs, bi, o, size, sd));
+            blocks.push(lite_block(expand, k, bs, bi, o, size, sd, c.bn_momentum));
             size = size.div_ceil(bs);
         }
     }
     vec![
         ("_conv_stem", stem),
-        ("_bn0", lite_bn(32)),
+        ("_bn0", lite_bn(32, c.bn_momentum)),
         ("_swish0", Layer::Relu6),
         ("_blocks", sequential(blocks)),
         ("_conv_head", same_conv(320, LITE0_HEAD, 1, 1, 1, size)),
-        ("_bn1", lite_bn(LITE0_HEAD)),
+        ("_bn1", lite_bn(LITE0_HEAD, c.bn_momentum)),
         ("_swish1", Layer::Relu6),
     ]
 }
@@ -970,6 +1003,14 @@ mod tests {
                 "effnet_multitask:image_size=64",
                 "image_size applies to trunk=lite0 only",
             ),
+            (
+                "efficientnet_lite0:bn_momentum=1.5",
+                "bn_momentum must be in [0, 1]",
+            ),
+            (
+                "effnet_multitask:trunk=b0,bn_momentum=0.1",
+                "unknown option 'bn_momentum'",
+            ),
         ] {
             let e = ArchSpec::parse(spec).unwrap_err();
             assert!(matches!(e, MnemoError::InvalidArch { .. }), "{spec}: {e}");
@@ -997,6 +1038,24 @@ mod tests {
             Some([1, 1, 1, 1])
         );
         assert_eq!(pad("efficientnet_lite0", "_conv_head"), None);
+        // bn_momentum reaches every trunk batchnorm and no head's (those keep torch's 0.1).
+        let momenta = |arch: &str| {
+            let mut found = Vec::new();
+            ArchSpec::parse(arch).unwrap().visit(&mut |name, layer| {
+                if let Layer::BatchNorm2d { momentum, .. } = layer {
+                    found.push((name.starts_with("heads."), *momentum));
+                }
+            });
+            found
+        };
+        let m = momenta("effnet_multitask:trunk=lite0,bn_momentum=0.25");
+        assert_eq!(m.len(), 49 + 4);
+        assert!(m
+            .iter()
+            .all(|&(head, v)| v == if head { 0.1 } else { 0.25 }));
+        assert!(momenta("efficientnet_lite0")
+            .iter()
+            .all(|&(_, v)| v == 1.0 - 0.99));
     }
 
     #[test]
