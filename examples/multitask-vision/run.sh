@@ -83,7 +83,7 @@ elif [ "$NORMALIZE" != none ]; then
 fi
 data() { echo "${prefix[$1]}-$2.safetensors"; }
 
-results=${RESULTS:-$OUT/results.jsonl}
+results="$OUT/results.jsonl"
 : > "$results"
 # record METHOD STAGE MODEL: the three tasks' test metrics, each through its own head.
 record() {

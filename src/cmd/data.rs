@@ -1,6 +1,6 @@
 //! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco,
-//! shapes, split, permute, rotate, pad, normalize, shuffle, take, concat, stats). Every output is a dataset
-//! safetensors (`input`, `target`) written atomically, with provenance.
+//! shapes, split, permute, rotate, pad, normalize, shuffle, take, concat, stats). Every
+//! output is a dataset safetensors (`input`, `target`) written atomically, with provenance.
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;

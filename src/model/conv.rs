@@ -76,11 +76,7 @@ impl Conv2d {
 
 /// The f32 elements of a contiguous operand.
 fn host_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let v = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("conv2d: operand not contiguous"),
-    }
+    super::norm::host(s, l, "conv2d")
 }
 
 impl CustomOp2 for Conv2d {

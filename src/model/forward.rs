@@ -504,11 +504,7 @@ impl Model {
         if let Some((y, stats)) = host {
             if let Some(s) = stats {
                 let dev = x.device();
-                let unbiased = if s.count > 1 {
-                    s.count as f64 / (s.count as f64 - 1.0)
-                } else {
-                    1.0
-                };
+                let unbiased = unbiased_factor(s.count);
                 let m1 = Tensor::from_vec(s.mean.iter().map(|&v| v as f32).collect(), c, dev)?;
                 let v1 = Tensor::from_vec(
                     s.var.iter().map(|&v| (v * unbiased) as f32).collect(),
@@ -539,11 +535,7 @@ impl Model {
                     var = var.mean_keepdim(d)?;
                 }
                 // Running stats use the unbiased variance, as torch does; no gradient flows there.
-                let unbiased = if n > 1 {
-                    n as f64 / (n as f64 - 1.0)
-                } else {
-                    1.0
-                };
+                let unbiased = unbiased_factor(n);
                 let m1 = mean.detach().flatten_all()?;
                 let v1 = (var.detach().flatten_all()? * unbiased)?;
                 self.update_running(name, &rm_key, &rv_key, m1, v1, momentum)?;
@@ -577,6 +569,15 @@ impl Model {
             .entry(join(name, "num_batches_tracked"))
             .or_insert(0) += 1;
         Ok(())
+    }
+}
+
+/// n / (n − 1): the biased variance of n values to the unbiased one (1 for a single value).
+fn unbiased_factor(n: usize) -> f64 {
+    if n > 1 {
+        n as f64 / (n as f64 - 1.0)
+    } else {
+        1.0
     }
 }
 

@@ -16,8 +16,8 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The contiguous f32 elements of a CPU operand.
-fn host<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 elements of a CPU operand (shared with `conv.rs`).
+pub(super) fn host<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let v = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -25,14 +25,20 @@ fn host<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     }
 }
 
-/// A tensor's contiguous f32 values on the host (copied out of candle's storage).
-fn values(t: &Tensor, what: &str) -> Result<Vec<f32>> {
+/// `f` on a tensor's f32 values, borrowed from candle's storage (copied only when the
+/// tensor is not contiguous f32).
+fn with_values<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.to_dtype(DType::F32)?.contiguous()?;
     let (s, l) = t.storage_and_layout();
     match &*s {
-        candle_core::Storage::Cpu(s) => Ok(host(s, l, what)?.to_vec()),
+        candle_core::Storage::Cpu(s) => f(host(s, l, what)?),
         _ => bail!("{what}: backward of a host kernel on a non-CPU tensor"),
     }
+}
+
+/// A (small) tensor's f32 values, copied.
+fn values(t: &Tensor, what: &str) -> Result<Vec<f32>> {
+    with_values(t, what, |v| Ok(v.to_vec()))
 }
 
 fn host_f32(ts: &[&Tensor]) -> bool {
@@ -93,25 +99,27 @@ pub fn batch_norm_train(
         return Ok(None);
     }
     let x = x.contiguous()?;
-    let xs = values(&x, "batchnorm")?;
     let count = n * plane;
     let m = count.max(1) as f64;
-    let mean: Vec<f64> = channel_sums(n, c, plane, |_, o| {
-        xs[o..o + plane].iter().map(|&v| v as f64).sum()
-    })
-    .into_iter()
-    .map(|s| s / m)
-    .collect();
-    let var: Vec<f64> = channel_sums(n, c, plane, |ch, o| {
-        let mu = mean[ch];
-        xs[o..o + plane]
-            .iter()
-            .map(|&v| (v as f64 - mu) * (v as f64 - mu))
-            .sum()
-    })
-    .into_iter()
-    .map(|s| s / m)
-    .collect();
+    let (mean, var) = with_values(&x, "batchnorm", |xs| {
+        let mean: Vec<f64> = channel_sums(n, c, plane, |_, o| {
+            xs[o..o + plane].iter().map(|&v| v as f64).sum()
+        })
+        .into_iter()
+        .map(|s| s / m)
+        .collect();
+        let var: Vec<f64> = channel_sums(n, c, plane, |ch, o| {
+            let mu = mean[ch];
+            xs[o..o + plane]
+                .iter()
+                .map(|&v| (v as f64 - mu) * (v as f64 - mu))
+                .sum()
+        })
+        .into_iter()
+        .map(|s| s / m)
+        .collect();
+        Ok((mean, var))
+    })?;
     let op = BatchNorm {
         mean: mean.clone(),
         inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
@@ -210,53 +218,48 @@ impl CustomOp3 for BatchNorm {
         let Some((n, c, plane)) = planes(x.dims()) else {
             bail!("batchnorm: input of shape {:?}", x.dims())
         };
-        let (xs, ws, dy) = (
-            values(x, "batchnorm")?,
-            values(w, "batchnorm")?,
-            values(grad, "batchnorm")?,
-        );
-        if dy.len() != xs.len() {
-            bail!("batchnorm: gradient of shape {:?}", grad.dims())
-        }
-        let xhat = |ch: usize, v: f32| (v as f64 - self.mean[ch]) * self.inv_std[ch];
-        let sum_dy = channel_sums(n, c, plane, |_, o| {
-            dy[o..o + plane].iter().map(|&g| g as f64).sum()
-        });
-        let sum_dy_xhat = channel_sums(n, c, plane, |ch, o| {
-            dy[o..o + plane]
-                .iter()
-                .zip(&xs[o..o + plane])
-                .map(|(&g, &v)| g as f64 * xhat(ch, v))
-                .sum()
-        });
-        let dx = x.track_op().then(|| {
-            let m = (n * plane).max(1) as f64;
-            // Training: dx = w·inv_std·(dy − Σdy/M − x̂·Σ(dy·x̂)/M); eval: w·inv_std·dy.
-            let (a, k1, k2): (Vec<f32>, Vec<f64>, Vec<f64>) = (
-                (0..c)
-                    .map(|k| (ws[k] as f64 * self.inv_std[k]) as f32)
-                    .collect(),
-                (0..c)
-                    .map(|k| if self.train { sum_dy[k] / m } else { 0.0 })
-                    .collect(),
-                (0..c)
-                    .map(|k| if self.train { sum_dy_xhat[k] / m } else { 0.0 })
-                    .collect(),
-            );
-            let mut out = vec![0f32; xs.len()];
-            out.par_chunks_mut(plane.max(1))
-                .zip(xs.par_chunks(plane.max(1)).zip(dy.par_chunks(plane.max(1))))
-                .enumerate()
-                .with_min_len(4)
-                .for_each(|(i, (o, (xi, gi)))| {
-                    let ch = i % c;
-                    for ((o, &v), &g) in o.iter_mut().zip(xi).zip(gi) {
-                        let centred = g as f64 - k1[ch] - xhat(ch, v) * k2[ch];
-                        *o = (a[ch] as f64 * centred) as f32;
-                    }
+        let ws = values(w, "batchnorm")?;
+        let (sum_dy, sum_dy_xhat, dx) = with_values(x, "batchnorm", |xs| {
+            with_values(grad, "batchnorm", |dy| {
+                if dy.len() != xs.len() {
+                    bail!("batchnorm: gradient of shape {:?}", grad.dims())
+                }
+                let xhat = |ch: usize, v: f32| (v as f64 - self.mean[ch]) * self.inv_std[ch];
+                let sum_dy = channel_sums(n, c, plane, |_, o| {
+                    dy[o..o + plane].iter().map(|&g| g as f64).sum()
                 });
-            out
-        });
+                let sum_dy_xhat = channel_sums(n, c, plane, |ch, o| {
+                    dy[o..o + plane]
+                        .iter()
+                        .zip(&xs[o..o + plane])
+                        .map(|(&g, &v)| g as f64 * xhat(ch, v))
+                        .sum()
+                });
+                let dx = x.track_op().then(|| {
+                    let m = (n * plane).max(1) as f64;
+                    // Training: dx = w·inv_std·(dy − Σdy/M − x̂·Σ(dy·x̂)/M); eval: w·inv_std·dy.
+                    let per_channel = |f: &dyn Fn(usize) -> f64| (0..c).map(f).collect::<Vec<_>>();
+                    let a = per_channel(&|k| ws[k] as f64 * self.inv_std[k]);
+                    let train = if self.train { 1.0 / m } else { 0.0 };
+                    let k1 = per_channel(&|k| sum_dy[k] * train);
+                    let k2 = per_channel(&|k| sum_dy_xhat[k] * train);
+                    let mut out = vec![0f32; xs.len()];
+                    out.par_chunks_mut(plane.max(1))
+                        .zip(xs.par_chunks(plane.max(1)).zip(dy.par_chunks(plane.max(1))))
+                        .enumerate()
+                        .with_min_len(4)
+                        .for_each(|(i, (o, (xi, gi)))| {
+                            let ch = i % c;
+                            for ((o, &v), &g) in o.iter_mut().zip(xi).zip(gi) {
+                                let centred = g as f64 - k1[ch] - xhat(ch, v) * k2[ch];
+                                *o = (a[ch] * centred) as f32;
+                            }
+                        });
+                    out
+                });
+                Ok((sum_dy, sum_dy_xhat, dx))
+            })
+        })?;
         let to_f32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect::<Vec<_>>();
         Ok((
             dx.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
@@ -309,22 +312,27 @@ impl CustomOp1 for Activation {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (xs, dy) = (values(x, self.name())?, values(grad, self.name())?);
-        if dy.len() != xs.len() {
-            bail!("{}: gradient of shape {:?}", self.name(), grad.dims())
-        }
+        let what = self.name();
         let d: fn(f32) -> f32 = match self {
             Activation::Relu => |v| if v > 0.0 { 1.0 } else { 0.0 },
             Activation::Relu6 => |v| if v > 0.0 && v < 6.0 { 1.0 } else { 0.0 },
         };
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(xs.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
-            .for_each(|(o, (xi, gi))| {
-                for ((o, &v), &g) in o.iter_mut().zip(xi).zip(gi) {
-                    *o = g * d(v);
+        let out = with_values(x, what, |xs| {
+            with_values(grad, what, |dy| {
+                if dy.len() != xs.len() {
+                    bail!("{what}: gradient of shape {:?}", grad.dims())
                 }
-            });
+                let mut out = vec![0f32; xs.len()];
+                out.par_chunks_mut(1 << 14)
+                    .zip(xs.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
+                    .for_each(|(o, (xi, gi))| {
+                        for ((o, &v), &g) in o.iter_mut().zip(xi).zip(gi) {
+                            *o = g * d(v);
+                        }
+                    });
+                Ok(out)
+            })
+        })?;
         Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
     }
 }
