@@ -208,17 +208,22 @@ fn main() {
     #[cfg(feature = "mimalloc")]
     tune_allocator();
     // clap, with the --config file, MNEMO_* variables and --set layered in (cmd/config.rs).
-    let matches = match cmd::config::parse(std::env::args_os().collect()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (matches, command_line) = match cmd::config::parse(&argv) {
         Ok(m) => m,
         Err(code) => std::process::exit(code),
     };
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             std::process::exit(2);
         }
     };
+    cli.global.command_line = command_line
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let code = match run(cli) {
         Ok(Status::Success) => 0,
         Ok(Status::Negative) => 1,

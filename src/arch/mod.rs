@@ -3,9 +3,14 @@
 //! (`ArchSpec::parse`). It knows nothing of models, adapters or training: `model`, `lora`
 //! and `train` use it, and it uses none of them.
 
+mod check;
+mod layer;
+mod manifest;
 mod spec;
 pub mod zoo;
 
+pub use layer::*;
+pub use manifest::*;
 pub use spec::*;
 
 use crate::error::Result;

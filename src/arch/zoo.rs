@@ -28,7 +28,7 @@
 //!   laid out like torchvision's `VisionTransformer`, with the attention projections as
 //!   separate `q_proj`/`k_proj`/`v_proj`/`o_proj` linear layers.
 
-use super::spec::{Activation, ArchSpec, Children, Layer, UpsampleMode};
+use super::{Activation, ArchSpec, Children, Layer, UpsampleMode};
 use crate::error::{MnemoError, Result};
 
 /// The zoo's names, for messages and help.

@@ -3,6 +3,7 @@
 
 mod dtype;
 pub mod header;
+mod layout;
 pub mod pickle;
 pub mod pth;
 pub mod stats;

@@ -460,12 +460,14 @@ fn is_merge_yaml(argv: &[OsString]) -> bool {
         })
 }
 
-/// argv → the final matches, with the layers applied; on an error, it has been printed
-/// and the exit status is returned.
-pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
-    let first = crate::command().try_get_matches_from(&argv);
+/// argv → the final matches with the layers applied, and the command line they came from
+/// (the process's own, or the effective one when a layer contributed settings: what
+/// provenance records). On an error, it has been printed and the exit status is returned.
+pub fn parse(argv: &[OsString]) -> Result<(clap::ArgMatches, Vec<OsString>), i32> {
+    let own = |m: clap::ArgMatches| (m, argv.to_vec());
+    let first = crate::command().try_get_matches_from(argv);
     let first = match first {
-        Ok(m) if is_config_show(&m) => return Ok(m),
+        Ok(m) if is_config_show(&m) => return Ok(own(m)),
         Ok(m) => Ok(m),
         // The file or the environment may still supply it.
         Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Err(e),
@@ -480,8 +482,8 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
     };
     // `merge --config merge.yml` is mergekit's configuration, read by `merge` itself (also
     // when clap found an argument missing: the YAML is no settings layer to supply it).
-    if is_merge_yaml(&argv) {
-        return first.map_err(|e| print_clap_error(&e));
+    if is_merge_yaml(argv) {
+        return first.map(own).map_err(|e| print_clap_error(&e));
     }
     // No layer at all (the common case): clap's matches as they are.
     if let Ok(m) = &first {
@@ -489,10 +491,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
             && m.get_one::<PathBuf>("config").is_none()
             && m.get_many::<String>("set").is_none()
         {
-            return first.map_err(|e| print_clap_error(&e));
+            return first.map(own).map_err(|e| print_clap_error(&e));
         }
     }
-    let r = match resolve(&argv, &env) {
+    let r = match resolve(argv, &env) {
         Ok(r) => r,
         Err(e) => {
             super::warn(format!("mnemo: error: {e:#}"));
@@ -500,24 +502,26 @@ pub fn parse(argv: Vec<OsString>) -> Result<clap::ArgMatches, i32> {
         }
     };
     if !r.changed {
-        return first.map_err(|e| print_clap_error(&e));
+        return first.map(own).map_err(|e| print_clap_error(&e));
     }
-    super::set_argv(&r.argv);
-    crate::command().try_get_matches_from(&r.argv).map_err(|e| {
-        let code = print_clap_error(&e);
-        let from: Vec<String> = r
-            .settings
-            .iter()
-            .filter(|s| matches!(s.source, Source::File(_) | Source::Env(_) | Source::Set))
-            .map(|s| format!("{} ({})", s.arg.key, s.source))
-            .collect();
-        super::warn(format!(
-            "note: the command line above includes settings from layers: {}; \
+    let matches = crate::command()
+        .try_get_matches_from(&r.argv)
+        .map_err(|e| {
+            let code = print_clap_error(&e);
+            let from: Vec<String> = r
+                .settings
+                .iter()
+                .filter(|s| matches!(s.source, Source::File(_) | Source::Env(_) | Source::Set))
+                .map(|s| format!("{} ({})", s.arg.key, s.source))
+                .collect();
+            super::warn(format!(
+                "note: the command line above includes settings from layers: {}; \
                  `mnemo config show` lists them",
-            from.join(", ")
-        ));
-        code
-    })
+                from.join(", ")
+            ));
+            code
+        })?;
+    Ok((matches, r.argv))
 }
 
 fn json_word(k: &KeyArg, w: &OsStr) -> serde_json::Value {

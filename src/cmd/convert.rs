@@ -5,7 +5,6 @@ use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::checkpoint::pth::PthFile;
 use mnemo::checkpoint::{file_hash, write_checkpoint};
-use mnemo::provenance::Provenance;
 use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
@@ -76,7 +75,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             tops.join(", ")
         );
     }
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     prov.input(args.input.display().to_string(), file_hash(&args.input)?);
     let mut meta = prov.metadata();
     meta.insert("mnemo.source_format".into(), pth.format.as_str().into());

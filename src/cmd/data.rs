@@ -9,7 +9,6 @@ use mnemo::data::folder::{import_folder, FolderOptions};
 use mnemo::data::raw::{import_idx, import_npy, import_npz, RawDataset, U8Dataset};
 use mnemo::data::shapes::{self, Task};
 use mnemo::data::voc::{import_voc, VocOptions};
-use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -335,10 +334,11 @@ fn class_names(path: &Path) -> Option<String> {
 
 /// Provenance (the command, the inputs' hashes) plus `mnemo.data.*` entries.
 fn metadata(
+    g: &Global,
     inputs: &[&Path],
     extra: &[(&str, String)],
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     for p in inputs {
         prov.input(p.display().to_string(), mnemo::checkpoint::file_hash(p)?);
     }
@@ -350,12 +350,13 @@ fn metadata(
 }
 
 fn write(
+    g: &Global,
     d: &RawDataset,
     out: &Path,
     inputs: &[&Path],
     extra: &[(&str, String)],
 ) -> anyhow::Result<()> {
-    let meta = metadata(inputs, extra)?;
+    let meta = metadata(g, inputs, extra)?;
     d.write(out, &meta)
         .with_context(|| format!("writing {}", out.display()))?;
     let counts: serde_json::Map<String, serde_json::Value> = d
@@ -376,12 +377,13 @@ fn write(
 /// Writes a dataset with masks or multi-hot rows, and reports what the target holds:
 /// pixels per value (masks) or positives per column (multi-hot rows).
 fn write_u8(
+    g: &Global,
     d: &U8Dataset,
     out: &Path,
     inputs: &[&Path],
     extra: &[(&str, String)],
 ) -> anyhow::Result<()> {
-    let meta = metadata(inputs, extra)?;
+    let meta = metadata(g, inputs, extra)?;
     d.write(out, &meta)
         .with_context(|| format!("writing {}", out.display()))?;
     let mut line = json!({
@@ -489,7 +491,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 extra.push(("size", format!("{h},{w}")));
             }
             // The list file is hashed; the tree of images is not one file.
-            write_u8(&v.dataset, &output, &[&v.list], &extra)?;
+            write_u8(g, &v.dataset, &output, &[&v.list], &extra)?;
         }
         DataCommand::Import(ImportCommand::Coco {
             annotations,
@@ -517,7 +519,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             if let Some((h, w)) = size {
                 extra.push(("size", format!("{h},{w}")));
             }
-            write_u8(&c.dataset, &output, &[&annotations], &extra)?;
+            write_u8(g, &c.dataset, &output, &[&annotations], &extra)?;
         }
         DataCommand::Shapes {
             n,
@@ -553,7 +555,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     target_shape: vec![],
                     target_dtype: mnemo::checkpoint::Dtype::I64,
                 };
-                write(&raw, &output, &[], &extra)?;
+                write(g, &raw, &output, &[], &extra)?;
             } else {
                 let u = U8Dataset {
                     example_shape: vec![3, s, s],
@@ -561,7 +563,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     target_shape: d.target_shape,
                     target: d.target_u8,
                 };
-                write_u8(&u, &output, &[], &extra)?;
+                write_u8(g, &u, &output, &[], &extra)?;
             }
         }
         DataCommand::Import(ImportCommand::Idx {
@@ -571,11 +573,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             output,
         }) => {
             let d = import_idx(&images, &labels, flatten)?;
-            write(&d, &output, &[&images, &labels], &[])?;
+            write(g, &d, &output, &[&images, &labels], &[])?;
         }
         DataCommand::Import(ImportCommand::Npy { x, y, output }) => {
             let d = import_npy(&x, &y)?;
-            write(&d, &output, &[&x, &y], &[])?;
+            write(g, &d, &output, &[&x, &y], &[])?;
         }
         DataCommand::Import(ImportCommand::Npz {
             file,
@@ -584,7 +586,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             output,
         }) => {
             let d = import_npz(&file, x_name.as_deref(), y_name.as_deref())?;
-            write(&d, &output, &[&file], &[])?;
+            write(g, &d, &output, &[&file], &[])?;
         }
         DataCommand::Import(ImportCommand::Folder {
             dir,
@@ -605,7 +607,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 extra.push(("size", format!("{h},{w}")));
             }
             // The folder itself is the input: no content hash (it is not one file).
-            write(&f.dataset, &output, &[], &extra)?;
+            write(g, &f.dataset, &output, &[], &extra)?;
         }
         DataCommand::Rotate {
             input,
@@ -619,7 +621,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             let r = mnemo::data::rotate::rotate(&d, degrees, shape)?;
             let mut extra = vec![("rotate_degrees", degrees.to_string())];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
-            write(&r, &output, &[&input], &extra)?;
+            write(g, &r, &output, &[&input], &extra)?;
         }
         DataCommand::Pad {
             input,
@@ -633,7 +635,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             let r = mnemo::data::pad::pad(&d, pad as usize, shape)?;
             let mut extra = vec![("pad", pad.to_string())];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
-            write(&r, &output, &[&input], &extra)?;
+            write(g, &r, &output, &[&input], &extra)?;
         }
         DataCommand::Normalize {
             input,
@@ -656,7 +658,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 ("normalize_std", list(&std)),
             ];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
-            write(&r, &output, &[&input], &extra)?;
+            write(g, &r, &output, &[&input], &extra)?;
         }
         DataCommand::Split {
             input,
@@ -701,7 +703,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 Some(json!(kept).to_string())
             });
             extra.extend(names.map(|n| (CLASS_NAMES, n)));
-            write(&s, &output, &[&input], &extra)?;
+            write(g, &s, &output, &[&input], &extra)?;
         }
         DataCommand::Permute {
             input,
@@ -714,7 +716,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             let (p, _) = d.permuted(seed);
             let mut extra = vec![("permutation_seed", seed.to_string())];
             extra.extend(class_names(&input).map(|n| (CLASS_NAMES, n)));
-            write(&p, &output, &[&input], &extra)?;
+            write(g, &p, &output, &[&input], &extra)?;
         }
         DataCommand::Shuffle {
             input,
@@ -724,7 +726,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             let s = RawDataset::open(&input)?.shuffled(seed);
             let mut extra = vec![("shuffle_seed", seed.to_string())];
             extra.extend(class_names(&input).map(|n| (CLASS_NAMES, n)));
-            write(&s, &output, &[&input], &extra)?;
+            write(g, &s, &output, &[&input], &extra)?;
         }
         DataCommand::Take {
             input,
@@ -745,7 +747,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 .map(|n| (CLASS_NAMES, n))
                 .into_iter()
                 .collect();
-            write(&d.select(&rows), &output, &[&input], &extra)?;
+            write(g, &d.select(&rows), &output, &[&input], &extra)?;
         }
         DataCommand::Concat { inputs, output } => {
             let mut it = inputs.iter();
@@ -762,7 +764,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 }
                 _ => vec![],
             };
-            write(&d, &output, &refs, &extra)?;
+            write(g, &d, &output, &refs, &extra)?;
         }
         DataCommand::Stats { input } => {
             let d = mnemo::data::Dataset::open(&input)?;

@@ -81,9 +81,10 @@ impl LossName {
     }
 }
 
+/// The optimizer's flags (shared by the epoch-based training commands and `online`).
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Training")]
-pub struct EngineArgs {
+pub struct OptimizerArgs {
     #[arg(long, value_enum, default_value = "adam")]
     pub optimizer: OptimizerName,
     /// Learning rate, in [0, 1000].
@@ -108,6 +109,40 @@ pub struct EngineArgs {
     pub beta2: f32,
     #[arg(long, default_value_t = 1e-8, value_parser = mnemo::validate::positive_f32)]
     pub eps: f32,
+}
+
+impl OptimizerArgs {
+    pub fn config(&self) -> OptimizerConfig {
+        let kind = match self.optimizer {
+            OptimizerName::Sgd => OptimizerKind::Sgd {
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+            },
+            OptimizerName::Adam => OptimizerKind::Adam {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+            },
+            OptimizerName::Adamw => OptimizerKind::AdamW {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+            },
+        };
+        OptimizerConfig {
+            kind,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            decay_all: self.decay_all,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Training")]
+pub struct EngineArgs {
+    #[command(flatten)]
+    pub opt: OptimizerArgs,
     #[arg(long, default_value_t = 1, value_parser = mnemo::validate::size)]
     pub epochs: usize,
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
@@ -269,28 +304,7 @@ pub struct FocalArgs {
 
 impl EngineArgs {
     pub fn optimizer(&self) -> OptimizerConfig {
-        let kind = match self.optimizer {
-            OptimizerName::Sgd => OptimizerKind::Sgd {
-                momentum: self.momentum,
-                nesterov: self.nesterov,
-            },
-            OptimizerName::Adam => OptimizerKind::Adam {
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-            },
-            OptimizerName::Adamw => OptimizerKind::AdamW {
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-            },
-        };
-        OptimizerConfig {
-            kind,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            decay_all: self.decay_all,
-        }
+        self.opt.config()
     }
 
     pub fn train_config(&self, head: Option<String>) -> anyhow::Result<TrainConfig> {
@@ -562,9 +576,9 @@ impl TrainInputs {
     pub fn open(&self, g: &Global) -> anyhow::Result<Opened> {
         let device = g.device()?;
         let (model, ckpt) = Model::open(&self.model, self.arch.as_deref(), &device)?;
-        let head = model.choose_head(self.head.as_deref())?;
+        let head = model.choose_head(self.head.as_deref()).context("--head")?;
         let data = Dataset::open(&self.data)?;
-        let mut prov = Provenance::from_args(&super::argv());
+        let mut prov = g.provenance();
         let model_hash = ckpt.content_hash()?;
         prov.input(self.model.display().to_string(), model_hash.clone());
         prov.input(
@@ -605,20 +619,53 @@ pub struct Fit<'a> {
 /// atomically, a summary line last.
 pub fn fit(f: Fit, e: &EngineArgs, g: &Global) -> anyhow::Result<Outcome> {
     let mut out = JsonLines::stdout();
-    let (_, outcome, _) = fit_with(f, e, g, &mut out, true)?;
-    Ok(outcome)
+    let trained = train_only(f, e, g, &mut out)?;
+    trained.write(e, &mut out)
 }
 
-/// `fit` with the JSON Lines sent to `out`; with `write` false nothing is written (no
-/// output, no buffer, no summary) and the trained model is handed back for the caller to
-/// decide (lora-gate).
-pub fn fit_with(
-    mut f: Fit,
+/// A finished training run, nothing written yet: `write` puts its files in place, or a
+/// caller that decides first (lora-gate) takes the model, the optimizer and the outcome.
+pub struct Trained<'a> {
+    pub model: Model,
+    pub outcome: Outcome,
+    pub opt: Optimizer,
+    /// The command's provenance with every input of the run recorded and the seed set.
+    pub prov: Provenance,
+    output: &'a Path,
+    metadata: BTreeMap<String, String>,
+    replay: Option<Replay>,
+    /// SI's path integral and the prior importance it adds to.
+    si: Option<(Si, Option<Importance>)>,
+    start: std::time::Instant,
+}
+
+/// A per-parameter importance (SI's Ω, a Fisher diagonal), by parameter name.
+type Importance = BTreeMap<String, Vec<f32>>;
+
+/// `--save-optimizer`'s file, prepared beside its target (None without the flag).
+pub fn prepare_optimizer(
+    e: &EngineArgs,
+    opt: &Optimizer,
+    model: &Model,
+    meta: &BTreeMap<String, String>,
+) -> anyhow::Result<Option<mnemo::checkpoint::AtomicFile>> {
+    e.save_optimizer
+        .as_ref()
+        .map(|p| {
+            optim_file::prepare(p, opt, model, meta)
+                .with_context(|| format!("writing {}", p.display()))
+        })
+        .transpose()
+}
+
+/// The engine's training: JSON Lines per epoch (and step) to `out`; no file is written
+/// (the --state saves aside).
+pub fn train_only<'a>(
+    mut f: Fit<'a>,
     e: &EngineArgs,
     g: &Global,
     out: &mut JsonLines,
-    write: bool,
-) -> anyhow::Result<(Model, Outcome, Optimizer)> {
+) -> anyhow::Result<Trained<'a>> {
     let cfg = e.train_config(f.head.clone())?;
     let opt_cfg = e.optimizer();
     f.prov.seed = Some(e.seed);
@@ -778,71 +825,90 @@ pub fn fit_with(
             outcome.steps
         );
     }
-    if !write {
-        return Ok((model, outcome, opt));
+    Ok(Trained {
+        model,
+        outcome,
+        opt,
+        prov: f.prov,
+        output: f.output,
+        metadata: f.metadata,
+        replay: f.replay,
+        si: si.map(|s| (s, si_prior)),
+        start,
+    })
+}
+
+impl Trained<'_> {
+    /// Writes the run's files and a summary line to `out`. Every file is prepared (written
+    /// and synced beside its target) before any is put in place, so a failure leaves every
+    /// target as it was. Then the optimizer, the output, and the buffer last: a run killed
+    /// between the last two leaves the old buffer, so running it again does not offer the
+    /// data twice.
+    pub fn write(self, e: &EngineArgs, out: &mut JsonLines) -> anyhow::Result<Outcome> {
+        let Trained {
+            model,
+            outcome,
+            opt,
+            prov,
+            output: path,
+            metadata,
+            replay,
+            si,
+            start,
+        } = self;
+        let mut meta = prov.metadata();
+        meta.insert(ARCH_KEY.into(), model.spec.to_json());
+        meta.extend(metadata);
+        let tensors = model.tensors()?;
+        mnemo::train::finite::check_tensors(&tensors)?;
+        let output = prepare_checkpoint(path, tensors, &meta)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let optimizer = prepare_optimizer(e, &opt, &model, &prov.metadata())?;
+        let importance = match (&e.si_importance, &si) {
+            (Some(p), Some((si, prior))) => Some(
+                prepare_importance(p, si, prior.as_ref(), &model, &prov)
+                    .with_context(|| format!("writing {}", p.display()))?,
+            ),
+            _ => None,
+        };
+        let buffer = match &replay {
+            Some(r) => Some(
+                r.buffer
+                    .prepare(&r.buffer.path, &prov.metadata())
+                    .with_context(|| format!("writing the buffer {}", r.buffer.path.display()))?,
+            ),
+            None => None,
+        };
+        if let Some(o) = optimizer {
+            o.commit()?;
+        }
+        if let Some(i) = importance {
+            i.commit()?;
+        }
+        output.commit()?;
+        if let Some(b) = buffer {
+            b.commit()?;
+        }
+        let last = outcome.reports.last();
+        let mut summary = json!({
+            "event": "summary", "output": path.display().to_string(), "command": prov.command,
+            "epochs": outcome.epochs_done, "steps": outcome.steps,
+            "task_loss": last.map(|r| num(r.task_loss)), "penalty": last.map(|r| num(r.penalty)),
+        });
+        if let Some(b) = &outcome.best {
+            summary["best_epoch"] = json!(b.epoch + 1);
+            summary["val_loss"] = num(b.val_loss);
+            summary["val_accuracy"] = num(b.val_accuracy);
+            summary["kept"] = json!(if e.keep_last { "last" } else { "best" });
+            summary["stopped_early"] = json!(outcome.stopped_early);
+        }
+        if let Some(r) = &replay {
+            let mut b = r.buffer.summary();
+            b["path"] = json!(r.buffer.path.display().to_string());
+            summary["buffer"] = b;
+        }
+        summary["seconds"] = num(start.elapsed().as_secs_f64());
+        out.emit(&summary)?;
+        Ok(outcome)
     }
-    let mut meta = f.prov.metadata();
-    meta.insert(ARCH_KEY.into(), model.spec.to_json());
-    meta.extend(f.metadata);
-    let tensors = model.tensors()?;
-    mnemo::train::finite::check_tensors(&tensors)?;
-    // Every file is prepared (written and synced beside its target) before any is put in
-    // place, so a failure leaves every target as it was. Then the optimizer, the output,
-    // and the buffer last: a run killed between the last two leaves the old buffer, so
-    // running it again does not offer the data twice.
-    let output = prepare_checkpoint(f.output, tensors, &meta)
-        .with_context(|| format!("writing {}", f.output.display()))?;
-    let optimizer = match &e.save_optimizer {
-        Some(p) => Some(
-            optim_file::prepare(p, &opt, &model, &f.prov.metadata())
-                .with_context(|| format!("writing {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let importance = match (&e.si_importance, &si) {
-        (Some(p), Some(si)) => Some(
-            prepare_importance(p, si, si_prior.as_ref(), &model, &f.prov)
-                .with_context(|| format!("writing {}", p.display()))?,
-        ),
-        _ => None,
-    };
-    let buffer = match &f.replay {
-        Some(r) => Some(
-            r.buffer
-                .prepare(&r.buffer.path, &f.prov.metadata())
-                .with_context(|| format!("writing the buffer {}", r.buffer.path.display()))?,
-        ),
-        None => None,
-    };
-    if let Some(o) = optimizer {
-        o.commit()?;
-    }
-    if let Some(i) = importance {
-        i.commit()?;
-    }
-    output.commit()?;
-    if let Some(b) = buffer {
-        b.commit()?;
-    }
-    let last = outcome.reports.last();
-    let mut summary = json!({
-        "event": "summary", "output": f.output.display().to_string(), "command": f.prov.command,
-        "epochs": outcome.epochs_done, "steps": outcome.steps,
-        "task_loss": last.map(|r| num(r.task_loss)), "penalty": last.map(|r| num(r.penalty)),
-    });
-    if let Some(b) = &outcome.best {
-        summary["best_epoch"] = json!(b.epoch + 1);
-        summary["val_loss"] = num(b.val_loss);
-        summary["val_accuracy"] = num(b.val_accuracy);
-        summary["kept"] = json!(if e.keep_last { "last" } else { "best" });
-        summary["stopped_early"] = json!(outcome.stopped_early);
-    }
-    if let Some(r) = &f.replay {
-        let mut b = r.buffer.summary();
-        b["path"] = json!(r.buffer.path.display().to_string());
-        summary["buffer"] = b;
-    }
-    summary["seconds"] = num(start.elapsed().as_secs_f64());
-    out.emit(&summary)?;
-    Ok((model, outcome, opt))
 }

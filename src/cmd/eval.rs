@@ -89,7 +89,7 @@ pub struct Args {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let device = g.device()?;
     let (mut model, _ckpt) = Model::open(&args.model, args.arch.as_deref(), &device)?;
-    let head = model.choose_head(args.head.as_deref())?;
+    let head = model.choose_head(args.head.as_deref()).context("--head")?;
     let mut labels = serde_json::Map::new();
     for l in &args.label {
         let (k, v) = l

@@ -6,7 +6,6 @@ use anyhow::Context;
 use mnemo::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use mnemo::data::Dataset;
 use mnemo::model::Model;
-use mnemo::provenance::Provenance;
 use mnemo::train::fisher::{
     accumulate, fisher, reduce, FisherMode, MODEL_KEY, MODE_KEY, ONLINE_KEY, SAMPLES_KEY,
 };
@@ -84,7 +83,7 @@ pub struct Args {
     pub gamma: Option<f64>,
 }
 
-fn run_reduce(args: &Args) -> anyhow::Result<Status> {
+fn run_reduce(args: &Args, g: &Global) -> anyhow::Result<Status> {
     let mut d = mnemo::fsutil::Destinations::new();
     for f in &args.reduce {
         d.input("--reduce", f);
@@ -97,7 +96,7 @@ fn run_reduce(args: &Args) -> anyhow::Result<Status> {
         .map(Checkpoint::open)
         .collect::<Result<_, _>>()?;
     let (tensors, samples) = reduce(&files)?;
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     for f in &files {
         prov.input(f.path.display().to_string(), f.content_hash()?);
     }
@@ -124,7 +123,7 @@ fn run_reduce(args: &Args) -> anyhow::Result<Status> {
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     if !args.reduce.is_empty() {
-        return run_reduce(&args);
+        return run_reduce(&args, g);
     }
     let (Some(model_path), Some(data_path)) = (&args.model, &args.data) else {
         anyhow::bail!("MODEL and --data are required (or --reduce FISHER...)");
@@ -137,7 +136,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     d.output("-o", &args.output).check()?;
     let device = g.device()?;
     let (mut model, ckpt) = Model::open(model_path, args.arch.as_deref(), &device)?;
-    let head = model.choose_head(args.head.as_deref())?;
+    let head = model.choose_head(args.head.as_deref()).context("--head")?;
     let data = Dataset::open(data_path)?;
     let mode = match args.mode {
         Mode::Empirical => FisherMode::Empirical,
@@ -188,7 +187,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         tensors.push(OwnedTensor::f32(name.clone(), t.dims().to_vec(), &v));
     }
     let model_hash = ckpt.content_hash()?;
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     prov.input(model_path.display().to_string(), model_hash.clone());
     prov.input(
         data_path.display().to_string(),

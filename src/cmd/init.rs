@@ -6,7 +6,6 @@ use anyhow::Context;
 use mnemo::checkpoint::{write_checkpoint, Checkpoint};
 use mnemo::error::MnemoError;
 use mnemo::model::{ArchSpec, Model, ARCH_KEY};
-use mnemo::provenance::Provenance;
 use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
@@ -84,7 +83,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let spec = ArchSpec::parse(&args.arch)?;
     // Initial values are drawn on the host from mnemo's RNG; the device does not change them.
     let mut model = Model::init(&spec, args.seed, &candle_core::Device::Cpu)?;
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     prov.seed = Some(args.seed);
     let mut report = None;
     if let Some(from) = &args.from {

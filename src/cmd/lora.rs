@@ -6,7 +6,6 @@ use anyhow::Context;
 use mnemo::checkpoint::{encode, write_checkpoint, Checkpoint, OwnedTensor};
 use mnemo::lora::peft_check;
 use mnemo::lora::{fold, Adapter};
-use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -50,7 +49,7 @@ pub enum LoraCommand {
     },
 }
 
-pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
+pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     match args.command {
         LoraCommand::Merge {
             base,
@@ -163,7 +162,7 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                     data,
                 });
             }
-            let mut prov = Provenance::from_args(&super::argv());
+            let mut prov = g.provenance();
             prov.input(base.display().to_string(), ckpt.content_hash()?);
             let wfile = adapter.join(mnemo::lora::WEIGHTS_FILE);
             prov.input(

@@ -2,7 +2,7 @@
 //! validation does not get worse. Accepted: the adapter folder (PEFT's layout) and,
 //! with --merged, the folded checkpoint; rejected: nothing is written, exit 1.
 
-use super::engine::{fit_with, EngineArgs, Fit, Opened, TrainInputs};
+use super::engine::{prepare_optimizer, train_only, EngineArgs, Fit, Opened, TrainInputs};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
 use mnemo::checkpoint::prepare_checkpoint;
@@ -231,7 +231,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         "lora={:?}|metric={:?}|threshold={}",
         config, args.metric, args.threshold
     );
-    let fitted = fit_with(
+    let trained = train_only(
         Fit {
             command: "lora-gate",
             model,
@@ -247,10 +247,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         &args.engine,
         g,
         &mut log,
-        false,
     )
     .map_err(|e| super::name_files(e, &args.inputs.files()))?;
-    let (mut model, outcome, opt) = fitted;
+    let (mut model, outcome, opt) = (trained.model, trained.outcome, trained.opt);
     let after = score_of(&mut model)?;
     let (baseline, score) = (mean(&before), mean(&after));
     let regression = baseline - score;
@@ -306,16 +305,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             }
             None => None,
         };
-        let optimizer = match &args.engine.save_optimizer {
-            Some(p) => {
-                line["optimizer"] = json!(p.display().to_string());
-                Some(
-                    mnemo::train::optim_file::prepare(p, &opt, &model, &prov.metadata())
-                        .with_context(|| format!("writing {}", p.display()))?,
-                )
-            }
-            None => None,
-        };
+        let optimizer = prepare_optimizer(&args.engine, &opt, &model, &prov.metadata())?;
+        if let Some(p) = &args.engine.save_optimizer {
+            line["optimizer"] = json!(p.display().to_string());
+        }
         meta.insert("mnemo.lora.base".into(), base_hash);
         let adapter = mnemo::lora::attach::adapter_of(&model)?.expect("an adapter is attached");
         log.sync()?;

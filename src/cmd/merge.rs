@@ -4,7 +4,6 @@ use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::checkpoint::{AtomicFile, Checkpoint, Dtype};
 use mnemo::merge::{common_tensors, merge_checkpoints, DareRescale, MergeOptions, Method, METHODS};
-use mnemo::provenance::Provenance;
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -452,7 +451,7 @@ fn run_yaml(args: &Args, g: &Global, path: &Path) -> anyhow::Result<Status> {
         );
     }
     let cfg = mnemo::merge::MergeConfig::load(path)?;
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     let mut seen = HashSet::new();
     let mut refs: Vec<&mnemo::merge::yaml::ModelRef> = cfg.base_model.iter().collect();
     for m in cfg.models.iter().flatten() {
@@ -525,7 +524,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         d.output("-o", &args.output);
     }
     d.check()?;
-    let mut prov = Provenance::from_args(&super::argv());
+    let mut prov = g.provenance();
     for c in inputs.iter().chain(base.as_ref()).chain(&fishers) {
         prov.input(c.path.display().to_string(), c.content_hash()?);
     }

@@ -45,30 +45,19 @@ pub struct Global {
     /// comma-separated, switches true/false), e.g. --set lambda=100.
     #[arg(long, global = true, value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-}
-
-static ARGV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-
-/// Records the effective command line (with the settings of --config, MNEMO_* variables and
-/// --set written out as flags), for `argv()`.
-pub fn set_argv(argv: &[std::ffi::OsString]) {
-    let _ = ARGV.set(
-        argv.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-    );
-}
-
-/// The command line to record in provenance: the effective one when configuration layers
-/// contributed settings, else the process's own.
-pub fn argv() -> Vec<String> {
-    match ARGV.get() {
-        Some(a) => a.clone(),
-        None => std::env::args().collect(),
-    }
+    /// The command line provenance records: the process's own, or the effective one (the
+    /// settings of --config, MNEMO_* variables and --set written out as flags) when a layer
+    /// contributed. Set by main from `config::parse`.
+    #[arg(skip)]
+    pub command_line: Vec<String>,
 }
 
 impl Global {
+    /// Provenance for an output of this run, starting from its command line.
+    pub fn provenance(&self) -> mnemo::provenance::Provenance {
+        mnemo::provenance::Provenance::from_args(&self.command_line)
+    }
+
     pub fn device(&self) -> anyhow::Result<candle_core::Device> {
         Ok(parse_device(&self.device)?)
     }

@@ -70,59 +70,6 @@ pub struct MergeReport {
     pub tensors: Vec<TensorReport>,
 }
 
-fn float_word(f: bool) -> &'static str {
-    if f {
-        "a floating-point dtype"
-    } else {
-        "a non-float dtype"
-    }
-}
-
-/// `other` must hold exactly `first`'s tensor names, with the same shapes and
-/// the same kind of dtype (float or not); with `only`, just those names.
-fn same_layout(
-    first: &Checkpoint,
-    other: &Checkpoint,
-    only: Option<&std::collections::HashSet<String>>,
-) -> Result<()> {
-    for name in first.names() {
-        if only.is_some_and(|o| !o.contains(name)) {
-            continue;
-        }
-        let (a, b) = (first.entry(name)?, other.entry(name)?);
-        if a.shape != b.shape {
-            return Err(MnemoError::ShapeMismatch {
-                path: other.path.clone(),
-                tensor: name.to_string(),
-                found: b.shape.clone(),
-                expected: a.shape.clone(),
-            });
-        }
-        if a.dtype.is_float() != b.dtype.is_float() {
-            return Err(MnemoError::WrongDtype {
-                path: other.path.clone(),
-                tensor: name.to_string(),
-                dtype: b.dtype.to_string(),
-                expected: format!(
-                    "{} like {} in {}",
-                    float_word(a.dtype.is_float()),
-                    a.dtype,
-                    first.path.display()
-                ),
-            });
-        }
-    }
-    let extra: Vec<&str> = other.names().filter(|n| !first.contains(n)).collect();
-    if let (Some(t), None) = (extra.first(), only) {
-        return Err(MnemoError::UnexpectedTensor {
-            path: other.path.clone(),
-            tensor: t.to_string(),
-            count: extra.len(),
-        });
-    }
-    Ok(())
-}
-
 /// The tensors of `first` that every other checkpoint holds with the same shape and kind
 /// of dtype (what `--skip-mismatched` merges), and the names left out.
 pub fn common_tensors(
@@ -245,7 +192,7 @@ pub fn merge_checkpoints(
     method.validate(inputs.len(), base.is_some(), fishers.len())?;
     let first = &inputs[0];
     for other in inputs[1..].iter().chain(base) {
-        same_layout(first, other, opts.only)?;
+        first.check_same_layout(other, opts.only)?;
     }
     check_fishers(first, fishers)?;
     let plan = method.plan(inputs.len());

@@ -60,7 +60,7 @@ impl Model {
             (ArchSpec::MultiHead { .. }, None) => {
                 return Err(MnemoError::InvalidArch {
                     origin: None,
-                    reason: "a multi-head model needs --head".into(),
+                    reason: "a multi-head model needs a head chosen".into(),
                 })
             }
         };
@@ -366,7 +366,7 @@ impl Model {
                     return Err(MnemoError::InvalidArch {
                         origin: None,
                         reason: format!(
-                            "the model has several heads; choose one with --head ({})",
+                            "the model has several heads; choose one of: {}",
                             self.spec.head_names().join(", ")
                         ),
                     });

@@ -196,8 +196,8 @@ impl Model {
         self.spec.num_parameters()
     }
 
-    /// Checks a `--head` choice against the spec; returns the head to use
-    /// (the only head when there is one and none was named).
+    /// Checks a head choice against the spec; returns the head to use (the only head when
+    /// there is one and none was named).
     pub fn choose_head(&self, head: Option<&str>) -> Result<Option<String>> {
         let heads = self.spec.head_names();
         let err = |reason: String| MnemoError::InvalidArch {
@@ -208,11 +208,11 @@ impl Model {
             None if heads.is_empty() => Ok(None),
             None if heads.len() == 1 => Ok(Some(heads[0].clone())),
             None => Err(err(format!(
-                "the model has several heads; choose one with --head ({})",
+                "the model has several heads; choose one of: {}",
                 heads.join(", ")
             ))),
             Some(h) if heads.is_empty() => Err(err(format!(
-                "--head {h} given, but the model has a single output (no heads)"
+                "head '{h}' chosen, but the model has a single output (no heads)"
             ))),
             Some(h) if heads.iter().any(|x| x == h) => Ok(Some(h.to_string())),
             Some(h) => Err(err(format!(

@@ -470,29 +470,6 @@ pub fn samples_of(f: &Checkpoint) -> Result<usize> {
         })
 }
 
-/// Checks that `other` holds exactly `first`'s tensor names with the same shapes.
-fn same_layout(first: &Checkpoint, other: &Checkpoint) -> Result<()> {
-    for name in first.names() {
-        let (a, b) = (first.entry(name)?, other.entry(name)?);
-        if a.shape != b.shape {
-            return Err(MnemoError::ShapeMismatch {
-                path: other.path.clone(),
-                tensor: name.to_string(),
-                found: b.shape.clone(),
-                expected: a.shape.clone(),
-            });
-        }
-    }
-    if let Some(extra) = other.names().find(|n| !first.contains(n)) {
-        return Err(MnemoError::UnexpectedTensor {
-            path: other.path.clone(),
-            tensor: extra.to_string(),
-            count: other.names().filter(|n| !first.contains(n)).count(),
-        });
-    }
-    Ok(())
-}
-
 /// The Fisher of the union of disjoint shards from the shards' Fisher files:
 /// Σ nᵢFᵢ / Σ nᵢ, nᵢ from each file's sample count. The files must agree on mode and
 /// model; tensors are combined one at a time (memory: two tensors). Returns the tensors
@@ -524,7 +501,7 @@ pub fn reduce(files: &[Checkpoint]) -> Result<(Vec<OwnedTensor<'static>>, usize)
                 ));
             }
         }
-        same_layout(first, f)?;
+        first.check_same_layout(f, None)?;
     }
     let total: usize = counts.iter().sum();
     let mut out = Vec::new();
