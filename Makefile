@@ -71,6 +71,7 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/replay/gen.py
 	$$(scripts/venv.sh) fixtures/fisher_loss/gen.py
 	$$(scripts/venv.sh) fixtures/strategies/gen.py
+	$$(scripts/venv.sh) fixtures/online/gen.py
 
 # The CUDA build (no GPU needed): nvcc and headers from PyPI wheels; see scripts/build-cuda.sh.
 cuda:

@@ -47,6 +47,9 @@ enum Command {
     /// Train on new data while replaying examples from an on-disk reservoir buffer
     /// (experience replay, optional logit distillation); the buffer is updated.
     ReplayTrain(Box<cmd::replay_train::Args>),
+    /// Learn from a live stream of examples (stdin or a FIFO), predict-then-train, keeping an
+    /// EMA of the weights; checkpoints every N examples or seconds and on SIGTERM/SIGINT.
+    Online(Box<cmd::online::Args>),
     /// Train a LoRA adapter and keep it only when validation does not regress (PEFT's
     /// format); exit 1 when rejected, with nothing written.
     LoraGate(Box<cmd::lora_gate::Args>),
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Fisher(a) => cmd::fisher::run(a, g),
         Command::TrainEwc(a) => cmd::train_ewc::run(*a, g),
         Command::ReplayTrain(a) => cmd::replay_train::run(*a, g),
+        Command::Online(a) => cmd::online::run(*a, g),
         Command::LoraGate(a) => cmd::lora_gate::run(*a, g),
         Command::Lora(a) => cmd::lora::run(a, g),
         Command::Report(a) => cmd::report::run(a, g),

@@ -20,10 +20,26 @@ use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-/// One memory-mapped safetensors file with a validated header.
+/// Where a safetensors file's bytes are: mapped from disk, or read from a stream.
+enum Storage {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Map(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// One safetensors file (memory-mapped, or held in memory) with a validated header.
 pub struct SafetensorsFile {
     pub path: PathBuf,
-    mmap: Option<Mmap>,
+    bytes: Storage,
     pub header: header::Header,
 }
 
@@ -46,7 +62,21 @@ impl SafetensorsFile {
         let header = validate(&mmap).map_err(invalid)?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
-            mmap: Some(mmap),
+            bytes: Storage::Map(mmap),
+            header,
+        })
+    }
+
+    /// A whole safetensors file already in memory (a frame of a stream), validated as
+    /// [`SafetensorsFile::open`] validates a file; `label` names it in messages.
+    pub fn from_bytes(label: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let header = validate(&bytes).map_err(|reason| MnemoError::InvalidSafetensors {
+            path: label.to_path_buf(),
+            reason,
+        })?;
+        Ok(SafetensorsFile {
+            path: label.to_path_buf(),
+            bytes: Storage::Owned(bytes),
             header,
         })
     }
@@ -58,10 +88,7 @@ impl SafetensorsFile {
     /// The raw little-endian bytes of one tensor, straight from the map.
     pub fn bytes(&self, t: &TensorEntry) -> &[u8] {
         let start = self.data_start();
-        match &self.mmap {
-            Some(m) => &m[start + t.begin..start + t.end],
-            None => &[],
-        }
+        &self.bytes[start + t.begin..start + t.end]
     }
 
     /// Absolute offset of a tensor's first byte in the file.
@@ -162,7 +189,15 @@ impl Checkpoint {
         if name.ends_with(".index.json") {
             return Self::open_index(path);
         }
-        let file = SafetensorsFile::open(path)?;
+        Ok(Self::of_file(SafetensorsFile::open(path)?))
+    }
+
+    /// A checkpoint of one in-memory safetensors file (see [`SafetensorsFile::from_bytes`]).
+    pub fn from_bytes(label: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Ok(Self::of_file(SafetensorsFile::from_bytes(label, bytes)?))
+    }
+
+    fn of_file(file: SafetensorsFile) -> Self {
         let index = file
             .header
             .tensors
@@ -171,13 +206,13 @@ impl Checkpoint {
             .map(|(i, t)| (t.name.clone(), Loc { file: 0, entry: i }))
             .collect();
         let metadata = file.header.metadata.clone();
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
+        Checkpoint {
+            path: file.path.clone(),
             files: vec![file],
             index,
             metadata,
             index_path: None,
-        })
+        }
     }
 
     fn open_index(path: &Path) -> Result<Self> {

@@ -143,6 +143,17 @@ pub enum DataCommand {
     },
     /// Examples per class, shape, dtype and value range, as JSON.
     Stats { input: PathBuf },
+    /// Send a dataset to stdout as a stream of chunks, in file order, for `mnemo online --data
+    /// -` (or any reader of the framing): safetensors files back to back (U8 inputs stay U8),
+    /// or JSON Lines {"input": [...], "target": ...}, one example per line.
+    Stream {
+        input: PathBuf,
+        /// Examples per safetensors frame (JSON Lines: one per line, whatever this is).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = mnemo::validate::count)]
+        chunk: usize,
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: StreamFormatName,
+    },
     /// Generate images of shapes on textured backgrounds: masks, presence or class targets.
     ///
     /// Each S×S RGB image (U8 [N,3,S,S]) shows 1-3 non-overlapping flat-coloured shapes
@@ -172,6 +183,12 @@ pub enum DataCommand {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum StreamFormatName {
+    Safetensors,
+    Jsonl,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -440,7 +457,7 @@ fn files(c: &DataCommand) -> (Vec<&PathBuf>, Option<&PathBuf>) {
         | D::Shuffle { input, output, .. }
         | D::Take { input, output, .. } => (vec![input], Some(output)),
         D::Concat { inputs, output } => (inputs.iter().collect(), Some(output)),
-        D::Stats { input } => (vec![input], None),
+        D::Stats { input } | D::Stream { input, .. } => (vec![input], None),
         D::Shapes { output, .. } => (vec![], Some(output)),
     }
 }
@@ -765,6 +782,27 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 _ => vec![],
             };
             write(g, &d, &output, &refs, &extra)?;
+        }
+        DataCommand::Stream {
+            input,
+            chunk,
+            format,
+        } => {
+            let d = mnemo::data::Dataset::open(&input)?;
+            let format = match format {
+                StreamFormatName::Safetensors => mnemo::data::stream::StreamFormat::Safetensors,
+                StreamFormatName::Jsonl => mnemo::data::stream::StreamFormat::JsonLines,
+            };
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            let mut from = 0;
+            while from < d.len() {
+                let n = chunk.min(d.len() - from);
+                mnemo::data::stream::write_chunk(&d, from, n, format, &mut w)
+                    .context("writing the stream to stdout")?;
+                from += n;
+            }
+            std::io::Write::flush(&mut w).context("writing the stream to stdout")?;
         }
         DataCommand::Stats { input } => {
             let d = mnemo::data::Dataset::open(&input)?;

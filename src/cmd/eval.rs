@@ -53,6 +53,8 @@ pub struct Args {
     /// accuracy, top5), [N,H,W] masks (loss, iou per class, miou, pixel_accuracy) or [N,K]
     /// multi-hot rows (loss, ap per label, map, label_accuracy). With several (one per
     /// task), one line per dataset with its 1-based "task" number, then their mean accuracy.
+    /// `-` reads a stream on stdin (as `mnemo online` does: `mnemo data stream` frames or
+    /// JSON Lines) whole.
     #[arg(long, value_name = "D", num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// Architecture, for checkpoints without `mnemo.arch` metadata.
@@ -106,7 +108,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let several = args.data.len() > 1 || args.stage.is_some() || args.task != 1;
     let mut accuracies = Vec::new();
     for (task, path) in args.data.iter().enumerate() {
-        let data = Dataset::open(path)?;
+        let data = super::open_dataset(path)?;
         if data.target_kind == TargetKind::Class {
             if let Some(l) = args.loss {
                 l.to_loss(args.focal.alpha, args.focal.gamma)?

@@ -20,6 +20,7 @@ pub mod lora;
 pub mod lora_gate;
 pub mod man;
 pub mod merge;
+pub mod online;
 pub mod replay_train;
 pub mod report;
 pub mod train_ewc;
@@ -227,6 +228,21 @@ impl JsonLines {
     }
 }
 
+/// A dataset file, or `-`: a stream on stdin (safetensors frames or JSON Lines, as `mnemo
+/// online` reads them), read whole.
+pub fn open_dataset(path: &std::path::Path) -> anyhow::Result<mnemo::data::Dataset> {
+    if path != std::path::Path::new("-") {
+        return Ok(mnemo::data::Dataset::open(path)?);
+    }
+    use mnemo::data::stream::{read_all, StreamOptions, StreamReader};
+    let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let opts = StreamOptions {
+        chunk: 4096,
+        ..Default::default()
+    };
+    Ok(read_all(StreamReader::new(stdin, "-", opts), path)?)
+}
+
 /// An error that names none of `files` (a shape mismatch deep in a forward pass: "layer 0
 /// (linear): input shape [64, 21] ...") gets them as context, so the message says which
 /// model and which data did not fit.
@@ -362,6 +378,7 @@ pub const HELP_EXTRAS: &[(&str, &HelpExtra)] = &[
     ("fisher", &fisher::HELP),
     ("train-ewc", &train_ewc::HELP),
     ("replay-train", &replay_train::HELP),
+    ("online", &online::HELP),
     ("lora-gate", &lora_gate::HELP),
     ("lora", &lora::HELP),
     ("drift", &drift::HELP),

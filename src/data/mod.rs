@@ -12,6 +12,7 @@ pub mod pad;
 pub mod raw;
 pub mod rotate;
 pub mod shapes;
+pub mod stream;
 pub mod voc;
 
 use crate::checkpoint::{Checkpoint, Dtype};
@@ -73,12 +74,17 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn open(path: impl AsRef<Path>) -> Result<Dataset> {
-        let path = path.as_ref();
+        Self::from_checkpoint(&Checkpoint::open(path)?)
+    }
+
+    /// The dataset a checkpoint holds (a file, or a frame of a stream): `input` [N, ...]
+    /// and `target` [N], [N, K] or [N, H, W], every value checked.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Dataset> {
+        let path = ckpt.path.as_path();
         let bad = |reason: String| MnemoError::InvalidDataset {
             path: path.to_path_buf(),
             reason,
         };
-        let ckpt = Checkpoint::open(path)?;
         for name in ["input", "target"] {
             if !ckpt.contains(name) {
                 let have: Vec<&str> = ckpt.names().take(5).collect();

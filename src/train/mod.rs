@@ -5,9 +5,11 @@
 //! that lets a killed run resume to the same bytes.
 
 pub mod dense;
+pub mod ema;
 pub mod finite;
 pub mod fisher;
 pub mod lwf;
+pub mod online;
 pub mod optim;
 pub mod optim_file;
 pub mod penalty;
@@ -23,6 +25,7 @@ pub use crate::loss::{self, Loss};
 use crate::model::{Mode, Model, Snapshot};
 use crate::rng::Rng;
 use candle_core::Tensor;
+pub use ema::Ema;
 pub use lwf::Lwf;
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use penalty::{AnchorPull, EwcPenalty, PenaltyTerm};

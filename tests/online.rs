@@ -1,0 +1,467 @@
+//! `mnemo online` and `mnemo data stream`: prequential learning with an EMA against PyTorch
+//! (fixtures/online/gen.py), both framings, resumption to the same weights, a cut stream,
+//! and clean stops on SIGTERM.
+
+mod common;
+use common::*;
+use mnemo::checkpoint::Checkpoint;
+use serde_json::Value;
+use std::path::Path;
+
+fn expected() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("online/expected.json")).unwrap();
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn arch_arg(a: &str) -> String {
+    if a.starts_with("mlp:") {
+        a.to_string()
+    } else {
+        fixture(a)
+    }
+}
+
+/// Per tensor: max |a − b| ≤ tol · max(1, max |b|).
+fn assert_close(got: &Checkpoint, want: &Checkpoint, tol: f32, case: &str) {
+    for name in want.names() {
+        let w = want.to_f32(name).unwrap();
+        let g = got
+            .to_f32(name)
+            .unwrap_or_else(|e| panic!("{case}: {name}: {e}"));
+        let scale = w.iter().fold(1f32, |m, x| m.max(x.abs()));
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * scale,
+                "{case}: {name}[{i}] = {a}, torch {b}"
+            );
+        }
+    }
+}
+
+/// Every tensor of `a` equals `b`'s bit for bit.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (Checkpoint::open(a).unwrap(), Checkpoint::open(b).unwrap());
+    assert_eq!(a.names().collect::<Vec<_>>(), b.names().collect::<Vec<_>>());
+    for name in a.names() {
+        assert_eq!(a.bytes(name).unwrap(), b.bytes(name).unwrap(), "{name}");
+    }
+}
+
+fn stream(dir: &Path, data: &str, chunk: usize, format: &str) -> Vec<u8> {
+    let r = mnemo_in(
+        dir,
+        &[
+            "data",
+            "stream",
+            data,
+            "--chunk",
+            &chunk.to_string(),
+            "--format",
+            format,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.raw_stdout
+}
+
+fn online_args(case: &Value, extra: &[&str]) -> Vec<String> {
+    let o = &case["optimizer"];
+    let mut a: Vec<String> = vec![
+        "online".into(),
+        fixture(case["model"].as_str().unwrap()),
+        "--arch".into(),
+        arch_arg(case["arch"].as_str().unwrap()),
+        "--data".into(),
+        "-".into(),
+        "--batch-size".into(),
+        case["batch"].to_string(),
+        "--optimizer".into(),
+        o["name"].as_str().unwrap().into(),
+        "--lr".into(),
+        o["lr"].to_string(),
+        "--ema-decay".into(),
+        case["decay"].to_string(),
+    ];
+    if let Some(m) = o.get("momentum") {
+        a.extend(["--momentum".into(), m.to_string()]);
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn run_online(dir: &Path, case: &Value, input: &[u8], extra: &[&str]) -> Run {
+    let args = online_args(case, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    mnemo_stdin(dir, &refs, input)
+}
+
+#[test]
+fn prequential_scores_live_weights_and_ema_equal_torch() {
+    for case in expected() {
+        let name = case["name"].as_str().unwrap();
+        let dir = workdir();
+        let batch = case["batch"].as_u64().unwrap() as usize;
+        let input = stream(
+            dir.path(),
+            &fixture(case["data"].as_str().unwrap()),
+            batch,
+            "safetensors",
+        );
+        let r = run_online(
+            dir.path(),
+            &case,
+            &input,
+            &["-o", "live.safetensors", "--ema", "ema.safetensors", "-q"],
+        );
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let records = r.json_lines();
+        let want = case["records"].as_array().unwrap();
+        assert_eq!(records.len(), want.len(), "{name}: one record per example");
+        for (i, (g, w)) in records.iter().zip(want).enumerate() {
+            let (gl, wl) = (g["loss"].as_f64().unwrap(), w["loss"].as_f64().unwrap());
+            assert!(
+                (gl - wl).abs() <= 1e-5 * wl.abs().max(1.0),
+                "{name} example {i}: loss {gl}, torch {wl}"
+            );
+            let right = w["correct"].as_bool().unwrap();
+            assert_eq!(
+                g["accuracy"].as_f64().unwrap(),
+                right as u8 as f64,
+                "{name} example {i}"
+            );
+            assert_eq!(g["error"].as_f64().unwrap(), 1.0 - right as u8 as f64);
+            assert_eq!(g["seen"].as_u64().unwrap(), i as u64 + 1);
+        }
+        let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+        let ema = Checkpoint::open(dir.path().join("ema.safetensors")).unwrap();
+        let online = fixtures().join("online");
+        let want_live = Checkpoint::open(online.join(case["live"].as_str().unwrap())).unwrap();
+        let want_ema = Checkpoint::open(online.join(case["ema"].as_str().unwrap())).unwrap();
+        assert_close(&live, &want_live, 1e-5, &format!("{name} live"));
+        assert_close(&ema, &want_ema, 1e-5, &format!("{name} ema"));
+        let n = want.len().to_string();
+        assert_eq!(live.metadata().get("mnemo.online.seen"), Some(&n));
+        assert_eq!(
+            ema.metadata().get("mnemo.ema.decay").map(String::as_str),
+            Some(case["decay"].to_string().as_str())
+        );
+        // The EMA file is a model: it evaluates.
+        let e = mnemo_in(
+            dir.path(),
+            &[
+                "eval",
+                "ema.safetensors",
+                "--data",
+                &fixture(case["data"].as_str().unwrap()),
+            ],
+        );
+        assert_eq!(e.code, 0, "{}", e.stderr);
+    }
+}
+
+#[test]
+fn both_framings_and_any_chunking_learn_the_same_weights() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let data = fixture(case["data"].as_str().unwrap());
+    let mut outs = Vec::new();
+    for (i, (chunk, format)) in [(4, "safetensors"), (7, "safetensors"), (1, "jsonl")]
+        .iter()
+        .enumerate()
+    {
+        let input = stream(dir.path(), &data, *chunk, format);
+        let out = format!("live{i}.safetensors");
+        let r = run_online(
+            dir.path(),
+            case,
+            &input,
+            &["-o", &out, "--every", "8", "-q"],
+        );
+        assert_eq!(r.code, 0, "{format}: {}", r.stderr);
+        let recs = r.json_lines();
+        assert_eq!(recs.len(), 8, "{format}: 64 examples, a record per 8");
+        assert_eq!(recs[7]["seen"], 64);
+        outs.push(dir.path().join(out));
+    }
+    // Micro-batches are cut from the stream, not from its chunks: the same updates.
+    assert_same_tensors(&outs[0], &outs[1]);
+    assert_same_tensors(&outs[0], &outs[2]);
+}
+
+#[test]
+fn a_resumed_learner_ends_with_the_uninterrupted_weights() {
+    let case = &expected()[2];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        3,
+        "safetensors",
+    );
+    let full = run_online(
+        dir.path(),
+        case,
+        &input,
+        &[
+            "-o",
+            "full.safetensors",
+            "--ema",
+            "full_ema.safetensors",
+            "-q",
+        ],
+    );
+    assert_eq!(full.code, 0, "{}", full.stderr);
+    // Stopped after 20 examples (a checkpoint every 8), then the whole stream again.
+    let common = [
+        "-o",
+        "live.safetensors",
+        "--ema",
+        "ema.safetensors",
+        "--state",
+        "s.state",
+        "--checkpoint-every",
+        "8",
+        "-q",
+    ];
+    let mut first: Vec<&str> = common.to_vec();
+    first.extend(["--max-examples", "20"]);
+    let r = run_online(dir.path(), case, &input, &first);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+    assert_eq!(live.metadata()["mnemo.online.seen"], "20");
+    let r = run_online(dir.path(), case, &input, &common);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = r.json_lines();
+    assert_eq!(
+        recs.first().unwrap()["seen"],
+        21,
+        "the first 20 are skipped"
+    );
+    assert_same_tensors(
+        &dir.path().join("live.safetensors"),
+        &dir.path().join("full.safetensors"),
+    );
+    assert_same_tensors(
+        &dir.path().join("ema.safetensors"),
+        &dir.path().join("full_ema.safetensors"),
+    );
+    // A producer that continues instead of starting over: every example is new.
+    let mut cont: Vec<&str> = common.to_vec();
+    cont.extend(["--resume", "continue", "--max-examples", "56"]);
+    let r = run_online(dir.path(), case, &input, &cont);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json_lines().first().unwrap()["seen"], 49);
+    let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+    assert_eq!(live.metadata()["mnemo.online.seen"], "56");
+    // Another model's state is refused, naming it.
+    let other = expected()[0].clone();
+    let r = run_online(dir.path(), &other, &input, &common);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("s.state"), "{}", r.stderr);
+}
+
+#[test]
+fn a_cut_stream_is_an_error_naming_the_chunk_and_keeps_what_was_learned() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        4,
+        "safetensors",
+    );
+    let frame = input.len() / 16;
+    let cut = &input[..5 * frame + frame / 2];
+    let r = run_online(dir.path(), case, cut, &["-o", "live.safetensors", "-q"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("chunk 5") && r.stderr.contains("mid-chunk"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.json_lines().len(),
+        20,
+        "the five whole chunks were learned"
+    );
+    let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+    assert_eq!(live.metadata()["mnemo.online.seen"], "20");
+    // A JSON line cut short, and one of another shape.
+    let text = String::from_utf8(stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        1,
+        "jsonl",
+    ))
+    .unwrap();
+    let cut = &text[..text.len() - 10];
+    let r = run_online(
+        dir.path(),
+        case,
+        cut.as_bytes(),
+        &["-o", "l2.safetensors", "-q"],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("line 64") && r.stderr.contains("mid-line"),
+        "{}",
+        r.stderr
+    );
+    let bad = "{\"input\": [1, 2], \"target\": 0}\n";
+    let r = run_online(
+        dir.path(),
+        case,
+        bad.as_bytes(),
+        &["-o", "l3.safetensors", "-q"],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("mlp.safetensors on the stream -, examples 0..1")
+            && r.stderr.contains("[1, 2]"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_a_checkpoint() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let case = &expected()[0];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        4,
+        "safetensors",
+    );
+    let args = online_args(
+        case,
+        &[
+            "-o",
+            "live.safetensors",
+            "--ema",
+            "ema.safetensors",
+            "--state",
+            "s.state",
+            "--checkpoint-every",
+            "1000",
+            "-q",
+        ],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Half the stream, and the pipe left open: the learner waits for more.
+    stdin.write_all(&input[..input.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..32 {
+        line.clear();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    }
+    let last: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(last["seen"], 32);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a SIGTERM stop is clean");
+    drop(stdin);
+    let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+    assert_eq!(live.metadata()["mnemo.online.seen"], "32");
+    assert!(dir.path().join("ema.safetensors").exists());
+    // The rest of the stream resumes from it to the uninterrupted weights.
+    let r = run_online(
+        dir.path(),
+        case,
+        &input,
+        &[
+            "-o",
+            "live.safetensors",
+            "--ema",
+            "ema.safetensors",
+            "--state",
+            "s.state",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let full = run_online(dir.path(), case, &input, &["-o", "full.safetensors", "-q"]);
+    assert_eq!(full.code, 0);
+    assert_same_tensors(
+        &dir.path().join("live.safetensors"),
+        &dir.path().join("full.safetensors"),
+    );
+}
+
+#[test]
+fn online_output_feeds_drift_in_one_pipe() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        4,
+        "jsonl",
+    );
+    let r = run_online(dir.path(), case, &input, &["-o", "live.safetensors", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let d = mnemo_stdin(
+        dir.path(),
+        &["drift", "--field", "error", "--detector", "ddm", "-q"],
+        &r.raw_stdout,
+    );
+    assert!(
+        d.code == 0 || d.code == 1,
+        "drift reads every record: {}",
+        d.stderr
+    );
+}
+
+#[test]
+fn bad_online_flags_are_refused_before_any_work() {
+    let case = &expected()[0];
+    let dir = workdir();
+    for (extra, says) in [
+        (
+            vec!["-o", "x.safetensors", "--ema-decay", "1.5"],
+            "--ema-decay",
+        ),
+        (
+            vec!["-o", "x.safetensors", "--ema-decay", "nan"],
+            "--ema-decay",
+        ),
+        (
+            vec!["-o", "x.safetensors", "--batch-size", "0"],
+            "--batch-size",
+        ),
+        (
+            vec!["-o", "x.safetensors", "--ema", "x.safetensors"],
+            "x.safetensors",
+        ),
+        (
+            vec!["-o", "x.safetensors", "--checkpoint-seconds", "nan"],
+            "--checkpoint-seconds",
+        ),
+    ] {
+        let r = run_online(dir.path(), case, b"", &extra);
+        assert_eq!(r.code, 2, "{extra:?}");
+        assert!(r.stderr.contains(says), "{extra:?}: {}", r.stderr);
+        assert!(!dir.path().join("x.safetensors").exists());
+    }
+}
