@@ -1,5 +1,5 @@
 //! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco,
-//! shapes, split, permute, rotate, pad, normalize, shuffle, take, concat, stats). Every
+//! shapes, split, permute, rotate, pad, normalize, augment, shuffle, take, concat, stats). Every
 //! output is a dataset safetensors (`input`, `target`) written atomically, with provenance.
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};

@@ -884,7 +884,10 @@ mod tests {
         // Padded rows: [255 ×5], [255, 0, 1, 2, 255]; crop rows 0-1, cols 1-3, flipped.
         assert_eq!(a.target, vec![255, 255, 255, 2, 1, 0]);
         assert_eq!(a.target_shape, vec![2, 3]);
-        assert_eq!(a, apply(&d, None, &[p.clone()], &Fill::default()).unwrap());
+        assert_eq!(
+            a,
+            apply(&d, None, std::slice::from_ref(&p), &Fill::default()).unwrap()
+        );
         let other = Params {
             noise: Some(NoiseParams { std: 0.5, seed: 4 }),
             ..p
