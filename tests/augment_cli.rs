@@ -379,4 +379,24 @@ fn bad_settings_and_parameter_files_are_refused() {
     let (shape, x) = tensor(&dir.join("o.st"), "input");
     assert_eq!(shape, vec![4, 3]);
     assert_eq!(&f32s(&x)[..3], &[0.5, 0.25, 0.0]);
+    // F32 values pushed out of range by the noise, or a fill F32 cannot hold: refused.
+    for (args, words) in [
+        (&["--noise-std", "1e300"][..], "out of F32's range"),
+        (
+            &["--hflip", "1", "--fill", "1e39"][..],
+            "does not fit an F32",
+        ),
+    ] {
+        let mut a = vec!["data", "augment", "flat.st", "--shape", "1,3"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "bad.st"]);
+        let r = mnemo_in(dir, &a);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(words) && r.stderr.contains("flat.st"),
+            "{}",
+            r.stderr
+        );
+        assert!(!dir.join("bad.st").exists());
+    }
 }

@@ -562,6 +562,12 @@ pub fn apply(
             ),
         ));
     }
+    if !is_u8 && !(fill.input as f32).is_finite() {
+        return Err(bad(
+            &d.path,
+            format!("the fill value {} does not fit an F32 input", fill.input),
+        ));
+    }
     let is_mask = d.target_shape.len() == 2;
     if is_mask && (d.target_shape[0], d.target_shape[1]) != (h, w) {
         return Err(bad(
@@ -626,6 +632,20 @@ pub fn apply(
                 }
             }
         });
+    // Noise of a huge std overflows F32: refused rather than written as ±inf.
+    if !is_u8 {
+        if let Some(i) = input
+            .chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+        {
+            let e = i / (out_row / 4).max(1);
+            let std = params[e].noise.map_or(0.0, |n| n.std);
+            return Err(bad(
+                &d.path,
+                format!("example {e}: noise of std {std} takes a value out of F32's range"),
+            ));
+        }
+    }
     let target = if is_mask {
         let tl = h * w;
         let mfill = fill.mask as f32;
