@@ -68,6 +68,7 @@ fixtures:
 	$$(scripts/venv.sh) fixtures/drift/gen.py
 	$$(scripts/venv.sh) fixtures/merge/gen.py
 	$$(scripts/venv.sh) fixtures/data/gen.py
+	$$(scripts/venv.sh) fixtures/data/gen_augment.py
 	$$(scripts/venv.sh) fixtures/replay/gen.py
 	$$(scripts/venv.sh) fixtures/fisher_loss/gen.py
 	$$(scripts/venv.sh) fixtures/strategies/gen.py

@@ -8,7 +8,7 @@ use crate::data::{Dataset, TargetKind};
 use crate::error::{MnemoError, Result};
 use crate::loss::{self, Loss};
 use crate::metrics::dense::{IouTotals, MultiLabelTotals};
-use crate::metrics::{score, BatchScores, ClassificationTotals};
+use crate::metrics::{score, BatchScores, ClassificationTotals, Confusion};
 use crate::model::{Mode, Model};
 use crate::rng::Rng;
 
@@ -24,6 +24,9 @@ pub struct EvalConfig<'a> {
     pub top_k: usize,
     /// Keep every example's loss and correctness (class ids), in file order.
     pub per_example: bool,
+    /// Count the confusion matrix (class ids) when the model has at most this many
+    /// classes (0: never).
+    pub confusion_limit: usize,
 }
 
 impl Default for EvalConfig<'_> {
@@ -34,6 +37,7 @@ impl Default for EvalConfig<'_> {
             loss: Loss::Ce,
             top_k: 1,
             per_example: false,
+            confusion_limit: 0,
         }
     }
 }
@@ -61,6 +65,9 @@ pub struct Evaluation {
     pub classes: Option<ClassificationTotals>,
     /// Class ids with `per_example`: every example's scores in file order.
     pub examples: Option<BatchScores>,
+    /// Class ids, when the model's classes are within `confusion_limit`: rows true class,
+    /// columns prediction.
+    pub confusion: Option<Confusion>,
     /// Masks: IoU counts.
     pub iou: Option<IouTotals>,
     /// Multi-hot targets: scores for AP.
@@ -118,12 +125,23 @@ pub fn evaluate(
                     loss: s.loss.iter().sum::<f64>() / n,
                     accuracy: Some(s.correct.iter().filter(|&&c| c).count() as f64 / n),
                 };
-                out.classes.get_or_insert_with(Default::default).add(&s);
+                out.classes
+                    .get_or_insert_with(Default::default)
+                    .add(&s, &y, dims[1]);
+                if dims[1] <= cfg.confusion_limit {
+                    if out.confusion.is_none() {
+                        out.confusion = Some(Confusion::new(dims[1])?);
+                    }
+                    if let Some(c) = out.confusion.as_mut() {
+                        c.add(&y, &s.predicted);
+                    }
+                }
                 if cfg.per_example {
                     let all = out.examples.get_or_insert_with(Default::default);
                     all.loss.extend(s.loss);
                     all.correct.extend(s.correct);
                     all.top_k.extend(s.top_k);
+                    all.predicted.extend(s.predicted);
                 }
                 r
             }

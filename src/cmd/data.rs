@@ -1,5 +1,5 @@
 //! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco,
-//! shapes, split, permute, rotate, pad, normalize, shuffle, take, concat, stats). Every
+//! shapes, split, permute, rotate, pad, normalize, augment, shuffle, take, concat, stats). Every
 //! output is a dataset safetensors (`input`, `target`) written atomically, with provenance.
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
@@ -23,6 +23,9 @@ pub const HELP: HelpExtra = HelpExtra {
         ("Pascal VOC 2012's train split as 21-class masks at 128x128 (void pixels stay 255)", "mnemo data import voc VOCdevkit/VOC2012 --split train --size 128,128 -o voc-train.safetensors"),
         ("COCO's category presence per image (80 columns, ids 1-90 mapped to 0-79)", "mnemo data import coco annotations/instances_val2017.json val2017/ --size 224,224 -o coco-val.safetensors"),
         ("inputs for an ImageNet-pretrained trunk: U8 / 255, then ImageNet's per-channel mean and std, as F32", "mnemo data normalize shapes-seg.safetensors --imagenet -o shapes-seg-norm.safetensors"),
+        ("CIFAR-style augmentation: pad 4, random 32x32 crop, flip half the images, with the draw saved", "mnemo data augment cifar.safetensors --crop-padding 4 --hflip 0.5 --seed 1 --params-out params.jsonl -o cifar-aug.safetensors"),
+        ("segmentation: rotate up to 15 degrees and shift up to 10%; masks follow, uncovered pixels void (255)", "mnemo data augment voc-train.safetensors --degrees 15 --translate 0.1,0.1 --seed 2 -o voc-aug.safetensors"),
+        ("replay a saved draw (e.g. on another copy of the data)", "mnemo data augment cifar.safetensors --params-in params.jsonl -o again.safetensors"),
         ("MNIST padded to 32x32 (flat rows stay flat), as van de Ven & Tolias before permuting", "mnemo data pad mnist.safetensors --pad 2 --shape 28,28 -o mnist32.safetensors"),
         ("a generated shapes dataset: binary masks, then presence (80 columns) on the same images", "mnemo data shapes -n 2000 --task seg --seed 1 -o shapes-seg.safetensors && mnemo data shapes -n 2000 --task det --labels 80 --seed 1 -o shapes-det.safetensors"),
         ("a 1000-example validation set after the first 50000", "mnemo data take mnist-train.safetensors 1000 --skip 50000 -o val.safetensors"),
@@ -81,6 +84,84 @@ pub enum DataCommand {
         /// Pixels added on each side.
         #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=4096))]
         pad: u64,
+        /// Image height and width of a flat input (each row is C·H·W values).
+        #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+        shape: Option<(usize, usize)>,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+    /// Seeded random transforms per example, as torchvision's RandomCrop(size, padding,
+    /// fill), RandomHorizontalFlip(p), RandomAffine(degrees, translate, fill) and additive
+    /// Gaussian noise, applied in that order.
+    ///
+    /// Crop: pad every side by --crop-padding pixels of --fill, then crop --crop-size (default:
+    /// the image's size) at an offset drawn uniformly. Flip: when a uniform draw is below
+    /// --hflip P. Affine (--degrees and/or --translate/--translate-px): the angle uniform in
+    /// [-D, D] (or [LO, HI]), positive clockwise as torchvision's F.affine turns it (F.rotate
+    /// and `data rotate` count counter-clockwise); translations round(uniform(-a·W, a·W)) and
+    /// round(uniform(-b·H, b·H)) pixels (Python's round), right and down; sampled as
+    /// torchvision samples a tensor (its matrix, grid and grid_sample(align_corners=False)),
+    /// --interpolation nearest (default, as RandomAffine) or bilinear, uncovered pixels
+    /// --fill. Noise: x + S·z, z ~ N(0, 1), on the scale the model sees (U8 as k/255: k +
+    /// 255·S·z, rounded half to even, clamped to 0-255). U8 and F32 inputs; images are the
+    /// last two axes of each example ([N,C,H,W] or [N,H,W]; a flat input needs --shape).
+    ///
+    /// Masks ([N,H,W] targets) get the same crop, flip and affine, always nearest, with
+    /// --mask-fill (default 255, the void label the losses and metrics skip); noise leaves
+    /// them alone. Class ids and multi-hot rows are kept. Each example's parameters are drawn
+    /// from --seed in example order: the same input and seed give the same bytes.
+    /// --params-out writes them, one JSON line per example ({"example", "crop": {"padding",
+    /// "top", "left", "height", "width"}, "hflip", "affine": {"angle", "translate"}, "noise":
+    /// {"std", "seed"}}, only the parts drawn); --params-in applies such lines instead of
+    /// drawing, e.g. to replay a draw with torchvision's functional ops.
+    Augment {
+        input: PathBuf,
+        /// Rotation range: D for [-D, D], or LO,HI (degrees, clockwise).
+        #[arg(long, value_delimiter = ',', num_args = 1, value_name = "D|LO,HI",
+              allow_negative_numbers = true, value_parser = mnemo::validate::finite)]
+        degrees: Vec<f64>,
+        /// Translation range as fractions of the width and height, each in [0, 1]
+        /// (RandomAffine's translate=(A, B)).
+        #[arg(long, value_delimiter = ',', value_name = "A,B",
+              value_parser = mnemo::validate::unit_closed, conflicts_with = "translate_px")]
+        translate: Vec<f64>,
+        /// Translation range in pixels: shifts round(uniform(-X, X)) and round(uniform(-Y, Y)).
+        #[arg(long = "translate-px", value_delimiter = ',', value_name = "X,Y",
+              value_parser = mnemo::validate::non_negative)]
+        translate_px: Vec<f64>,
+        /// Horizontal flip with probability P (RandomHorizontalFlip(p)).
+        #[arg(long, value_name = "P", value_parser = mnemo::validate::unit_closed)]
+        hflip: Option<f64>,
+        /// Random crop: pixels of --fill added on every side first (RandomCrop's padding).
+        #[arg(long = "crop-padding", value_name = "P",
+              value_parser = clap::value_parser!(u64).range(0..=16_384))]
+        crop_padding: Option<u64>,
+        /// Random crop: the output's height and width (default: the input's).
+        #[arg(long = "crop-size", value_name = "H,W", value_parser = parse_hw)]
+        crop_size: Option<(usize, usize)>,
+        /// Additive Gaussian noise of this standard deviation (in the model's units: U8 is k/255).
+        #[arg(long = "noise-std", value_name = "S", value_parser = mnemo::validate::non_negative)]
+        noise_std: Option<f64>,
+        /// How the affine transform samples the input (masks: always nearest).
+        #[arg(long, value_enum, default_value_t = AugmentInterpolation::Nearest)]
+        interpolation: AugmentInterpolation,
+        /// The value of padded and uncovered input pixels (U8: an integer 0-255).
+        #[arg(long, default_value_t = 0.0, value_name = "V", allow_negative_numbers = true,
+              value_parser = mnemo::validate::finite)]
+        fill: f64,
+        /// The value of padded and uncovered mask pixels (255: void, skipped by losses).
+        #[arg(long = "mask-fill", default_value_t = 255, value_name = "ID")]
+        mask_fill: u8,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the parameters drawn for each example (one JSON line per example).
+        #[arg(long = "params-out", value_name = "FILE")]
+        params_out: Option<PathBuf>,
+        /// Apply these parameters (lines as --params-out writes them) instead of drawing.
+        #[arg(long = "params-in", value_name = "FILE",
+              conflicts_with_all = ["degrees", "translate", "translate_px", "hflip", "crop_padding",
+                                    "crop_size", "noise_std", "seed", "params_out"])]
+        params_in: Option<PathBuf>,
         /// Image height and width of a flat input (each row is C·H·W values).
         #[arg(long, value_name = "H,W", value_parser = parse_hw)]
         shape: Option<(usize, usize)>,
@@ -199,6 +280,14 @@ pub enum ShapesTask {
     Det,
     /// The kind of the largest shape [N].
     Cls,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AugmentInterpolation {
+    /// Nearest pixel (round half to even), as RandomAffine's default.
+    Nearest,
+    /// Bilinear, four taps.
+    Bilinear,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -449,7 +538,14 @@ fn files(c: &DataCommand) -> (Vec<&PathBuf>, Option<&PathBuf>) {
             output,
             ..
         }) => (vec![annotations], Some(output)),
+        D::Augment {
+            input,
+            params_in: Some(p),
+            output,
+            ..
+        } => (vec![input, p], Some(output)),
         D::Split { input, output, .. }
+        | D::Augment { input, output, .. }
         | D::Rotate { input, output, .. }
         | D::Pad { input, output, .. }
         | D::Normalize { input, output, .. }
@@ -480,6 +576,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 }
                 d.output("-o", o);
             }
+        }
+        if let DataCommand::Augment {
+            params_out: Some(p),
+            ..
+        } = &args.command
+        {
+            d.output("--params-out", p);
         }
         d.check()?;
     }
@@ -639,6 +742,123 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             let mut extra = vec![("rotate_degrees", degrees.to_string())];
             extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
             write(g, &r, &output, &[&input], &extra)?;
+        }
+        DataCommand::Augment {
+            input,
+            degrees,
+            translate,
+            translate_px,
+            hflip,
+            crop_padding,
+            crop_size,
+            noise_std,
+            interpolation,
+            fill,
+            mask_fill,
+            seed,
+            params_out,
+            params_in,
+            shape,
+            output,
+        } => {
+            use mnemo::data::augment::{self, Draws, Fill, Interpolation, Translate};
+            let d = RawDataset::open(&input)?;
+            let (h, w) = mnemo::data::rotate::image_plane(&d, shape, "augment")?;
+            let fill = Fill {
+                interpolation: match interpolation {
+                    AugmentInterpolation::Nearest => Interpolation::Nearest,
+                    AugmentInterpolation::Bilinear => Interpolation::Bilinear,
+                },
+                input: fill,
+                mask: mask_fill,
+            };
+            let mut extra = vec![
+                (
+                    "augment_interpolation",
+                    format!("{interpolation:?}").to_lowercase(),
+                ),
+                ("augment_fill", fill.input.to_string()),
+                ("augment_mask_fill", mask_fill.to_string()),
+            ];
+            let mut hashed: Vec<&Path> = vec![&input];
+            let params = if let Some(pi) = &params_in {
+                let text = mnemo::fsutil::read_to_string(pi)?;
+                hashed.push(pi);
+                extra.push(("augment_params", pi.display().to_string()));
+                augment::read_params(pi, &text, d.len(), h, w)?
+            } else {
+                let pair = |v: &[f64], flag: &str| -> anyhow::Result<(f64, f64)> {
+                    match v {
+                        [a, b] => Ok((*a, *b)),
+                        _ => anyhow::bail!("{flag}: expected two values X,Y, got {}", v.len()),
+                    }
+                };
+                let degrees = match degrees.as_slice() {
+                    [] => None,
+                    [d] if *d < 0.0 => anyhow::bail!(
+                        "--degrees {d}: one value is the range [-D, D] and must be ≥ 0 (give LO,HI for another range)"
+                    ),
+                    [d] => Some((-d, *d)),
+                    [lo, hi] if lo <= hi => Some((*lo, *hi)),
+                    [lo, hi] => anyhow::bail!("--degrees {lo},{hi}: LO must not exceed HI"),
+                    v => anyhow::bail!("--degrees: expected D or LO,HI, got {} values", v.len()),
+                };
+                let translate = if !translate.is_empty() {
+                    let (a, b) = pair(&translate, "--translate")?;
+                    Some(Translate::Fraction(a, b))
+                } else if !translate_px.is_empty() {
+                    let (x, y) = pair(&translate_px, "--translate-px")?;
+                    if x.max(y) > augment::MAX_PIXELS as f64 {
+                        anyhow::bail!(
+                            "--translate-px {x},{y}: at most {} pixels",
+                            augment::MAX_PIXELS
+                        );
+                    }
+                    Some(Translate::Pixels(x, y))
+                } else {
+                    None
+                };
+                let crop = (crop_padding.is_some() || crop_size.is_some())
+                    .then(|| (crop_padding.unwrap_or(0) as usize, crop_size));
+                let draws = Draws {
+                    crop,
+                    hflip,
+                    degrees,
+                    translate,
+                    noise_std,
+                };
+                if draws.is_empty() {
+                    anyhow::bail!(
+                        "nothing to draw: give at least one of --degrees, --translate, --translate-px, --hflip, --crop-padding, --crop-size, --noise-std (or --params-in)"
+                    );
+                }
+                extra.push(("augment_seed", seed.to_string()));
+                draws
+                    .draw(d.len(), h, w, seed)
+                    .map_err(|r| anyhow::anyhow!("{}: {r}", input.display()))?
+            };
+            let r = augment::apply(&d, shape, &params, &fill)?;
+            // The parameters are staged first and put in place right after the dataset, so
+            // a failure leaves neither (the staged file is removed when dropped).
+            let staged = match &params_out {
+                Some(po) => {
+                    let mut text = String::new();
+                    for p in &params {
+                        text.push_str(&serde_json::to_string(p)?);
+                        text.push('\n');
+                    }
+                    let mut f = mnemo::checkpoint::AtomicFile::create(po)?;
+                    f.write_all(text.as_bytes())?;
+                    Some((f, po))
+                }
+                None => None,
+            };
+            extra.extend(class_names(&input).map(|c| (CLASS_NAMES, c)));
+            write(g, &r, &output, &hashed, &extra)?;
+            if let Some((f, po)) = staged {
+                f.commit()
+                    .with_context(|| format!("writing {}", po.display()))?;
+            }
         }
         DataCommand::Pad {
             input,

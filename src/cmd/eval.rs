@@ -1,4 +1,5 @@
-//! `mnemo eval`: mean cross-entropy, accuracy and top-5 of a classifier on a dataset; for
+//! `mnemo eval`: mean cross-entropy, accuracy and top-5 of a classifier on a dataset, with
+//! its accuracy per class and (up to 100 classes, or with --confusion) its confusion matrix; for
 //! masks the loss, per-class IoU and mIoU, for multi-hot targets the loss, per-label AP and mAP.
 
 use super::engine::LossName;
@@ -38,6 +39,10 @@ pub const HELP: HelpExtra = HelpExtra {
             "mnemo eval model3.safetensors --data det-test.safetensors --head det --stage 3 --task 2 >> results.jsonl",
         ),
         (
+            "a classifier's confusion matrix (rows: true class, columns: predicted) drawn as a figure",
+            "mnemo eval model.safetensors --data test.safetensors > eval.jsonl && mnemo report --confusion eval.jsonl -o confusion.png",
+        ),
+        (
             "per-batch losses as JSON Lines, for monitoring",
             "mnemo eval model.safetensors --data stream.safetensors --stream | tee eval.jsonl",
         ),
@@ -50,7 +55,7 @@ pub struct Args {
     /// The model checkpoint (a .safetensors file, an HF index.json, or a folder).
     pub model: PathBuf,
     /// Dataset(s): safetensors with `input` [N,...] and `target` [N] class ids (loss,
-    /// accuracy, top5), [N,H,W] masks (loss, iou per class, miou, pixel_accuracy) or [N,K]
+    /// accuracy, top5, per_class_accuracy, confusion), [N,H,W] masks (loss, iou per class, miou, pixel_accuracy) or [N,K]
     /// multi-hot rows (loss, ap per label, map, label_accuracy). With several (one per
     /// task), one line per dataset with its 1-based "task" number, then their mean accuracy.
     /// `-` reads a stream on stdin (as `mnemo online` does: `mnemo data stream` frames or
@@ -86,7 +91,15 @@ pub struct Args {
     pub loss: Option<LossName>,
     #[command(flatten)]
     pub focal: super::engine::FocalArgs,
+    /// Class ids: add the confusion matrix whatever the number of classes (by default it is
+    /// added when the model has at most 100 classes; per_class_accuracy always is).
+    #[arg(long)]
+    pub confusion: bool,
 }
+
+/// Class ids: the confusion matrix ("confusion", classes × classes counts) is part of the
+/// result line up to this many classes (100 × 100 counts), or always with --confusion.
+pub const CONFUSION_CLASSES: usize = 100;
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let device = g.device()?;
@@ -175,6 +188,11 @@ fn evaluate_one(
         loss,
         top_k: 5,
         per_example: false,
+        confusion_limit: if args.confusion {
+            usize::MAX
+        } else {
+            CONFUSION_CLASSES
+        },
     };
     let t = eval::evaluate(model, data, &cfg, &mut |b| {
         pb.inc(b.n as u64);
@@ -197,12 +215,22 @@ fn evaluate_one(
     pb.finish_and_clear();
     if data.target_kind == TargetKind::Class {
         let totals = t.classes.clone().unwrap_or_default();
-        let line = json!({
+        let mut line = json!({
             "loss": num(totals.loss()),
             "accuracy": num(totals.accuracy()),
             "top5": num(totals.top_k_accuracy()),
             "n": totals.n,
         });
+        // Recall per class (null: no example of it), then rows = true class, columns =
+        // predicted class.
+        line["per_class_accuracy"] = totals
+            .per_class_accuracy()
+            .into_iter()
+            .map(opt_num)
+            .collect();
+        if let Some(c) = &t.confusion {
+            line["confusion"] = json!(c.rows());
+        }
         return Ok((line, totals.accuracy()));
     }
     let mut line = json!({"loss": num(t.loss), "loss_fn": loss.name()});

@@ -1,10 +1,11 @@
 //! `mnemo report`: figures and tables from JSON Lines — loss curves of training runs (one
-//! panel per stage) and accuracy matrices with average accuracy, BWT, FWT and forgetting.
+//! panel per stage) and accuracy matrices with average accuracy, BWT, FWT and forgetting;
+//! with --confusion, the confusion matrices of `mnemo eval` lines.
 
 use super::{print_text, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::metrics::continual::{matrices, mean_matrix, mean_std, parse_records, AccuracyMatrix};
-use mnemo::report::{plot_matrices, plot_panels, Curve, Panel};
+use mnemo::report::{plot_confusions, plot_matrices, plot_panels, ConfusionPanel, Curve, Panel};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -21,6 +22,10 @@ pub const HELP: HelpExtra = HelpExtra {
         (
             "the tables: average accuracy, BWT, FWT, forgetting (mean ± std over seeds)",
             "mnemo report results.jsonl --markdown",
+        ),
+        (
+            "a classifier's confusion matrix from its eval line",
+            "mnemo eval model.safetensors --data test.safetensors > eval.jsonl && mnemo report --confusion eval.jsonl -o confusion.png",
         ),
     ],
     exit_status: EXIT_PLAIN,
@@ -43,8 +48,14 @@ pub enum Kind {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// JSON Lines files: training runs (curves) or eval --stage records (matrix); `-` is stdin.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "confusion")]
     pub files: Vec<PathBuf>,
+    /// Draw the confusion matrices of `mnemo eval` result lines (class ids) from this JSON
+    /// Lines file instead (`-`: stdin): one panel per line that has one, rows the true
+    /// class, columns the prediction, coloured by the share of the row; --markdown prints
+    /// them as tables.
+    #[arg(long, value_name = "EVAL.jsonl", conflicts_with_all = ["files", "kind", "metric"])]
+    pub confusion: Option<PathBuf>,
     /// The figure to write (.png or .svg).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -70,6 +81,94 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
     }
+}
+
+/// The confusion matrices of eval result lines: (title, rows), checked square and whole.
+fn confusion_panels(path: &std::path::Path, text: &str) -> anyhow::Result<Vec<ConfusionPanel>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let Some(c) = v.get("confusion") else {
+            continue;
+        };
+        let rows: Vec<Vec<u64>> = serde_json::from_value(c.clone())
+            .with_context(|| format!("{}: 'confusion' is not a list of rows of counts", at()))?;
+        let k = rows.len();
+        if k == 0 || rows.iter().any(|r| r.len() != k) {
+            anyhow::bail!(
+                "{}: 'confusion' is not a square matrix ({k} rows of lengths {:?})",
+                at(),
+                rows.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+        }
+        let stem = |p: &std::path::Path| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        };
+        let mut title = match (v.get("data").and_then(|d| d.as_str()), v.get("task")) {
+            (Some(d), Some(t)) => format!("task {t}: {}", stem(std::path::Path::new(d))),
+            (Some(d), None) => stem(std::path::Path::new(d)),
+            (None, Some(t)) => format!("task {t}"),
+            (None, None) => format!("{}:{}", stem(path), n + 1),
+        };
+        if let Some(a) = v.get("accuracy").and_then(|a| a.as_f64()) {
+            title.push_str(&format!(" (accuracy {:.1}%)", 100.0 * a));
+        }
+        out.push(ConfusionPanel { title, rows });
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "{}: no line with a 'confusion' matrix (the result lines of `mnemo eval` on class ids; above {} classes add --confusion)",
+            path.display(),
+            super::eval::CONFUSION_CLASSES
+        );
+    }
+    Ok(out)
+}
+
+fn confusion_table(p: &ConfusionPanel) -> String {
+    let k = p.rows.len();
+    let mut s = format!("{}\n\n| true \\ predicted |", p.title);
+    for j in 0..k {
+        s.push_str(&format!(" {j} |"));
+    }
+    s.push_str("\n|---:|");
+    s.push_str(&"---:|".repeat(k));
+    s.push('\n');
+    for (i, row) in p.rows.iter().enumerate() {
+        s.push_str(&format!("| {i} |"));
+        for c in row {
+            s.push_str(&format!(" {c} |"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn confusion(args: &Args, path: &PathBuf) -> anyhow::Result<Status> {
+    let text = read(path)?;
+    let panels = confusion_panels(path, &text)?;
+    if args.markdown {
+        let t: Vec<String> = panels.iter().map(confusion_table).collect();
+        print_text(&t.join("\n"))?;
+    }
+    if let Some(o) = &args.output {
+        let title = args.title.as_deref().unwrap_or("confusion matrix");
+        plot_confusions(o, title, &panels)?;
+        if !args.markdown {
+            JsonLines::stdout().emit(&json!({
+                "figure": o.display().to_string(), "kind": "confusion", "panels": panels.len(),
+                "classes": panels.iter().map(|p| p.rows.len()).collect::<Vec<_>>(),
+            }))?;
+        }
+    }
+    Ok(Status::Success)
 }
 
 fn pct(v: f64) -> String {
@@ -121,7 +220,13 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
         for f in &args.files {
             d.input("the input", f);
         }
+        if let Some(c) = &args.confusion {
+            d.input("--confusion", c);
+        }
         d.output("-o", o).check()?;
+    }
+    if let Some(c) = &args.confusion {
+        return confusion(&args, c);
     }
     let mut texts = Vec::new();
     for f in &args.files {

@@ -5,6 +5,7 @@
 //! batching. In masks the value 255 ([`VOID`]) means "no label here" (Pascal VOC's
 //! object boundaries): losses and metrics skip those pixels.
 
+pub mod augment;
 pub mod coco;
 pub mod folder;
 pub mod normalize;

@@ -16,6 +16,8 @@ pub struct BatchScores {
     pub correct: Vec<bool>,
     /// Whether the target is among the top k.
     pub top_k: Vec<bool>,
+    /// The arg-max class (the lowest index among ties, as torch.argmax).
+    pub predicted: Vec<usize>,
 }
 
 /// Scores a `[n, classes]` row-major logit block against `targets`.
@@ -46,6 +48,7 @@ pub fn score(logits: &[f32], classes: usize, targets: &[i64], k: usize) -> Batch
             })
             .0;
         s.correct.push(argmax == t);
+        s.predicted.push(argmax);
         s.top_k.push(above < k);
     }
     s
@@ -58,14 +61,38 @@ pub struct ClassificationTotals {
     pub loss_sum: f64,
     pub correct: usize,
     pub top_k: usize,
+    /// Examples per true class (as many entries as the model has classes).
+    pub class_n: Vec<u64>,
+    /// Correct arg-max predictions per true class.
+    pub class_correct: Vec<u64>,
 }
 
 impl ClassificationTotals {
-    pub fn add(&mut self, s: &BatchScores) {
+    /// Adds a batch scored against `targets` by a model of `classes` outputs (every target
+    /// below `classes`, as `Loss::check_output` ensures).
+    pub fn add(&mut self, s: &BatchScores, targets: &[i64], classes: usize) {
         self.n += s.loss.len();
         self.loss_sum += s.loss.iter().sum::<f64>();
         self.correct += s.correct.iter().filter(|&&c| c).count();
         self.top_k += s.top_k.iter().filter(|&&c| c).count();
+        if self.class_n.len() < classes {
+            self.class_n.resize(classes, 0);
+            self.class_correct.resize(classes, 0);
+        }
+        for (&t, &c) in targets.iter().zip(&s.correct) {
+            if let Some(k) = usize::try_from(t).ok().filter(|&k| k < self.class_n.len()) {
+                self.class_n[k] += 1;
+                self.class_correct[k] += c as u64;
+            }
+        }
+    }
+    /// Accuracy within each true class (its recall), `None` for a class without examples.
+    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
+        self.class_n
+            .iter()
+            .zip(&self.class_correct)
+            .map(|(&n, &c)| (n > 0).then(|| c as f64 / n as f64))
+            .collect()
     }
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.n.max(1) as f64
@@ -75,6 +102,53 @@ impl ClassificationTotals {
     }
     pub fn top_k_accuracy(&self) -> f64 {
         self.top_k as f64 / self.n.max(1) as f64
+    }
+}
+
+/// Counts of (true class, predicted class): rows are the true class, columns the arg-max
+/// prediction, as sklearn's `confusion_matrix(y_true, y_pred, labels=range(classes))`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Confusion {
+    classes: usize,
+    counts: Vec<u64>,
+}
+
+impl Confusion {
+    /// An empty `classes`×`classes` matrix, refused when it could not be allocated.
+    pub fn new(classes: usize) -> crate::Result<Confusion> {
+        let n = crate::validate::elements("the confusion matrix", &[classes, classes], 8)?;
+        Ok(Confusion {
+            classes,
+            counts: vec![0; n],
+        })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Counts each (target, prediction) pair; pairs outside the classes are skipped.
+    pub fn add(&mut self, targets: &[i64], predicted: &[usize]) {
+        for (&t, &p) in targets.iter().zip(predicted) {
+            if let Some(t) = usize::try_from(t).ok().filter(|&t| t < self.classes) {
+                if p < self.classes {
+                    self.counts[t * self.classes + p] += 1;
+                }
+            }
+        }
+    }
+
+    /// The count of examples of class `t` predicted as `p`.
+    pub fn get(&self, t: usize, p: usize) -> u64 {
+        self.counts[t * self.classes + p]
+    }
+
+    /// The matrix as rows (one per true class).
+    pub fn rows(&self) -> Vec<Vec<u64>> {
+        self.counts
+            .chunks(self.classes.max(1))
+            .map(<[u64]>::to_vec)
+            .collect()
     }
 }
 
@@ -92,5 +166,46 @@ mod tests {
         assert_eq!(s.top_k, vec![false, true]);
         let s2 = score(&l, 2, &[0, 0], 2);
         assert_eq!(s2.top_k, vec![true, true]);
+        assert_eq!(s2.predicted, vec![1, 0]);
+    }
+
+    #[test]
+    fn confusion_and_per_class_accuracy() {
+        // sklearn: confusion_matrix([0, 1, 2, 2, 0, 1], [0, 2, 2, 1, 0, 1], labels=[0, 1, 2, 3])
+        // = [[2,0,0,0],[0,1,1,0],[0,1,1,0],[0,0,0,0]]
+        let targets = [0i64, 1, 2, 2, 0, 1];
+        let pred = [0usize, 2, 2, 1, 0, 1];
+        let mut logits = vec![0f32; 6 * 4];
+        for (i, &p) in pred.iter().enumerate() {
+            logits[i * 4 + p] = 1.0;
+        }
+        let s = score(&logits, 4, &targets, 1);
+        assert_eq!(s.predicted, pred);
+        let mut c = Confusion::new(4).unwrap();
+        c.add(&targets, &s.predicted);
+        assert_eq!(
+            c.rows(),
+            vec![
+                vec![2, 0, 0, 0],
+                vec![0, 1, 1, 0],
+                vec![0, 1, 1, 0],
+                vec![0, 0, 0, 0]
+            ]
+        );
+        let mut t = ClassificationTotals::default();
+        t.add(&s, &targets, 4);
+        assert_eq!(
+            t.per_class_accuracy(),
+            vec![Some(1.0), Some(0.5), Some(0.5), None]
+        );
+        // The diagonal over the row sums is the same recall.
+        for k in 0..3 {
+            let row: u64 = (0..4).map(|p| c.get(k, p)).sum();
+            assert_eq!(
+                Some(c.get(k, k) as f64 / row as f64),
+                t.per_class_accuracy()[k]
+            );
+        }
+        assert!(Confusion::new(usize::MAX / 2).is_err());
     }
 }

@@ -391,3 +391,138 @@ pub fn plot_matrices(path: &Path, title: &str, mats: &[(String, AccuracyMatrix)]
     let (w, h) = (440 * cols as u32 + 40, 380 * rows as u32 + 60);
     render(path, w, h, &MatricesFigure(title, mats))
 }
+
+/// One confusion matrix to draw: a title and its rows (true class) of counts per predicted
+/// class.
+#[derive(Clone, Debug)]
+pub struct ConfusionPanel {
+    pub title: String,
+    pub rows: Vec<Vec<u64>>,
+}
+
+/// Up to this many classes each cell shows its count.
+const CONFUSION_LABELLED: usize = 30;
+
+fn draw_confusions<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    mats: &[ConfusionPanel],
+    path: &Path,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(draw_err(path))?;
+    let root = root
+        .titled(title, ("sans-serif", 26))
+        .map_err(draw_err(path))?;
+    let (rows, cols) = grid(mats.len());
+    for (area, m) in root.split_evenly((rows, cols)).iter().zip(mats) {
+        let k = m.rows.len();
+        // Class t's row at the top, as sklearn's ConfusionMatrixDisplay: true class i at
+        // y = k − 1 − i, predicted class j at x = j.
+        let mut chart = ChartBuilder::on(area)
+            .caption(&m.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(52)
+            .build_cartesian_2d(-0.5..k as f64 - 0.5, -0.5..k as f64 - 0.5)
+            .map_err(draw_err(path))?;
+        let cell = |v: f64| {
+            let r = v.round();
+            ((v - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < k).then_some(r as usize)
+        };
+        // At most ~20 tick labels per axis.
+        let every = k.div_ceil(20).max(1);
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted class")
+            .y_desc("true class")
+            .x_labels(2 * k + 1)
+            .y_labels(2 * k + 1)
+            .x_label_formatter(&|x| {
+                cell(*x)
+                    .filter(|j| j % every == 0)
+                    .map(|j| j.to_string())
+                    .unwrap_or_default()
+            })
+            .y_label_formatter(&|y| {
+                cell(*y)
+                    .map(|r| k - 1 - r)
+                    .filter(|i| i % every == 0)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default()
+            })
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()
+            .map_err(draw_err(path))?;
+        let (bx, by) = area.get_base_pixel();
+        for (i, row) in m.rows.iter().enumerate() {
+            let total: u64 = row.iter().sum();
+            let y = (k - 1 - i) as f64;
+            for (j, &c) in row.iter().enumerate() {
+                // Colour: the share of the true class's examples (its row), so classes of
+                // different sizes read alike; rows without examples stay white.
+                if total == 0 {
+                    continue;
+                }
+                let share = c as f64 / total as f64;
+                let x = j as f64;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                        ramp(share).filled(),
+                    )))
+                    .map_err(draw_err(path))?;
+                if k <= CONFUSION_LABELLED {
+                    let (px, py) = chart.backend_coord(&(x, y));
+                    let color = if share > 0.6 { BLACK } else { WHITE };
+                    let size = if k <= 12 { 14 } else { 10 };
+                    let style = ("sans-serif", size).into_font().color(&color).pos(
+                        plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Center,
+                            plotters::style::text_anchor::VPos::Center,
+                        ),
+                    );
+                    area.draw(&Text::new(c.to_string(), (px - bx, py - by), style))
+                        .map_err(draw_err(path))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct ConfusionFigure<'a>(&'a str, &'a [ConfusionPanel]);
+
+impl Figure for ConfusionFigure<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        draw_confusions(root, self.0, self.1, path)
+    }
+}
+
+/// Confusion-matrix heatmaps, one panel per matrix: rows the true class (class 0 at the
+/// top), columns the prediction, each cell coloured by its share of the row and, up to 30
+/// classes, labelled with its count.
+pub fn plot_confusions(path: &Path, title: &str, mats: &[ConfusionPanel]) -> Result<()> {
+    let (rows, cols) = grid(mats.len());
+    let side = mats.iter().map(|m| m.rows.len()).max().unwrap_or(1);
+    // Cells of at least 8 pixels (counts need ~36 up to 12 classes).
+    let cell = if side <= 12 {
+        40
+    } else {
+        16usize.max(480 / side).min(24)
+    };
+    let panel = (cell * side + 120).clamp(360, 2400) as u32;
+    let (w, h) = (panel * cols as u32 + 40, (panel + 20) * rows as u32 + 60);
+    render(path, w, h, &ConfusionFigure(title, mats))
+}
