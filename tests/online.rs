@@ -465,3 +465,146 @@ fn bad_online_flags_are_refused_before_any_work() {
         assert!(!dir.path().join("x.safetensors").exists());
     }
 }
+
+/// With `--buffer`, one pass of the stream is replay-train's first epoch in file order: the
+/// same updates, the same replay draws, the same buffer.
+#[test]
+fn online_replay_equals_replay_train_over_the_same_examples() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let data = fixture(case["data"].as_str().unwrap());
+    let input = stream(dir.path(), &data, 5, "safetensors");
+    let extra = [
+        "-o",
+        "live.safetensors",
+        "--buffer",
+        "b1.safetensors",
+        "--capacity",
+        "16",
+        "--replay-ratio",
+        "0.3",
+        "-q",
+    ];
+    let r = run_online(dir.path(), case, &input, &extra);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let o = &case["optimizer"];
+    let t = mnemo_in(
+        dir.path(),
+        &[
+            "replay-train",
+            &fixture(case["model"].as_str().unwrap()),
+            "--arch",
+            case["arch"].as_str().unwrap(),
+            "--data",
+            &data,
+            "--buffer",
+            "b2.safetensors",
+            "--capacity",
+            "16",
+            "--replay-ratio",
+            "0.3",
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--batch-size",
+            &case["batch"].to_string(),
+            "--optimizer",
+            o["name"].as_str().unwrap(),
+            "--lr",
+            &o["lr"].to_string(),
+            "--momentum",
+            &o["momentum"].to_string(),
+            "-o",
+            "rt.safetensors",
+            "-q",
+        ],
+    );
+    assert_eq!(t.code, 0, "{}", t.stderr);
+    assert_same_tensors(
+        &dir.path().join("live.safetensors"),
+        &dir.path().join("rt.safetensors"),
+    );
+    assert_same_tensors(
+        &dir.path().join("b1.safetensors"),
+        &dir.path().join("b2.safetensors"),
+    );
+    // Stopped after 24 examples and resumed: the same weights and buffer again.
+    let common = [
+        "-o",
+        "l2.safetensors",
+        "--buffer",
+        "b3.safetensors",
+        "--capacity",
+        "16",
+        "--replay-ratio",
+        "0.3",
+        "--state",
+        "s.state",
+        "--checkpoint-every",
+        "8",
+        "-q",
+    ];
+    let mut first = common.to_vec();
+    first.extend(["--max-examples", "24"]);
+    assert_eq!(run_online(dir.path(), case, &input, &first).code, 0);
+    let r = run_online(dir.path(), case, &input, &common);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tensors(
+        &dir.path().join("l2.safetensors"),
+        &dir.path().join("rt.safetensors"),
+    );
+    assert_same_tensors(
+        &dir.path().join("b3.safetensors"),
+        &dir.path().join("b2.safetensors"),
+    );
+}
+
+#[test]
+fn a_resumed_learner_with_nothing_new_leaves_its_files_as_they_are() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        4,
+        "safetensors",
+    );
+    let args = [
+        "-o",
+        "live.safetensors",
+        "--ema",
+        "ema.safetensors",
+        "--state",
+        "s.state",
+        "--buffer",
+        "b.safetensors",
+        "-q",
+    ];
+    assert_eq!(run_online(dir.path(), case, &input, &args).code, 0);
+    let before: Vec<Vec<u8>> = [
+        "live.safetensors",
+        "ema.safetensors",
+        "s.state",
+        "b.safetensors",
+    ]
+    .iter()
+    .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+    .collect();
+    // The whole stream again (all of it seen), and an empty one.
+    for again in [&input[..], &[][..]] {
+        let r = run_online(dir.path(), case, again, &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.is_empty());
+        for (f, b) in [
+            "live.safetensors",
+            "ema.safetensors",
+            "s.state",
+            "b.safetensors",
+        ]
+        .iter()
+        .zip(&before)
+        {
+            assert_eq!(&std::fs::read(dir.path().join(f)).unwrap(), b, "{f}");
+        }
+    }
+}

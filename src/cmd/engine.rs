@@ -521,6 +521,55 @@ pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
     }
 }
 
+/// The replay buffer at `path`: opened when it exists (a `capacity` or `policy` other than
+/// its own is refused: they would change what it keeps), else a new one (default capacity
+/// 10,000, reservoir sampling, seeded by `seed`). With `distill`, a non-empty buffer must
+/// carry logits.
+pub fn open_buffer(
+    path: &Path,
+    capacity: Option<usize>,
+    policy: Option<&str>,
+    seed: u64,
+    distill: f64,
+) -> anyhow::Result<mnemo::replay::ReservoirBuffer> {
+    use mnemo::replay::{Policy, ReservoirBuffer};
+    let policy = policy.and_then(Policy::parse);
+    let buffer = if path.exists() {
+        let b = ReservoirBuffer::open(path)?;
+        if let Some(c) = capacity.filter(|&c| c != b.capacity) {
+            anyhow::bail!(
+                "{}: the buffer's capacity is {}; --capacity {c} would change it (start a new buffer instead)",
+                path.display(),
+                b.capacity
+            );
+        }
+        if let Some(p) = policy.filter(|&p| p != b.policy) {
+            anyhow::bail!(
+                "{}: the buffer's policy is {}; --policy {} would change it",
+                path.display(),
+                b.policy.as_str(),
+                p.as_str()
+            );
+        }
+        b
+    } else {
+        ReservoirBuffer::new(
+            path,
+            capacity.unwrap_or(10_000),
+            policy.unwrap_or(Policy::Reservoir),
+            seed,
+        )
+    };
+    if distill > 0.0 && !buffer.is_empty() && !buffer.has_logits() {
+        anyhow::bail!(
+            "{}: the buffer's examples carry no logits (it was filled without --distill); \
+             start a new buffer to use --distill",
+            path.display()
+        );
+    }
+    Ok(buffer)
+}
+
 /// The FISHER:ANCHOR files of --penalty, as inputs.
 pub fn penalty_inputs(d: &mut Destinations, pairs: &[String]) {
     for spec in pairs {

@@ -3,7 +3,7 @@
 //! of the weights is kept beside the live model, and both are checkpointed atomically
 //! every N examples or seconds, at the end of the stream and on SIGTERM/SIGINT.
 
-use super::engine::{ewc_penalty, LossName, OptimizerArgs};
+use super::engine::{ewc_penalty, open_buffer, LossName, OptimizerArgs};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
 use mnemo::checkpoint::prepare_checkpoint;
@@ -12,7 +12,7 @@ use mnemo::data::Dataset;
 use mnemo::fsutil::Destinations;
 use mnemo::model::Model;
 use mnemo::train::online::Learner;
-use mnemo::train::{Ema, Optimizer, StateFile, Strategy, TrainConfig};
+use mnemo::train::{Ema, EwcPenalty, Optimizer, Replay, StateFile, Strategy, TrainConfig};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -121,6 +121,23 @@ pub struct Args {
     /// Strength λ of the penalties.
     #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
+    /// Experience replay: pair every micro-batch with one drawn from this on-disk buffer
+    /// (created when missing), and offer the stream's examples to it; written at every
+    /// checkpoint, after the live model. The same buffer `replay-train` uses.
+    #[arg(long, value_name = "BUF")]
+    pub buffer: Option<PathBuf>,
+    /// The new buffer's capacity (default 10000; an existing buffer keeps its own).
+    #[arg(long, value_name = "C", requires = "buffer", value_parser = mnemo::validate::count)]
+    pub capacity: Option<usize>,
+    /// Weight r of the replay loss: (1 − r)·new + r·replay.
+    #[arg(long, value_name = "R", default_value_t = 0.5, requires = "buffer", value_parser = mnemo::validate::unit_closed)]
+    pub replay_ratio: f64,
+    /// The new buffer's policy: reservoir (Algorithm R) or class-balanced (CBRS).
+    #[arg(long, value_name = "POLICY", requires = "buffer", value_parser = ["reservoir", "class-balanced"])]
+    pub policy: Option<String>,
+    /// Weight of the logit distillation on replayed examples (dark experience replay).
+    #[arg(long, value_name = "W", default_value_t = 0.0, requires = "buffer", value_parser = mnemo::validate::non_negative)]
+    pub distill: f64,
     /// Dropout's random stream.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -140,6 +157,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     if let Some(s) = &args.state {
         d.in_place("--state", s);
     }
+    if let Some(b) = &args.buffer {
+        d.in_place("--buffer", b);
+    }
     if let Some(e) = &args.ema {
         d.output("--ema", e);
     }
@@ -152,7 +172,25 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let model_hash = ckpt.content_hash()?;
     prov.input(args.model.display().to_string(), model_hash.clone());
     prov.seed = Some(args.seed);
-    let mut penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
+    let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
+    // The buffer is locked like the state (two learners on one buffer take turns).
+    let _buffer_lock = match &args.buffer {
+        Some(p) => Some(mnemo::fsutil::lock_in_place(p)?),
+        None => None,
+    };
+    let replay = match &args.buffer {
+        Some(p) => {
+            let b = open_buffer(
+                p,
+                args.capacity,
+                args.policy.as_deref(),
+                args.seed,
+                args.distill,
+            )?;
+            Some(Replay::new(b, args.replay_ratio, args.distill))
+        }
+        None => None,
+    };
     let cfg = TrainConfig {
         batch_size: args.batch_size,
         seed: args.seed,
@@ -164,10 +202,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     };
     let opt_cfg = args.opt.config();
     let settings = format!(
-        "online|batch={}|ema={:?}|lambda={}",
+        "online|batch={}|ema={:?}|lambda={}|replay={:?}",
         args.batch_size,
         args.ema.as_ref().map(|_| args.ema_decay),
-        args.lambda
+        args.lambda,
+        replay.as_ref().map(|r| (
+            r.ratio,
+            r.distill,
+            r.buffer.capacity,
+            r.buffer.policy.as_str()
+        )),
     );
     let state = args.state.as_ref().map(|path| StateFile {
         path: path.clone(),
@@ -189,12 +233,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         Some(_) => Some(Ema::new(args.ema_decay)?),
         None => None,
     };
-    let mut strategies: Vec<&mut dyn Strategy> = Vec::new();
-    if let Some(p) = penalty.as_mut() {
-        strategies.push(p);
-    }
-    let mut learner = Learner::new(&mut model, &mut opt, &cfg, strategies, ema)?;
+    let mut strategies = Strategies {
+        penalty,
+        replay,
+        ema,
+    };
+    let mut learner = Learner::new(&mut model, &mut opt, &cfg)?;
     let mut skip = 0;
+    let mut resumed = false;
     if let Some(sf) = &state {
         if learner
             .resume(sf)
@@ -205,6 +251,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 sf.path.display(),
                 learner.seen
             ));
+            resumed = true;
             if args.resume == Resume::Skip {
                 skip = learner.seen;
             }
@@ -256,7 +303,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         }
         if let Some(after) = checkpoint_after {
             if since_checkpoint > 0 && last_checkpoint.elapsed() >= after {
-                files.write(&mut learner, g)?;
+                files.write(&mut learner, &mut strategies, g)?;
                 (since_checkpoint, wrote) = (0, true);
                 last_checkpoint = Instant::now();
             }
@@ -280,10 +327,17 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         // Whole micro-batches, cut from the stream (not from its chunks, so the framing
         // does not change what is learned).
         while let Some(batch) = next_batch(&mut pending, args.batch_size, &args, &learner) {
-            step(&mut learner, &batch, &args, &mut window, &mut out)?;
+            step(
+                &mut learner,
+                &mut strategies,
+                &batch,
+                &args,
+                &mut window,
+                &mut out,
+            )?;
             since_checkpoint += batch.len() as u64;
             if since_checkpoint >= args.checkpoint_every {
-                files.write(&mut learner, g)?;
+                files.write(&mut learner, &mut strategies, g)?;
                 (since_checkpoint, wrote) = (0, true);
                 last_checkpoint = Instant::now();
             }
@@ -298,15 +352,24 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 .map_or(batch.len(), |m| m.saturating_sub(learner.seen) as usize);
             if left > 0 {
                 let batch = select(&batch, 0, batch.len().min(left));
-                step(&mut learner, &batch, &args, &mut window, &mut out)?;
+                step(
+                    &mut learner,
+                    &mut strategies,
+                    &batch,
+                    &args,
+                    &mut window,
+                    &mut out,
+                )?;
                 since_checkpoint += batch.len() as u64;
             }
         }
     }
     window.flush(learner.seen, &mut |r| out.emit_io(&r))?;
     // What was learned is kept, also when the stream failed: only the bad chunk is lost.
-    if since_checkpoint > 0 || !wrote {
-        files.write(&mut learner, g)?;
+    // Once at least, unless a resumed learner learned nothing new: its files on disk are
+    // already the state it holds.
+    if since_checkpoint > 0 || !(wrote || resumed) {
+        files.write(&mut learner, &mut strategies, g)?;
     }
     if let Some(e) = failure {
         return Err(anyhow::Error::from(e).context(format!(
@@ -327,6 +390,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
 /// Scores one micro-batch (the prequential record), then learns from it.
 fn step(
     learner: &mut Learner,
+    strategies: &mut Strategies,
     batch: &Dataset,
     args: &Args,
     window: &mut Window,
@@ -342,8 +406,12 @@ fn step(
             first + batch.len() as u64
         ))
     };
-    let scored = learner.score(batch).map_err(context)?;
-    let learned = learner.learn(batch).map_err(context)?;
+    let scored = learner
+        .score(batch, &mut strategies.all())
+        .map_err(context)?;
+    let learned = learner
+        .learn(batch, &mut strategies.all())
+        .map_err(context)?;
     window.add(
         &scored,
         &learned,
@@ -507,6 +575,30 @@ impl Window {
     }
 }
 
+/// The run's strategies, owned here so their files (the EMA, the buffer) can be written
+/// between updates; handed to the learner in this order at every call.
+struct Strategies {
+    penalty: Option<EwcPenalty>,
+    replay: Option<Replay>,
+    ema: Option<Ema>,
+}
+
+impl Strategies {
+    fn all(&mut self) -> Vec<&mut dyn Strategy> {
+        let mut v: Vec<&mut dyn Strategy> = Vec::new();
+        if let Some(p) = self.penalty.as_mut() {
+            v.push(p);
+        }
+        if let Some(r) = self.replay.as_mut() {
+            v.push(r);
+        }
+        if let Some(e) = self.ema.as_mut() {
+            v.push(e);
+        }
+        v
+    }
+}
+
 /// The checkpoint's files.
 struct Files<'a> {
     output: &'a Path,
@@ -518,11 +610,18 @@ struct Files<'a> {
 impl Files<'_> {
     /// The state first (the truth a resumed learner reads), then the EMA, and the live
     /// model last; each atomically, so the last complete checkpoint is always loadable.
-    fn write(&self, learner: &mut Learner, g: &Global) -> anyhow::Result<()> {
-        learner.save(self.state).with_context(|| match self.state {
-            Some(s) => format!("writing the state {}", s.path.display()),
-            None => "reading the weights".to_string(),
-        })?;
+    fn write(
+        &self,
+        learner: &mut Learner,
+        strategies: &mut Strategies,
+        g: &Global,
+    ) -> anyhow::Result<()> {
+        learner
+            .save(self.state, &strategies.all())
+            .with_context(|| match self.state {
+                Some(s) => format!("writing the state {}", s.path.display()),
+                None => "reading the weights".to_string(),
+            })?;
         let mut meta = self.prov.metadata();
         meta.insert("mnemo.arch".into(), learner.model.spec.to_json());
         meta.insert(SEEN_KEY.into(), learner.seen.to_string());
@@ -530,7 +629,7 @@ impl Files<'_> {
         let manifest = learner.model.manifest();
         let live = snap.tensors(&manifest, "");
         mnemo::train::finite::check_tensors(&live)?;
-        let ema = match (self.ema, &learner.ema) {
+        let ema = match (self.ema, &strategies.ema) {
             (Some(p), Some(e)) => {
                 let mut s = snap.clone();
                 for (k, v) in &e.values {
@@ -550,10 +649,23 @@ impl Files<'_> {
         };
         let live = prepare_checkpoint(self.output, live, &meta)
             .with_context(|| format!("writing {}", self.output.display()))?;
+        let buffer = match &strategies.replay {
+            Some(r) => Some(
+                r.buffer
+                    .prepare(&r.buffer.path, &self.prov.metadata())
+                    .with_context(|| format!("writing the buffer {}", r.buffer.path.display()))?,
+            ),
+            None => None,
+        };
         if let Some(e) = ema {
             e.commit()?;
         }
         live.commit()?;
+        // The buffer last, as replay-train writes it: a learner killed between the two
+        // leaves the old buffer, so the examples are not offered twice.
+        if let Some(b) = buffer {
+            b.commit()?;
+        }
         g.say(format!(
             "online: checkpoint after {} examples ({} updates)",
             learner.seen, learner.opt.step

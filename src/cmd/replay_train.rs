@@ -1,10 +1,9 @@
 //! `mnemo replay-train`: train on new data while replaying examples kept from earlier data
 //! in an on-disk buffer (experience replay, optionally with logit distillation).
 
-use super::engine::{ewc_penalty, fit, EngineArgs, Fit, Opened, TrainInputs};
+use super::engine::{ewc_penalty, fit, open_buffer, EngineArgs, Fit, Opened, TrainInputs};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
 use mnemo::fsutil::Destinations;
-use mnemo::replay::{Policy, ReservoirBuffer};
 use mnemo::train::Replay;
 use std::path::PathBuf;
 
@@ -60,15 +59,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
-    if !(0.0..=1.0).contains(&args.replay_ratio) {
-        anyhow::bail!("--replay-ratio {}: must be in [0, 1]", args.replay_ratio);
-    }
-    if args.distill.is_nan() || args.distill < 0.0 {
-        anyhow::bail!("--distill {}: must be ≥ 0", args.distill);
-    }
-    if args.capacity == Some(0) {
-        anyhow::bail!("--capacity must be at least 1");
-    }
     let mut d = Destinations::new();
     args.inputs.destinations(&mut d);
     super::engine::penalty_inputs(&mut d, &args.penalty);
@@ -85,41 +75,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         ..
     } = args.inputs.open(g)?;
     data.require_class("replay-train")?;
-    let policy = args.policy.as_deref().and_then(Policy::parse);
-    let buffer = if args.buffer.exists() {
-        let b = ReservoirBuffer::open(&args.buffer)?;
-        if let Some(c) = args.capacity.filter(|&c| c != b.capacity) {
-            anyhow::bail!(
-                "{}: the buffer's capacity is {}; --capacity {c} would change it (start a new buffer instead)",
-                args.buffer.display(),
-                b.capacity
-            );
-        }
-        if let Some(p) = policy.filter(|&p| p != b.policy) {
-            anyhow::bail!(
-                "{}: the buffer's policy is {}; --policy {} would change it",
-                args.buffer.display(),
-                b.policy.as_str(),
-                p.as_str()
-            );
-        }
-        b.check_compatible(&data.example_shape, &args.inputs.data)?;
-        b
-    } else {
-        ReservoirBuffer::new(
-            &args.buffer,
-            args.capacity.unwrap_or(10_000),
-            policy.unwrap_or(Policy::Reservoir),
-            args.engine.seed,
-        )
-    };
-    if args.distill > 0.0 && !buffer.is_empty() && !buffer.has_logits() {
-        anyhow::bail!(
-            "{}: the buffer's examples carry no logits (it was filled without --distill); \
-             start a new buffer to use --distill",
-            args.buffer.display()
-        );
-    }
+    let buffer = open_buffer(
+        &args.buffer,
+        args.capacity,
+        args.policy.as_deref(),
+        args.engine.seed,
+        args.distill,
+    )?;
+    buffer.check_compatible(&data.example_shape, &args.inputs.data)?;
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
     let settings = format!(
         "lambda={}|ratio={}|distill={}|capacity={}|policy={}",

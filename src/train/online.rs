@@ -6,7 +6,6 @@
 //! learner needs to continue to the same bytes, including how many examples it has seen.
 
 use super::dense::DenseNet;
-use super::ema::Ema;
 use super::state::{Progress, StateFile};
 use super::strategy::Strategy;
 use super::{finite, sync, update, Optimizer, TrainConfig, DROPOUT_SEED};
@@ -42,15 +41,15 @@ pub struct Learner<'a> {
     pub model: &'a mut Model,
     pub opt: &'a mut Optimizer,
     cfg: &'a TrainConfig,
-    strategies: Vec<&'a mut dyn Strategy>,
-    /// The moving average of the weights, updated after every step (after the other
-    /// strategies' hooks).
-    pub ema: Option<Ema>,
     host: BTreeMap<String, Vec<f32>>,
     acc: BTreeMap<String, Vec<f32>>,
     dense: Option<DenseNet>,
-    /// Whether the dense plan was made (on the first chunk, whose shapes it needs).
+    /// Whether the strategies were started and the dense plan made (on the first batch,
+    /// whose shapes they need).
     planned: bool,
+    /// The state resumed from: loaded again once the strategies have started, since
+    /// `start` resets what their saved state restores (replay's draw RNG).
+    resumed: Option<StateFile>,
     dropout_rng: Rng,
     /// Examples learned from so far (the stream position to resume at).
     pub seen: u64,
@@ -59,13 +58,7 @@ pub struct Learner<'a> {
 }
 
 impl<'a> Learner<'a> {
-    pub fn new(
-        model: &'a mut Model,
-        opt: &'a mut Optimizer,
-        cfg: &'a TrainConfig,
-        strategies: Vec<&'a mut dyn Strategy>,
-        ema: Option<Ema>,
-    ) -> Result<Self> {
+    pub fn new(model: &'a mut Model, opt: &'a mut Optimizer, cfg: &'a TrainConfig) -> Result<Self> {
         let mut host = BTreeMap::new();
         for (name, var) in &model.params {
             let v = var
@@ -79,34 +72,33 @@ impl<'a> Learner<'a> {
             model,
             opt,
             cfg,
-            strategies,
-            ema,
             host,
             acc: BTreeMap::new(),
             dense: None,
             planned: false,
+            resumed: None,
             dropout_rng: Rng::new(cfg.seed ^ DROPOUT_SEED),
             seen: 0,
             chunks: 0,
         })
     }
 
-    /// Continues from `sf` when it exists; returns whether it did.
+    /// Continues from `sf` when it exists; returns whether it did. The weights, moments and
+    /// stream position are read now; the strategies' states once they have started (on the
+    /// first batch, whose shapes they check their state against).
     pub fn resume(&mut self, sf: &StateFile) -> Result<bool> {
-        let (model, opt) = (&mut *self.model, &mut *self.opt);
-        let mut all: Vec<&mut dyn Strategy> = Vec::new();
-        for s in self.strategies.iter_mut() {
-            all.push(&mut **s);
-        }
-        if let Some(e) = self.ema.as_mut() {
-            all.push(e);
-        }
-        let Some(r) = sf.load(model, opt, &mut all)? else {
+        let Some(r) = sf.load(self.model, self.opt, &mut [])? else {
             return Ok(false);
         };
         self.seen = r.progress.examples as u64;
         self.chunks = r.progress.batch as u64;
         self.dropout_rng = Rng::from_state(r.progress.dropout_rng);
+        self.read_host()?;
+        self.resumed = Some(sf.clone());
+        Ok(true)
+    }
+
+    fn read_host(&mut self) -> Result<()> {
         for (name, var) in &self.model.params {
             let v = var
                 .as_tensor()
@@ -115,7 +107,30 @@ impl<'a> Learner<'a> {
                 .map_err(MnemoError::compute("reading weights"))?;
             self.host.insert(name.clone(), v);
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// On the first batch: the strategies start (they refuse data they cannot serve), a
+    /// resumed state is restored over what `start` reset, and the dense plan is made.
+    fn begin(&mut self, batch: &Dataset, strategies: &mut [&mut dyn Strategy]) -> Result<()> {
+        if self.planned {
+            return Ok(());
+        }
+        self.cfg.loss.check_targets(batch)?;
+        for s in strategies.iter_mut() {
+            s.start(batch, self.cfg)?;
+        }
+        if let Some(sf) = self.resumed.take() {
+            sf.load(self.model, self.opt, strategies)?;
+            self.read_host()?;
+        }
+        self.dense = match self.model.device.is_cpu() && self.model.adapter.is_none() {
+            true => DenseNet::plan(&self.model.spec, self.cfg.head.as_deref())
+                .filter(|n| n.in_features() == batch.example_shape.iter().product::<usize>()),
+            false => None,
+        };
+        self.planned = true;
+        Ok(())
     }
 
     /// The model's variables brought up to date (the dense path trains a host copy).
@@ -127,7 +142,12 @@ impl<'a> Learner<'a> {
     }
 
     /// Scores `chunk` in eval mode with the weights as they are.
-    pub fn score(&mut self, chunk: &Dataset) -> Result<Scored> {
+    pub fn score(
+        &mut self,
+        chunk: &Dataset,
+        strategies: &mut [&mut dyn Strategy],
+    ) -> Result<Scored> {
+        self.begin(chunk, strategies)?;
         self.sync_model()?;
         let ecfg = crate::eval::EvalConfig {
             head: self.cfg.head.as_deref(),
@@ -149,33 +169,18 @@ impl<'a> Learner<'a> {
 
     /// Learns from `chunk`: micro-batches of the configured size in stream order, one
     /// update each.
-    pub fn learn(&mut self, chunk: &Dataset) -> Result<Learned> {
-        if !self.planned {
-            self.cfg.loss.check_targets(chunk)?;
-            for s in self.strategies.iter_mut() {
-                s.start(chunk, self.cfg)?;
-            }
-            self.dense = match self.model.device.is_cpu() && self.model.adapter.is_none() {
-                true => DenseNet::plan(&self.model.spec, self.cfg.head.as_deref())
-                    .filter(|n| n.in_features() == chunk.example_shape.iter().product::<usize>()),
-                false => None,
-            };
-            self.planned = true;
-        } else {
-            self.cfg.loss.check_targets(chunk)?;
-        }
+    pub fn learn(
+        &mut self,
+        chunk: &Dataset,
+        strategies: &mut [&mut dyn Strategy],
+    ) -> Result<Learned> {
+        self.begin(chunk, strategies)?;
+        self.cfg.loss.check_targets(chunk)?;
         let order: Vec<usize> = (0..chunk.len()).collect();
         let lr = self.opt.config.as_ref().map(|c| c.lr).unwrap_or(0.0);
         let mut out = Learned::default();
         let mut batches = 0usize;
         for idx in order.chunks(self.cfg.batch_size.max(1)) {
-            let mut all: Vec<&mut dyn Strategy> = Vec::new();
-            for s in self.strategies.iter_mut() {
-                all.push(&mut **s);
-            }
-            if let Some(e) = self.ema.as_mut() {
-                all.push(e);
-            }
             let u = update(
                 self.model,
                 self.dense.as_mut(),
@@ -186,7 +191,7 @@ impl<'a> Learner<'a> {
                 self.opt,
                 &mut self.dropout_rng,
                 self.cfg,
-                &mut all,
+                strategies,
                 lr,
                 0,
                 batches == 0,
@@ -206,7 +211,7 @@ impl<'a> Learner<'a> {
 
     /// Writes the state (model, optimizer, strategies, stream position) atomically, and
     /// brings the model's variables up to date for the caller's own files.
-    pub fn save(&mut self, sf: Option<&StateFile>) -> Result<()> {
+    pub fn save(&mut self, sf: Option<&StateFile>, strategies: &[&mut dyn Strategy]) -> Result<()> {
         self.sync_model()?;
         let Some(sf) = sf else {
             return Ok(());
@@ -228,15 +233,6 @@ impl<'a> Learner<'a> {
             bad_epochs: 0,
             stopped: false,
         };
-        let model: &Model = self.model;
-        let opt: &Optimizer = self.opt;
-        let mut all: Vec<&mut dyn Strategy> = Vec::new();
-        for s in self.strategies.iter_mut() {
-            all.push(&mut **s);
-        }
-        if let Some(e) = self.ema.as_mut() {
-            all.push(e);
-        }
-        sf.save(&p, model, opt, None, &all)
+        sf.save(&p, self.model, self.opt, None, strategies)
     }
 }
