@@ -105,6 +105,55 @@ fn drift_loop_updates_after_the_rotation() {
     assert!(Path::new(updated["model"].as_str().unwrap()).exists());
 }
 
+/// The rotated-MNIST stream at CI size: ten single-digit tasks (50 augmented images each),
+/// replay and fine-tuning, every task's line; then the live stream through `online | drift`.
+#[test]
+fn rotated_mnist_stream_runs_both_parts() {
+    let d = workdir();
+    let out = d.path().join("out");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run = Command::new("bash")
+        .arg(format!("{root}/examples/rotated-mnist-stream/run.sh"))
+        .env("MNEMO", env!("CARGO_BIN_EXE_mnemo"))
+        .env("DATA", format!("{root}/fixtures/mnist-small"))
+        .env("OUT", &out)
+        .envs([
+            ("EPOCHS", "1"),
+            ("PER_TASK", "50"),
+            ("CAPACITY", "100"),
+            ("ONLINE_PER_TASK", "20"),
+        ])
+        .current_dir(d.path())
+        .output()
+        .expect("run the example");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 20, "two methods × ten tasks");
+    assert!(results[..10]
+        .iter()
+        .all(|r| r["memory_accuracy"].is_number()));
+    assert!(results[10..]
+        .iter()
+        .all(|r| r.get("memory_accuracy").is_none()));
+    let live = std::fs::read_to_string(out.join("online.jsonl")).unwrap();
+    assert_eq!(live.lines().count(), 200, "one record per example");
+    assert!(
+        live.lines().all(|l| l.contains("\"drift\":")),
+        "annotated by drift"
+    );
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert_eq!(table.lines().count(), 12, "{table}");
+    assert!(out.join("online-ema.safetensors").exists());
+}
+
 /// Permuted MNIST at CI size: three permutations, 20 updates each, every method; Adam's
 /// moments carry from task to task (the step count adds up), and a reset run differs.
 #[test]
