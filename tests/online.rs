@@ -608,3 +608,94 @@ fn a_resumed_learner_with_nothing_new_leaves_its_files_as_they_are() {
         }
     }
 }
+
+/// SIGKILL at any moment loses at most what came after the last checkpoint: the files on
+/// disk are whole, and resuming ends with the uninterrupted weights.
+#[test]
+fn sigkill_loses_at_most_the_last_interval() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let case = &expected()[0];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        4,
+        "safetensors",
+    );
+    let common = [
+        "-o",
+        "live.safetensors",
+        "--ema",
+        "ema.safetensors",
+        "--state",
+        "s.state",
+        "--checkpoint-every",
+        "8",
+        "-q",
+    ];
+    let args = online_args(case, &common);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input[..input.len() * 3 / 4]).unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..30 {
+        line.clear();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+    let seen: u64 = live.metadata()["mnemo.online.seen"].parse().unwrap();
+    assert!(
+        seen.is_multiple_of(8) && (16..=48).contains(&seen),
+        "seen {seen}"
+    );
+    Checkpoint::open(dir.path().join("ema.safetensors")).unwrap();
+    let r = run_online(dir.path(), case, &input, &common);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let full = run_online(dir.path(), case, &input, &["-o", "full.safetensors", "-q"]);
+    assert_eq!(full.code, 0);
+    assert_same_tensors(
+        &dir.path().join("live.safetensors"),
+        &dir.path().join("full.safetensors"),
+    );
+}
+
+/// A producer in another language: a Python one-liner writing JSON Lines (no packages).
+#[test]
+fn a_python_one_liner_is_a_producer() {
+    let dir = workdir();
+    let producer = "import json,random\nr=random.Random(0)\nfor i in range(40):\n x=[r.gauss(0,1) for _ in range(20)]\n print(json.dumps({'input':x,'target':int(x[0]>0)}))";
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"set -o pipefail; python3 -c "$(printf "$1")" | "$2" online "$3" --arch mlp:20-16-16-5 --data - --ema ema.safetensors -o live.safetensors --every 10 -q"#,
+            "bash",
+            producer,
+            env!("CARGO_BIN_EXE_mnemo"),
+            &fixture("mlp.safetensors"),
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
+    assert_eq!(live.metadata()["mnemo.online.seen"], "40");
+}
