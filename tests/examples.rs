@@ -152,6 +152,13 @@ fn rotated_mnist_stream_runs_both_parts() {
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert_eq!(table.lines().count(), 12, "{table}");
     assert!(out.join("online-ema.safetensors").exists());
+    let stages = std::fs::read_to_string(out.join("stages.jsonl")).unwrap();
+    assert_eq!(
+        stages.lines().count(),
+        200,
+        "2 methods × 10 stages × 10 digits"
+    );
+    assert!(out.join("matrix.png").exists());
 }
 
 /// Permuted MNIST at CI size: three permutations, 20 updates each, every method; Adam's

@@ -10,8 +10,10 @@
 # time, replaying from its own buffer, keeping an EMA), and `mnemo drift` watches its
 # prequential error in the same pipe: each new digit is a drift it should flag.
 #
-# Writes $OUT/results.jsonl (one line per method and task), $OUT/table.md, $OUT/online.jsonl
-# (the live stream's records, annotated by drift), $OUT/online.md.
+# Writes $OUT/results.jsonl (one line per method and task), $OUT/table.md, $OUT/stages.jsonl
+# (`eval --stage` on every digit's test set after every task, task and stage k + 1 for digit
+# k: what `report` draws as the accuracy matrix, $OUT/matrix.png), $OUT/online.jsonl (the
+# live stream's records, annotated by drift), $OUT/online.md.
 set -euo pipefail
 
 MNEMO=${MNEMO:-mnemo}
@@ -49,7 +51,11 @@ done
 
 "$MNEMO" init --arch "$ARCH" --seed "$SEED" -o "$OUT/init.safetensors" >/dev/null
 results="$OUT/results.jsonl"
+stages="$OUT/stages.jsonl"
 : > "$results"
+: > "$stages"
+all_test=()
+for k in $(seq 0 9); do all_test+=("$OUT/tasks/test-$k.safetensors"); done
 acc() { "$MNEMO" eval "$1" --data "$2" -q | num accuracy; }
 for method in $METHODS; do
   prev="$OUT/init.safetensors"
@@ -77,6 +83,8 @@ for method in $METHODS; do
       line="$line,\"memory_accuracy\":$(acc "$model" "$buffer")"
     fi
     echo "$line}" >> "$results"
+    "$MNEMO" eval "$model" --data "${all_test[@]}" --task 1 --stage "$((k + 1))" --label method="$method" -q \
+      | grep '"stage"' >> "$stages"
     say "$method task $k: $(tail -n 1 "$results")"
     prev="$model"
   done
@@ -99,6 +107,7 @@ done
   done
 } > "$OUT/table.md"
 cat "$OUT/table.md"
+"$MNEMO" report "$stages" --kind matrix -o "$OUT/matrix.png" -q
 
 # Live: the ten tasks in order, ONLINE_PER_TASK examples each, one at a time into `online`
 # (replay from its own buffer, an EMA), and drift on its prequential error in the same pipe.
@@ -116,7 +125,6 @@ rm -f "$OUT/online-buffer.safetensors" "$OUT/online.state"
       -o "$OUT/online-live.safetensors" -q \
   | "$MNEMO" drift --field error --detector ddm > "$OUT/online.jsonl" || true
 detections=$(grep -c '"drift":true' "$OUT/online.jsonl" || true)
-all_test=("$OUT"/tasks/test-?.safetensors)
 "$MNEMO" data concat "${all_test[@]}" -o "$OUT/all-test.safetensors" >/dev/null
 {
   echo "| live stream | examples | DDM detections | first detection after each task switch | test accuracy, live | test accuracy, EMA |"
