@@ -39,10 +39,13 @@ fn one_update_matches_torch() {
             case["distill"].to_string(),
             case["lr"].to_string(),
         );
+        let projection = case["projection"].as_str().unwrap_or("none");
         let r = mnemo_in(
             d.path(),
             &[
                 "replay-train",
+                "--projection",
+                projection,
                 &fixture(case["model"].as_str().unwrap()),
                 "--arch",
                 &arch,
@@ -83,6 +86,13 @@ fn one_update_matches_torch() {
             ),
             "{name}: {epoch}"
         );
+        if projection == "agem" {
+            assert_eq!(
+                epoch["projected"].as_f64(),
+                case["projected"].as_f64(),
+                "{name}: {epoch}"
+            );
+        }
         let got = Checkpoint::open(d.path().join("out.safetensors")).unwrap();
         let want =
             Checkpoint::open(fixture(&format!("replay/{name}_expected.safetensors"))).unwrap();

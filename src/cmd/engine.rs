@@ -521,6 +521,29 @@ pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
     }
 }
 
+/// What a replayed batch does (`--projection`): trained on (experience replay), or A-GEM's
+/// reference gradient.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectionName {
+    None,
+    Agem,
+}
+
+impl ProjectionName {
+    /// The replay strategy over `buffer`.
+    pub fn replay(
+        self,
+        buffer: mnemo::replay::ReservoirBuffer,
+        ratio: f64,
+        distill: f64,
+    ) -> Replay {
+        match self {
+            ProjectionName::None => Replay::new(buffer, ratio, distill),
+            ProjectionName::Agem => Replay::agem(buffer),
+        }
+    }
+}
+
 /// The replay buffer at `path`: opened when it exists (a `capacity` or `policy` other than
 /// its own is refused: they would change what it keeps), else a new one (default capacity
 /// 10,000, reservoir sampling, seeded by `seed`). With `distill`, a non-empty buffer must

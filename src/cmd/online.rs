@@ -3,7 +3,7 @@
 //! of the weights is kept beside the live model, and both are checkpointed atomically
 //! every N examples or seconds, at the end of the stream and on SIGTERM/SIGINT.
 
-use super::engine::{ewc_penalty, open_buffer, LossName, OptimizerArgs};
+use super::engine::{ewc_penalty, open_buffer, LossName, OptimizerArgs, ProjectionName};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
 use mnemo::checkpoint::prepare_checkpoint;
@@ -138,6 +138,10 @@ pub struct Args {
     /// Weight of the logit distillation on replayed examples (dark experience replay).
     #[arg(long, value_name = "W", default_value_t = 0.0, requires = "buffer", value_parser = mnemo::validate::non_negative)]
     pub distill: f64,
+    /// What the replayed batch does: trained on (`none`), or A-GEM's reference gradient
+    /// (`agem`), as in replay-train.
+    #[arg(long, value_enum, default_value = "none", requires = "buffer")]
+    pub projection: ProjectionName,
     /// Dropout's random stream.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -187,7 +191,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 args.seed,
                 args.distill,
             )?;
-            Some(Replay::new(b, args.replay_ratio, args.distill))
+            if args.projection == ProjectionName::Agem && args.distill > 0.0 {
+                anyhow::bail!("--distill applies to experience replay, not to --projection agem");
+            }
+            Some(args.projection.replay(b, args.replay_ratio, args.distill))
         }
         None => None,
     };

@@ -1,10 +1,11 @@
 //! `mnemo replay-train`: train on new data while replaying examples kept from earlier data
 //! in an on-disk buffer (experience replay, optionally with logit distillation).
 
-use super::engine::{ewc_penalty, fit, open_buffer, EngineArgs, Fit, Opened, TrainInputs};
+use super::engine::{
+    ewc_penalty, fit, open_buffer, EngineArgs, Fit, Opened, ProjectionName, TrainInputs,
+};
 use super::{Global, HelpExtra, Status, EXIT_PLAIN};
 use mnemo::fsutil::Destinations;
-use mnemo::train::Replay;
 use std::path::PathBuf;
 
 pub const HELP: HelpExtra = HelpExtra {
@@ -12,6 +13,7 @@ pub const HELP: HelpExtra = HelpExtra {
         ("task 1, filling a new buffer of 1000 examples", "mnemo replay-train model.safetensors --data task1.safetensors --buffer buf.safetensors --capacity 1000 -o model1.safetensors"),
         ("task 2, replaying half of every batch's weight from the buffer", "mnemo replay-train model1.safetensors --data task2.safetensors --buffer buf.safetensors --replay-ratio 0.5 -o model2.safetensors | tee train.jsonl"),
         ("dark experience replay: also match the logits stored at insertion", "mnemo replay-train model1.safetensors --data task2.safetensors --buffer der.safetensors --distill 0.5 -o model2.safetensors"),
+        ("A-GEM: project the gradient against the buffer's instead of training on it", "mnemo replay-train model1.safetensors --data task2.safetensors --buffer buf.safetensors --projection agem -o model2.safetensors"),
         ("equal quotas per class, and an EWC penalty too", "mnemo replay-train model2.safetensors --data task3.safetensors --buffer buf.safetensors --policy class-balanced --penalty f2.safetensors:model2.safetensors --lambda 100 -o model3.safetensors"),
     ],
     exit_status: EXIT_PLAIN,
@@ -54,6 +56,13 @@ pub struct Args {
     /// Strength λ of the EWC penalties.
     #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
+    /// What the replayed batch does: `none` trains on it (experience replay, weighted by
+    /// --replay-ratio); `agem` only uses its gradient as A-GEM's reference (Chaudhry et al.
+    /// 2019, Avalanche's AGEMPlugin): when the new batch's gradient g conflicts with it
+    /// (gᵀg_ref < 0), g − (gᵀg_ref / g_refᵀg_ref)·g_ref is used. The reference batch is drawn
+    /// from the buffer at the new batch's size; --replay-ratio does not apply.
+    #[arg(long, value_enum, default_value = "none")]
+    pub projection: ProjectionName,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -84,13 +93,24 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     )?;
     buffer.check_compatible(&data.example_shape, &args.inputs.data)?;
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
+    if args.projection == ProjectionName::Agem {
+        if args.distill > 0.0 {
+            anyhow::bail!("--distill applies to experience replay, not to --projection agem");
+        }
+        if args.engine.accumulate_grad_batches > 1 {
+            anyhow::bail!(
+                "--projection agem projects each batch's gradient: it does not combine with --accumulate-grad-batches"
+            );
+        }
+    }
     let settings = format!(
-        "lambda={}|ratio={}|distill={}|capacity={}|policy={}",
+        "lambda={}|ratio={}|distill={}|capacity={}|policy={}|projection={:?}",
         args.lambda,
         args.replay_ratio,
         args.distill,
         buffer.capacity,
         buffer.policy.as_str(),
+        args.projection,
     );
     fit(
         Fit {
@@ -103,7 +123,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             settings,
             metadata: Default::default(),
             output: &args.output,
-            replay: Some(Replay::new(buffer, args.replay_ratio, args.distill)),
+            replay: Some(
+                args.projection
+                    .replay(buffer, args.replay_ratio, args.distill),
+            ),
         },
         &args.engine,
         g,

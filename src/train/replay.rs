@@ -4,6 +4,11 @@
 //! experience replay); after each update of the first epoch the new examples are offered to
 //! the buffer. The draws have their own RNG, saved with the buffer in the state file, so a
 //! resumed run replays exactly what an uninterrupted one would.
+//!
+//! With [`Projection::Agem`] the drawn batch is not trained on: it gives A-GEM's reference
+//! gradient (Chaudhry et al. 2019, as Avalanche's `AGEMPlugin`): the new batch's gradient g,
+//! the replay batch's g_ref (mean loss), and when gᵀg_ref < 0 the update uses
+//! g − (gᵀg_ref / g_refᵀg_ref)·g_ref, so the loss on the memory does not rise to first order.
 
 use super::strategy::{BatchOut, Pass, Strategy, StrategyState, UpdateCtx};
 use super::TrainConfig;
@@ -19,10 +24,20 @@ use std::path::Path;
 /// Seed of the replay draws, apart from shuffling and from the buffer's insertion stream.
 const REPLAY_SEED: u64 = 0x4E91_A7D2_5EED_0002;
 
+/// What the replayed batch does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Projection {
+    /// Experience replay: its loss joins the new batch's, weighted by the ratio.
+    None,
+    /// A-GEM: its gradient is the reference the new gradient is projected against.
+    Agem,
+}
+
 pub struct Replay {
     pub buffer: ReservoirBuffer,
     pub ratio: f64,
     pub distill: f64,
+    pub projection: Projection,
     rng: Rng,
     /// Offer the new examples to the buffer in this update (first epoch only).
     insert: bool,
@@ -30,6 +45,8 @@ pub struct Replay {
     draw: Option<Vec<usize>>,
     loss_sum: f64,
     batches: usize,
+    /// A-GEM: updates whose gradient was projected, this epoch.
+    projected: usize,
     /// The training data's example shape and file, for checking a restored buffer.
     data_shape: Vec<usize>,
     data_path: std::path::PathBuf,
@@ -41,22 +58,69 @@ struct Saved {
     rng: [u64; 4],
     loss_sum: f64,
     batches: usize,
+    #[serde(default)]
+    projected: usize,
     /// The buffer's own metadata; absent when it was empty (a run only starts from its
     /// file, which was empty too).
     buffer: Option<BTreeMap<String, String>>,
 }
 
+/// Σ a·b over every parameter's gradient, in f64.
+fn dot(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f64 {
+    a.iter()
+        .filter_map(|(k, x)| b.get(k).map(|y| (x, y)))
+        .flat_map(|(x, y)| x.iter().zip(y))
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum()
+}
+
 impl Replay {
+    /// A-GEM over `buffer`: the same draws, buffer and state as replay, the replayed batch
+    /// used as the projection's reference.
+    pub fn agem(buffer: ReservoirBuffer) -> Self {
+        Replay {
+            projection: Projection::Agem,
+            ..Replay::new(buffer, 1.0, 0.0)
+        }
+    }
+
+    /// A-GEM's step: `pass.acc` holds the new batch's gradient g; the replay batch's
+    /// gradient g_ref is computed into it, then it is set to g projected when gᵀg_ref < 0.
+    fn project(&mut self, ctx: &UpdateCtx, pass: &mut Pass, slots: &[usize]) -> Result<()> {
+        let rd = self.buffer.to_dataset(slots);
+        let all: Vec<usize> = (0..slots.len()).collect();
+        let g: BTreeMap<String, Vec<f32>> = pass.acc.clone();
+        pass.acc.values_mut().for_each(|v| v.fill(0.0));
+        let b = pass.run(&rd, &all, ctx.scale, true, None, false)?;
+        self.loss_sum += b.loss;
+        self.batches += 1;
+        let g_ref = std::mem::replace(pass.acc, g);
+        let d = dot(pass.acc, &g_ref);
+        let rr = dot(&g_ref, &g_ref);
+        if d < 0.0 && rr > 0.0 {
+            let alpha = (d / rr) as f32;
+            for (k, v) in pass.acc.iter_mut() {
+                if let Some(r) = g_ref.get(k) {
+                    v.iter_mut().zip(r).for_each(|(v, &r)| *v -= alpha * r);
+                }
+            }
+            self.projected += 1;
+        }
+        Ok(())
+    }
+
     pub fn new(buffer: ReservoirBuffer, ratio: f64, distill: f64) -> Self {
         Replay {
             buffer,
             ratio,
             distill,
+            projection: Projection::None,
             rng: Rng::new(0),
             insert: false,
             draw: None,
             loss_sum: 0.0,
             batches: 0,
+            projected: 0,
             data_shape: Vec::new(),
             data_path: Default::default(),
         }
@@ -103,11 +167,13 @@ impl Strategy for Replay {
         // Drawn from the buffer as it stood before this update.
         self.draw = (self.ratio > 0.0 && !self.buffer.is_empty())
             .then(|| self.buffer.draw(idx.len(), &mut self.rng));
-        Ok(if self.draw.is_some() {
-            1.0 - self.ratio
-        } else {
-            1.0
-        })
+        Ok(
+            if self.draw.is_some() && self.projection == Projection::None {
+                1.0 - self.ratio
+            } else {
+                1.0
+            },
+        )
     }
 
     fn after_batch(&mut self, ctx: &UpdateCtx, pass: &mut Pass, batch: &BatchOut) -> Result<()> {
@@ -118,6 +184,9 @@ impl Strategy for Replay {
             // Every stored label, once, against this model (a buffer from another model is
             // named, with its slot).
             self.buffer.check_labels(batch.classes, ctx.head)?;
+        }
+        if self.projection == Projection::Agem {
+            return self.project(ctx, pass, &slots);
         }
         let rd = self.buffer.to_dataset(&slots);
         let stored = (self.distill > 0.0)
@@ -171,12 +240,16 @@ impl Strategy for Replay {
     /// The mean over the epoch's replay batches of their loss (cross-entropy plus
     /// distillation), unweighted by the ratio.
     fn epoch_fields(&mut self) -> Vec<(&'static str, f64)> {
-        let f = (self.batches > 0)
+        let mut f: Vec<(&'static str, f64)> = (self.batches > 0)
             .then(|| ("replay_loss", self.loss_sum / self.batches as f64))
             .into_iter()
             .collect();
+        if self.projection == Projection::Agem {
+            f.push(("projected", self.projected as f64));
+        }
         self.loss_sum = 0.0;
         self.batches = 0;
+        self.projected = 0;
         f
     }
 
@@ -191,6 +264,7 @@ impl Strategy for Replay {
             rng: self.rng.state(),
             loss_sum: self.loss_sum,
             batches: self.batches,
+            projected: self.projected,
             buffer: meta,
         };
         Ok(Some(StrategyState {
@@ -220,6 +294,7 @@ impl Strategy for Replay {
         self.rng = Rng::from_state(saved.rng);
         self.loss_sum = saved.loss_sum;
         self.batches = saved.batches;
+        self.projected = saved.projected;
         Ok(())
     }
 }
