@@ -699,3 +699,125 @@ fn a_python_one_liner_is_a_producer() {
     let live = Checkpoint::open(dir.path().join("live.safetensors")).unwrap();
     assert_eq!(live.metadata()["mnemo.online.seen"], "40");
 }
+
+/// Every training command reads `--data -` whole: the same weights as from the file;
+/// provenance records the hash of what was read.
+#[test]
+fn training_commands_read_a_stream_as_their_data() {
+    let dir = workdir();
+    let data = fixture("mlp_data.safetensors");
+    let framed = stream(dir.path(), &data, 10, "jsonl");
+    let base = |out: &str, d: &str| {
+        vec![
+            "train-ewc".to_string(),
+            fixture("mlp.safetensors"),
+            "--arch".into(),
+            "mlp:20-16-16-5".into(),
+            "--data".into(),
+            d.into(),
+            "--epochs".into(),
+            "2".into(),
+            "--batch-size".into(),
+            "8".into(),
+            "-o".into(),
+            out.into(),
+            "-q".into(),
+        ]
+    };
+    let args = base("file.safetensors", &data);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(mnemo_in(dir.path(), &refs).code, 0);
+    let args = base("stdin.safetensors", "-");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = mnemo_stdin(dir.path(), &refs, &framed);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tensors(
+        &dir.path().join("file.safetensors"),
+        &dir.path().join("stdin.safetensors"),
+    );
+    let meta = Checkpoint::open(dir.path().join("stdin.safetensors")).unwrap();
+    assert!(
+        meta.metadata()
+            .values()
+            .any(|v| v.contains("blake3-stream:")),
+        "{:?}",
+        meta.metadata()
+    );
+    // A FIFO stays refused as a dataset file (never block on an input); `< fifo` is the way.
+    let fifo = dir.path().join("in.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let args = base("fifo.safetensors", fifo.to_str().unwrap());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = mnemo_in(dir.path(), &refs);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!dir.path().join("fifo.safetensors").exists());
+    // fisher too.
+    let r = mnemo_stdin(
+        dir.path(),
+        &[
+            "fisher",
+            &fixture("mlp.safetensors"),
+            "--arch",
+            "mlp:20-16-16-5",
+            "--data",
+            "-",
+            "-o",
+            "f1.safetensors",
+        ],
+        &framed,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = mnemo_in(
+        dir.path(),
+        &[
+            "fisher",
+            &fixture("mlp.safetensors"),
+            "--arch",
+            "mlp:20-16-16-5",
+            "--data",
+            &data,
+            "-o",
+            "f2.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tensors(
+        &dir.path().join("f1.safetensors"),
+        &dir.path().join("f2.safetensors"),
+    );
+}
+
+/// `online` reads a FIFO: it waits for its producer, as a long-running learner does.
+#[test]
+fn online_reads_a_fifo() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let input = stream(
+        dir.path(),
+        &fixture(case["data"].as_str().unwrap()),
+        4,
+        "safetensors",
+    );
+    let fifo = dir.path().join("in.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, input).unwrap())
+    };
+    let mut args = online_args(case, &["-o", "live.safetensors", "-q"]);
+    let i = args.iter().position(|a| a == "-").unwrap();
+    args[i] = fifo.to_string_lossy().into_owned();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = mnemo_in(dir.path(), &refs);
+    writer.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json_lines().len(), 64);
+}

@@ -608,7 +608,8 @@ pub fn penalty_inputs(d: &mut Destinations, pairs: &[String]) {
 pub struct TrainInputs {
     /// The starting (base) checkpoint.
     pub model: PathBuf,
-    /// Training data: safetensors with `input` and `target`.
+    /// Training data: safetensors with `input` and `target`; or `-`, a stream on stdin read
+    /// whole, in `mnemo online`'s framings (`mnemo data stream` writes them).
     #[arg(long, value_name = "D")]
     pub data: PathBuf,
     /// Architecture, for checkpoints without `mnemo.arch` metadata.
@@ -634,8 +635,11 @@ pub struct Opened {
 impl TrainInputs {
     /// The model and the data, as inputs of the command's destinations check.
     pub fn destinations(&self, d: &mut Destinations) {
-        d.input("the model", &self.model)
-            .input("--data", &self.data);
+        d.input("the model", &self.model);
+        // stdin is read once, whole: nothing can write over it.
+        if !super::is_stream(&self.data) {
+            d.input("--data", &self.data);
+        }
     }
 
     /// The files an error deep in a forward pass is to name.
@@ -649,13 +653,13 @@ impl TrainInputs {
         let device = g.device()?;
         let (model, ckpt) = Model::open(&self.model, self.arch.as_deref(), &device)?;
         let head = model.choose_head(self.head.as_deref()).context("--head")?;
-        let data = Dataset::open(&self.data)?;
+        let data = super::open_dataset(&self.data)?;
         let mut prov = g.provenance();
         let model_hash = ckpt.content_hash()?;
         prov.input(self.model.display().to_string(), model_hash.clone());
         prov.input(
             self.data.display().to_string(),
-            mnemo::checkpoint::file_hash(&self.data)?,
+            super::dataset_hash(&self.data, &data)?,
         );
         Ok(Opened {
             model,

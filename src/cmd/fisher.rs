@@ -4,7 +4,6 @@ use super::engine::{FocalArgs, LossName};
 use super::{num, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
-use mnemo::data::Dataset;
 use mnemo::model::Model;
 use mnemo::train::fisher::{
     accumulate, fisher, reduce, FisherMode, MODEL_KEY, MODE_KEY, ONLINE_KEY, SAMPLES_KEY,
@@ -129,7 +128,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         anyhow::bail!("MODEL and --data are required (or --reduce FISHER...)");
     };
     let mut d = mnemo::fsutil::Destinations::new();
-    d.input("the model", model_path).input("--data", data_path);
+    d.input("the model", model_path);
+    if !super::is_stream(data_path) {
+        d.input("--data", data_path);
+    }
     if let Some(p) = &args.accumulate {
         d.input("--accumulate", p);
     }
@@ -137,7 +139,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let device = g.device()?;
     let (mut model, ckpt) = Model::open(model_path, args.arch.as_deref(), &device)?;
     let head = model.choose_head(args.head.as_deref()).context("--head")?;
-    let data = Dataset::open(data_path)?;
+    let data = super::open_dataset(data_path)?;
     let mode = match args.mode {
         Mode::Empirical => FisherMode::Empirical,
         Mode::True => FisherMode::True,
@@ -191,7 +193,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     prov.input(model_path.display().to_string(), model_hash.clone());
     prov.input(
         data_path.display().to_string(),
-        mnemo::checkpoint::file_hash(data_path)?,
+        super::dataset_hash(data_path, &data)?,
     );
     if let Some((p, _)) = &prev {
         prov.input(p.path.display().to_string(), p.content_hash()?);

@@ -228,19 +228,43 @@ impl JsonLines {
     }
 }
 
+/// Whether `path` names the stdin stream (`-`) rather than a file. A FIFO stays refused as
+/// a dataset file (a batch command never blocks on an input: docs/reliability.md); only
+/// `online`, which waits for its producer by design, reads one.
+pub fn is_stream(path: &std::path::Path) -> bool {
+    path == std::path::Path::new("-")
+}
+
 /// A dataset file, or `-`: a stream on stdin (safetensors frames or JSON Lines, as `mnemo
-/// online` reads them), read whole.
+/// online` reads them) read whole.
 pub fn open_dataset(path: &std::path::Path) -> anyhow::Result<mnemo::data::Dataset> {
-    if path != std::path::Path::new("-") {
+    use mnemo::data::stream::{read_all, StreamOptions, StreamReader};
+    if !is_stream(path) {
         return Ok(mnemo::data::Dataset::open(path)?);
     }
-    use mnemo::data::stream::{read_all, StreamOptions, StreamReader};
-    let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
     let opts = StreamOptions {
         chunk: 4096,
         ..Default::default()
     };
-    Ok(read_all(StreamReader::new(stdin, "-", opts), path)?)
+    let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    Ok(read_all(StreamReader::new(stdin, path, opts), path)?)
+}
+
+/// What provenance records of a dataset: its file's hash, or for stdin (which cannot be
+/// read twice) the hash of what was read: shapes, inputs and targets.
+pub fn dataset_hash(path: &std::path::Path, d: &mnemo::data::Dataset) -> anyhow::Result<String> {
+    if !is_stream(path) {
+        return Ok(mnemo::checkpoint::file_hash(path)?);
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{:?}|{:?}|{}", d.example_shape, d.target_kind, d.from_u8).as_bytes());
+    for x in &d.inputs {
+        h.update(&x.to_le_bytes());
+    }
+    for t in &d.targets {
+        h.update(&t.to_le_bytes());
+    }
+    Ok(format!("blake3-stream:{}", h.finalize().to_hex()))
 }
 
 /// An error that names none of `files` (a shape mismatch deep in a forward pass: "layer 0

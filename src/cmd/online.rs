@@ -154,7 +154,13 @@ const SEEN_KEY: &str = "mnemo.online.seen";
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let mut d = Destinations::new();
     d.input("the model", &args.model);
-    if args.data != Path::new("-") {
+    // stdin or a FIFO (which `online`, a long-running reader, may wait on) is read once:
+    // nothing can write over it.
+    let fifo = {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(&args.data).is_ok_and(|m| m.file_type().is_fifo())
+    };
+    if !super::is_stream(&args.data) && !fifo {
         d.input("--data", &args.data);
     }
     super::engine::penalty_inputs(&mut d, &args.penalty);
