@@ -209,6 +209,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         seed: args.seed,
         head,
         clip_grad_norm: args.clip_grad_norm,
+        // focal: torchvision's sigmoid_focal_loss defaults (α 0.25, γ 2).
         loss: args.loss.to_loss(0.25, 2.0)?,
         shuffle: false,
         ..Default::default()
@@ -222,6 +223,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         replay.as_ref().map(|r| (
             r.ratio,
             r.distill,
+            r.projection,
             r.buffer.capacity,
             r.buffer.policy.as_str()
         )),
@@ -271,7 +273,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         }
     }
 
-    // SIGTERM and SIGINT ask for a clean stop: the chunk in hand is finished and checkpointed.
+    // SIGTERM and SIGINT ask for a clean stop: the micro-batch in hand is finished, then
+    // everything learned is checkpointed.
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
