@@ -17,31 +17,6 @@ fn expected() -> Vec<Value> {
         .clone()
 }
 
-fn arch_arg(a: &str) -> String {
-    if a.starts_with("mlp:") {
-        a.to_string()
-    } else {
-        fixture(a)
-    }
-}
-
-/// Per tensor: max |a − b| ≤ tol · max(1, max |b|).
-fn assert_close(got: &Checkpoint, want: &Checkpoint, tol: f32, case: &str) {
-    for name in want.names() {
-        let w = want.to_f32(name).unwrap();
-        let g = got
-            .to_f32(name)
-            .unwrap_or_else(|e| panic!("{case}: {name}: {e}"));
-        let scale = w.iter().fold(1f32, |m, x| m.max(x.abs()));
-        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-            assert!(
-                (a - b).abs() <= tol * scale,
-                "{case}: {name}[{i}] = {a}, torch {b}"
-            );
-        }
-    }
-}
-
 /// Every tensor of `a` equals `b`'s bit for bit.
 fn assert_same_tensors(a: &Path, b: &Path) {
     let (a, b) = (Checkpoint::open(a).unwrap(), Checkpoint::open(b).unwrap());

@@ -13,29 +13,6 @@ fn expected() -> Value {
     .unwrap()
 }
 
-fn arch_arg(a: &str) -> String {
-    if a.starts_with("mlp:") {
-        a.to_string()
-    } else {
-        fixture(a)
-    }
-}
-
-/// Per tensor: max |a − b| ≤ tol · max(1, max |b|).
-fn assert_close(got: &Checkpoint, want: &Checkpoint, tol: f32, case: &str) {
-    for name in want.names() {
-        let w = want.to_f32(name).unwrap();
-        let g = got.to_f32(name).unwrap_or_else(|e| panic!("{case}: {e}"));
-        let scale = w.iter().fold(1f32, |m, x| m.max(x.abs()));
-        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-            assert!(
-                (a - b).abs() <= tol * scale,
-                "{case}: {name}[{i}] = {a}, torch {b}"
-            );
-        }
-    }
-}
-
 /// `train-ewc` on a case's model and data with its optimizer, epochs and batch size, in file
 /// order (the references do not shuffle).
 fn train_args(case: &Value, out: &str) -> Vec<String> {

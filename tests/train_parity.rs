@@ -10,14 +10,6 @@ fn expected() -> Value {
         .unwrap()
 }
 
-fn arch_arg(a: &str) -> String {
-    if a.starts_with("mlp:") {
-        a.to_string()
-    } else {
-        fixture(a)
-    }
-}
-
 /// Per tensor: max |a − b| ≤ tol · max(1, max |b|), except listed ill-conditioned entries.
 fn assert_close(got: &Checkpoint, want: &Checkpoint, tol: f32, skip: &Value, case: &str) {
     for name in want.names() {

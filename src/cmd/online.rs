@@ -342,7 +342,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         });
         // Whole micro-batches, cut from the stream (not from its chunks, so the framing
         // does not change what is learned).
-        while let Some(batch) = next_batch(&mut pending, args.batch_size, &args, &learner) {
+        while let Some(batch) = next_batch(&mut pending, &args, &learner, false) {
             step(
                 &mut learner,
                 &mut strategies,
@@ -362,22 +362,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     // At the stream's end a short last micro-batch is learned too (torch's DataLoader without
     // drop_last); on a stop it is not (a resumed learner reads it again).
     if failure.is_none() && !stopped_by_signal {
-        if let Some(batch) = pending.take() {
-            let left = args
-                .max_examples
-                .map_or(batch.len(), |m| m.saturating_sub(learner.seen) as usize);
-            if left > 0 {
-                let batch = select(&batch, 0, batch.len().min(left));
-                step(
-                    &mut learner,
-                    &mut strategies,
-                    &batch,
-                    &args,
-                    &mut window,
-                    &mut out,
-                )?;
-                since_checkpoint += batch.len() as u64;
-            }
+        if let Some(batch) = next_batch(&mut pending, &args, &learner, true) {
+            step(
+                &mut learner,
+                &mut strategies,
+                &batch,
+                &args,
+                &mut window,
+                &mut out,
+            )?;
+            since_checkpoint += batch.len() as u64;
         }
     }
     window.flush(learner.seen, &mut |r| out.emit_io(&r))?;
@@ -439,18 +433,22 @@ fn step(
     Ok(())
 }
 
-/// The next whole micro-batch of `pending` (or the rest up to --max-examples).
+/// The next whole micro-batch of `pending` (up to --max-examples); with `short`, at the
+/// stream's end, whatever is left of one.
 fn next_batch(
     pending: &mut Option<Dataset>,
-    size: usize,
     args: &Args,
     learner: &Learner,
+    short: bool,
 ) -> Option<Dataset> {
     let p = pending.as_ref()?;
     let left = args
         .max_examples
         .map_or(u64::MAX, |m| m.saturating_sub(learner.seen));
-    let n = (size as u64).min(left) as usize;
+    let mut n = (args.batch_size as u64).min(left) as usize;
+    if short {
+        n = n.min(p.len());
+    }
     if n == 0 || p.len() < n {
         return None;
     }

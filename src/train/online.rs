@@ -59,20 +59,11 @@ pub struct Learner<'a> {
 
 impl<'a> Learner<'a> {
     pub fn new(model: &'a mut Model, opt: &'a mut Optimizer, cfg: &'a TrainConfig) -> Result<Self> {
-        let mut host = BTreeMap::new();
-        for (name, var) in &model.params {
-            let v = var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .map_err(MnemoError::compute("reading weights"))?;
-            host.insert(name.clone(), v);
-        }
-        Ok(Learner {
+        let mut learner = Learner {
             model,
             opt,
             cfg,
-            host,
+            host: BTreeMap::new(),
             acc: BTreeMap::new(),
             dense: None,
             planned: false,
@@ -80,7 +71,9 @@ impl<'a> Learner<'a> {
             dropout_rng: Rng::new(cfg.seed ^ DROPOUT_SEED),
             seen: 0,
             chunks: 0,
-        })
+        };
+        learner.read_host()?;
+        Ok(learner)
     }
 
     /// Continues from `sf` when it exists; returns whether it did. The weights, moments and
@@ -116,7 +109,6 @@ impl<'a> Learner<'a> {
         if self.planned {
             return Ok(());
         }
-        self.cfg.loss.check_targets(batch)?;
         for s in strategies.iter_mut() {
             s.start(batch, self.cfg)?;
         }

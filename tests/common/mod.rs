@@ -133,3 +133,34 @@ pub fn spawn_fed(dir: &Path, args: &[&str]) -> (std::process::Child, std::proces
     let stdin = child.stdin.take().expect("piped stdin");
     (child, stdin)
 }
+
+/// An arch argument of a reference case: the `mlp:` shorthand as it is, else a fixture file.
+pub fn arch_arg(a: &str) -> String {
+    if a.starts_with("mlp:") {
+        a.to_string()
+    } else {
+        fixture(a)
+    }
+}
+
+/// Per tensor of `want`: max |a − b| ≤ tol · max(1, max |b|).
+pub fn assert_close(
+    got: &mnemo::checkpoint::Checkpoint,
+    want: &mnemo::checkpoint::Checkpoint,
+    tol: f32,
+    case: &str,
+) {
+    for name in want.names() {
+        let w = want.to_f32(name).unwrap();
+        let g = got
+            .to_f32(name)
+            .unwrap_or_else(|e| panic!("{case}: {name}: {e}"));
+        let scale = w.iter().fold(1f32, |m, x| m.max(x.abs()));
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * scale,
+                "{case}: {name}[{i}] = {a}, torch {b}"
+            );
+        }
+    }
+}
