@@ -1,7 +1,8 @@
 //! The one evaluation loop: a model over a dataset in eval mode, batch by batch in file
 //! order, scored by what the targets are — class ids (cross-entropy, accuracy, top-k, and
 //! optionally every example's scores), masks (the loss, IoU counts) or multi-hot rows (the
-//! loss, scores for AP). `mnemo eval`, validation during training, lora-gate's scoring and
+//! loss, scores for AP) or token labels (next-token loss per scored position, perplexity,
+//! token accuracy, per-sequence scores). `mnemo eval`, validation during training, lora-gate's scoring and
 //! Fisher's default loss all go through here.
 
 use crate::data::{Dataset, TargetKind};
@@ -72,16 +73,44 @@ pub struct Evaluation {
     pub iou: Option<IouTotals>,
     /// Multi-hot targets: scores for AP.
     pub multi: Option<MultiLabelTotals>,
+    /// Token labels: next-token loss and accuracy over every scored position.
+    pub tokens: Option<TokenTotals>,
+    /// Token labels with `per_example`: each sequence's (summed loss, scored positions,
+    /// correct predictions), in file order.
+    pub sequences: Option<Vec<(f64, usize, usize)>>,
+}
+
+/// Next-token scores summed over a dataset's scored positions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenTotals {
+    pub loss_sum: f64,
+    pub positions: usize,
+    pub correct: usize,
+}
+
+impl TokenTotals {
+    /// Mean loss per scored position (nats): what transformers reports as `eval_loss`.
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.positions.max(1) as f64
+    }
+    /// exp(loss).
+    pub fn perplexity(&self) -> f64 {
+        self.loss().exp()
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.positions.max(1) as f64
+    }
 }
 
 impl Evaluation {
-    /// Accuracy (class ids), pixel accuracy (masks) or label accuracy at logit > 0
-    /// (multi-hot rows).
+    /// Accuracy (class ids), pixel accuracy (masks), label accuracy at logit > 0
+    /// (multi-hot rows) or next-token accuracy (token labels).
     pub fn accuracy(&self) -> f64 {
-        match (&self.classes, &self.iou, &self.multi) {
-            (Some(c), _, _) => c.accuracy(),
-            (_, Some(i), _) => i.pixel_accuracy(),
-            (_, _, Some(m)) => m.label_accuracy(),
+        match (&self.classes, &self.iou, &self.multi, &self.tokens) {
+            (Some(c), _, _, _) => c.accuracy(),
+            (_, Some(i), _, _) => i.pixel_accuracy(),
+            (_, _, Some(m), _) => m.label_accuracy(),
+            (_, _, _, Some(t)) => t.accuracy(),
             _ => 0.0,
         }
     }
@@ -96,6 +125,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let loss = match data.target_kind {
         TargetKind::Class => Loss::Ce,
+        TargetKind::Tokens { .. } => Loss::CausalLm,
         _ => cfg.loss,
     };
     loss.check_targets(data)?;
@@ -145,6 +175,28 @@ pub fn evaluate(
                 }
                 r
             }
+            TargetKind::Tokens { .. } => {
+                let seqs = loss::token_scores(&l, &dims, &y);
+                let mut batch = TokenTotals::default();
+                for &(v, n, hit) in &seqs {
+                    batch.loss_sum += v;
+                    batch.positions += n;
+                    batch.correct += hit;
+                }
+                let all = out.tokens.get_or_insert_with(Default::default);
+                all.loss_sum += batch.loss_sum;
+                all.positions += batch.positions;
+                all.correct += batch.correct;
+                if cfg.per_example {
+                    out.sequences.get_or_insert_with(Vec::new).extend(seqs);
+                }
+                BatchReport {
+                    index: i,
+                    n: idx.len(),
+                    loss: batch.loss(),
+                    accuracy: Some(batch.accuracy()),
+                }
+            }
             kind => {
                 let (v, _) = loss::loss_grad(loss, kind, &l, &dims, &y, 0.0, 1.0);
                 match kind {
@@ -156,7 +208,9 @@ pub fn evaluate(
                         .multi
                         .get_or_insert_with(|| MultiLabelTotals::new(k))
                         .add(&l, &y),
-                    TargetKind::Class => unreachable!("class ids are scored above"),
+                    TargetKind::Class | TargetKind::Tokens { .. } => {
+                        unreachable!("class ids and tokens are scored above")
+                    }
                 }
                 loss_sum += v * idx.len() as f64;
                 BatchReport {
@@ -170,9 +224,10 @@ pub fn evaluate(
         out.n += idx.len();
         on_batch(&report)?;
     }
-    out.loss = match &out.classes {
-        Some(c) => c.loss(),
-        None => loss_sum / out.n.max(1) as f64,
+    out.loss = match (&out.classes, &out.tokens) {
+        (Some(c), _) => c.loss(),
+        (_, Some(t)) => t.loss(),
+        _ => loss_sum / out.n.max(1) as f64,
     };
     Ok(out)
 }
@@ -184,6 +239,7 @@ pub fn default_loss(model: &mut Model, head: Option<&str>, data: &Dataset) -> Re
     Ok(match data.target_kind {
         TargetKind::Class => Loss::Ce,
         TargetKind::MultiLabel { .. } => Loss::Bce,
+        TargetKind::Tokens { .. } => Loss::CausalLm,
         TargetKind::Mask { .. } => {
             let (x, _) = data.batch(&[0], &model.device)?;
             let dims = model

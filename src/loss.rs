@@ -15,6 +15,12 @@
 //!   1 − (2·Σ p·t + s)/(Σ p + Σ t + s) with s = 1, averaged over the batch.
 //! - `dice-bce`: dice + bce.
 //!
+//! - `causal-lm`: transformers' causal-LM loss on token labels ([`TargetKind::Tokens`]):
+//!   `[B, T, V]` logits, position t scored against the label at t + 1 (the labels shift
+//!   by one; the last position has none), mean over the positions whose label is not
+//!   [`IGNORE_TOKEN`] (`F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+//!   ignore_index=-100)`). `ce` on token labels is the same loss.
+//!
 //! The sigmoid losses take multi-hot rows (`[B, K]` logits) or binary masks (`[B, 1, H, W]`
 //! logits against 0/1 `[B, H, W]` targets); `dice` and `dice-bce` take binary masks only.
 //!
@@ -27,7 +33,7 @@
 //! leaves them out of Σ p·t, Σ p and Σ t. A batch whose pixels are all void has loss 0 and
 //! zero gradient (torch gives NaN).
 
-use crate::data::{Dataset, TargetKind, VOID};
+use crate::data::{Dataset, TargetKind, IGNORE_TOKEN, VOID};
 use crate::error::{MnemoError, Result};
 
 /// Softmax rows of `logits` [n, c] in f64, and per-row log-sum-exp.
@@ -89,6 +95,8 @@ pub enum Loss {
     },
     Dice,
     DiceBce,
+    /// Shifted cross-entropy over token labels (label smoothing applies).
+    CausalLm,
 }
 
 impl Loss {
@@ -99,11 +107,12 @@ impl Loss {
             Loss::Focal { .. } => "focal",
             Loss::Dice => "dice",
             Loss::DiceBce => "dice-bce",
+            Loss::CausalLm => "causal-lm",
         }
     }
 
     fn sigmoid(self) -> bool {
-        self != Loss::Ce
+        !matches!(self, Loss::Ce | Loss::CausalLm)
     }
 
     /// Fails when the loss does not fit the dataset's targets (before any model runs).
@@ -111,7 +120,8 @@ impl Loss {
         let ok = match data.target_kind {
             TargetKind::Class => self == Loss::Ce,
             TargetKind::MultiLabel { .. } => matches!(self, Loss::Bce | Loss::Focal { .. }),
-            TargetKind::Mask { .. } => true,
+            TargetKind::Mask { .. } => self != Loss::CausalLm,
+            TargetKind::Tokens { .. } => matches!(self, Loss::Ce | Loss::CausalLm),
         };
         if ok {
             return Ok(());
@@ -119,7 +129,8 @@ impl Loss {
         let fits = match data.target_kind {
             TargetKind::Class => "ce",
             TargetKind::MultiLabel { .. } => "bce or focal",
-            TargetKind::Mask { .. } => "any loss",
+            TargetKind::Mask { .. } => "ce, bce, focal, dice or dice-bce",
+            TargetKind::Tokens { .. } => "causal-lm",
         };
         Err(MnemoError::InvalidDataset {
             path: data.path.clone(),
@@ -158,6 +169,14 @@ impl Loss {
                     )));
                 }
                 dims[1]
+            }
+            TargetKind::Tokens { t } => {
+                if dims.len() != 3 || dims[1] != t {
+                    return Err(arch(format!(
+                        "the model's output has shape {dims:?}; token labels [N, {t}] need [batch, {t}, vocabulary] logits"
+                    )));
+                }
+                dims[2]
             }
             TargetKind::Mask { h, w } => {
                 if dims.len() != 4 || dims[2] != h || dims[3] != w {
@@ -218,7 +237,10 @@ pub fn loss_grad(
             let (sum, g) = cross_entropy_grad(l, dims[1], y, smoothing, scale);
             (sum / y.len() as f64, g)
         }
-        (Loss::Ce, _) => pixel_cross_entropy(l, dims, y, smoothing, scale),
+        (Loss::Ce | Loss::CausalLm, TargetKind::Tokens { .. }) => {
+            causal_lm(l, dims, y, smoothing, scale)
+        }
+        (Loss::Ce | Loss::CausalLm, _) => pixel_cross_entropy(l, dims, y, smoothing, scale),
         (Loss::Bce, _) => bce(l, y, scale),
         (Loss::Focal { alpha, gamma }, _) => focal(l, y, alpha, gamma, scale),
         (Loss::Dice, _) => dice(l, dims[0], y, 1.0, scale),
@@ -270,6 +292,106 @@ pub fn pixel_cross_entropy(
         }
     }
     (loss / n, grad)
+}
+
+/// Per position of `[B, T, V]` logits, the (label-smoothed) cross-entropy against the next
+/// position's label: `(b, t, loss)` for every scored position, in order, with the
+/// gradient rows (softmax − target)·`weight(b, t)` written into `grad` when given.
+fn shifted_rows(
+    l: &[f32],
+    dims: &[usize],
+    y: &[i64],
+    smoothing: f64,
+    mut grad: Option<(&mut [f32], f64)>,
+    each: &mut dyn FnMut(usize, usize, f64, bool),
+) {
+    let (b, t, v) = (dims[0], dims[1], dims[2]);
+    let (on, off) = (1.0 - smoothing + smoothing / v as f64, smoothing / v as f64);
+    let mut e = vec![0f64; v];
+    for i in 0..b {
+        for p in 0..t.saturating_sub(1) {
+            let label = y[i * t + p + 1];
+            if label == IGNORE_TOKEN {
+                continue;
+            }
+            let row = &l[(i * t + p) * v..(i * t + p + 1) * v];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let mut s = 0.0;
+            for (e, &x) in e.iter_mut().zip(row) {
+                *e = (x as f64 - max).exp();
+                s += *e;
+            }
+            let lse = max + s.ln();
+            let label = label as usize;
+            let loss = if smoothing == 0.0 {
+                lse - row[label] as f64
+            } else {
+                row.iter()
+                    .enumerate()
+                    .map(|(k, &x)| if k == label { on } else { off } * (lse - x as f64))
+                    .sum()
+            };
+            // The prediction is the first largest logit, as torch's argmax.
+            let top = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (k, &x)| {
+                    if x > bv {
+                        (k, x)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0;
+            each(i, p, loss, top == label);
+            if let Some((g, weight)) = grad.as_mut() {
+                let out = &mut g[(i * t + p) * v..(i * t + p + 1) * v];
+                for (k, (o, e)) in out.iter_mut().zip(&e).enumerate() {
+                    let q = if k == label { on } else { off };
+                    *o = ((e / s - q) * *weight) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// The causal-LM loss of `[B, T, V]` logits against `[B, T]` labels: the mean over the
+/// scored positions (at least 1), and its gradient times `scale`.
+pub fn causal_lm(
+    l: &[f32],
+    dims: &[usize],
+    y: &[i64],
+    smoothing: f64,
+    scale: f64,
+) -> (f64, Vec<f32>) {
+    let t = dims[1];
+    let n = (0..y.len())
+        .filter(|&i| i % t != 0 && y[i] != IGNORE_TOKEN)
+        .count()
+        .max(1) as f64;
+    let mut grad = vec![0f32; l.len()];
+    let mut loss = 0.0;
+    shifted_rows(
+        l,
+        dims,
+        y,
+        smoothing,
+        Some((&mut grad, scale / n)),
+        &mut |_, _, v, _| loss += v,
+    );
+    (loss / n, grad)
+}
+
+/// What evaluation keeps of token labels: per sequence, the summed loss (no smoothing),
+/// the scored positions and the correct next-token predictions.
+pub fn token_scores(l: &[f32], dims: &[usize], y: &[i64]) -> Vec<(f64, usize, usize)> {
+    let mut out = vec![(0.0, 0, 0); dims[0]];
+    shifted_rows(l, dims, y, 0.0, None, &mut |b, _, v, hit| {
+        out[b].0 += v;
+        out[b].1 += 1;
+        out[b].2 += hit as usize;
+    });
+    out
 }
 
 /// Elements that are not void, at least 1 (the divisor of the sigmoid losses' means).

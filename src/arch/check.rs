@@ -29,6 +29,78 @@ fn probability(p: f64, what: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The largest vocabulary an embedding may have: token ids travel as f32, which holds
+/// every integer exactly only up to 2^24.
+pub const MAX_TOKEN_ID: usize = 1 << 24;
+
+fn check_attention(a: &AttentionConf) -> std::result::Result<(), String> {
+    let what = "causal-self-attention";
+    for (n, name) in [
+        (a.hidden_size, "hidden_size"),
+        (a.num_attention_heads, "num_attention_heads"),
+        (a.num_key_value_heads, "num_key_value_heads"),
+        (a.head_dim, "head_dim"),
+    ] {
+        if n == 0 {
+            return Err(format!("{what} {name} must be positive"));
+        }
+    }
+    if !a.num_attention_heads.is_multiple_of(a.num_key_value_heads) {
+        return Err(format!(
+            "{what} num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+            a.num_attention_heads, a.num_key_value_heads
+        ));
+    }
+    // Rotary embeddings turn pairs of dimensions (the two halves of each head).
+    if !a.head_dim.is_multiple_of(2) {
+        return Err(format!("{what} head_dim ({}) must be even", a.head_dim));
+    }
+    if !(a.rope_theta.is_finite() && a.rope_theta > 1.0) {
+        return Err(format!(
+            "{what} rope_theta must be a finite number > 1, got {}",
+            a.rope_theta
+        ));
+    }
+    probability(
+        a.attention_dropout,
+        "causal-self-attention attention_dropout",
+    )?;
+    if a.sliding_window == Some(0) {
+        return Err(format!("{what} sliding_window must be positive"));
+    }
+    let factor_ok = |f: f64| f.is_finite() && f > 0.0;
+    match a.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) if !factor_ok(factor) => {
+            return Err(format!(
+                "{what} rope_scaling factor must be a finite number > 0, got {factor}"
+            ));
+        }
+        Some(RopeScaling::Linear { .. }) => {}
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            if ![factor, low_freq_factor, high_freq_factor]
+                .into_iter()
+                .all(factor_ok)
+                || original_max_position_embeddings == 0
+            {
+                return Err(format!("{what} llama3 rope_scaling needs finite factors > 0 and a positive original_max_position_embeddings"));
+            }
+            // transformers divides by their difference.
+            if high_freq_factor <= low_freq_factor {
+                return Err(format!(
+                    "{what} llama3 rope_scaling high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Layer {
     /// Checks the layer and, recursively, its children (`depth` containers above it).
     pub(super) fn check(&self, depth: usize) -> std::result::Result<(), String> {
@@ -217,6 +289,44 @@ impl Layer {
                 }
                 _ => Err("upsample needs exactly one of scale_factor and size".into()),
             },
+            Layer::Embedding {
+                num_embeddings,
+                embedding_dim,
+            } => {
+                pos(num_embeddings, "embedding num_embeddings")?;
+                pos(embedding_dim, "embedding embedding_dim")?;
+                // Token ids are held as f32: exact only below 2^24.
+                if num_embeddings > MAX_TOKEN_ID {
+                    return Err(format!(
+                        "embedding num_embeddings {num_embeddings} exceeds {MAX_TOKEN_ID} (token ids are held as f32)"
+                    ));
+                }
+                Ok(())
+            }
+            Layer::RmsNorm { hidden_size, eps } => {
+                pos(hidden_size, "rmsnorm hidden_size")?;
+                norm_eps(eps, "rmsnorm eps")
+            }
+            Layer::GatedMlp {
+                hidden_size,
+                intermediate_size,
+                ..
+            } => {
+                pos(hidden_size, "gated-mlp hidden_size")?;
+                pos(intermediate_size, "gated-mlp intermediate_size")
+            }
+            Layer::CausalSelfAttention(ref a) => check_attention(a),
+            Layer::DecoderLayer(ref c) => {
+                check_attention(&c.attention)?;
+                pos(c.intermediate_size, "decoder-layer intermediate_size")?;
+                norm_eps(c.rms_norm_eps, "decoder-layer rms_norm_eps")
+            }
+            Layer::TiedLinear { ref weight } => {
+                if weight.is_empty() {
+                    return Err("tied-linear needs the name of the weight it shares".into());
+                }
+                Ok(())
+            }
             Layer::Heads { ref heads } => {
                 if heads.is_empty() {
                     return Err("a heads container needs at least one head".into());

@@ -33,6 +33,9 @@ fn half() -> f64 {
 fn vit_eps() -> f64 {
     1e-6
 }
+fn rope_theta() -> f64 {
+    10000.0
+}
 
 /// `prefix.name`, or `name` at the root (empty prefix).
 pub fn join(prefix: &str, name: &str) -> String {
@@ -126,6 +129,70 @@ fn int_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<usize
         IntOrList::Int(n) => vec![n],
         IntOrList::List(v) => v,
     })
+}
+
+/// How rotary frequencies are rescaled for longer contexts (Hugging Face's `rope_scaling`
+/// / `rope_parameters`, by `rope_type`), applied to the default inverse frequencies
+/// θ^(−2i/d) as `transformers`' `ROPE_INIT_FUNCTIONS` do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's: low frequencies (wavelength above original/low_freq_factor) divided by
+    /// `factor`, high ones kept, the band between interpolated smoothly.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Hugging Face's `LlamaAttention` (and Mistral's, Qwen2's): causal grouped-query
+/// self-attention with rotary position embeddings on `[B, T, hidden_size]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionConf {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    /// Heads of k and v (grouped-query attention: each serves num_attention_heads /
+    /// num_key_value_heads query heads).
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    #[serde(default = "rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Biases on q_proj, k_proj, v_proj (Llama's `attention_bias`; always on in Qwen2).
+    #[serde(default)]
+    pub qkv_bias: bool,
+    /// A bias on o_proj (Llama's `attention_bias`; never in Qwen2).
+    #[serde(default)]
+    pub o_bias: bool,
+    /// Dropout on the attention weights in train mode.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Mistral's sliding window: a position attends to the last `sliding_window` ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+/// Hugging Face's `LlamaDecoderLayer`: x + self_attn(input_layernorm(x)), then
+/// + mlp(post_attention_layernorm(·)), with RMSNorms and a SwiGLU MLP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConf {
+    pub attention: AttentionConf,
+    pub intermediate_size: usize,
+    #[serde(default = "rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn rms_eps() -> f64 {
+    1e-6
 }
 
 /// One layer, as `{"type": ..., <torch constructor kwargs>}`.
@@ -305,6 +372,43 @@ pub enum Layer {
         #[serde(default)]
         mode: UpsampleMode,
     },
+    /// `nn.Embedding`: `weight [num_embeddings, embedding_dim]`. The input holds token ids
+    /// `[B, T]` (integers; held as f32, exact below 2²⁴), the output is
+    /// `[B, T, embedding_dim]`.
+    #[serde(rename = "embedding")]
+    Embedding {
+        num_embeddings: usize,
+        embedding_dim: usize,
+    },
+    /// Llama's `RMSNorm` over the last dimension, in f32: weight · x / √(mean(x²) + eps).
+    #[serde(rename = "rmsnorm")]
+    RmsNorm {
+        hidden_size: usize,
+        #[serde(default = "rms_eps")]
+        eps: f64,
+    },
+    /// Hugging Face's `LlamaMLP` (SwiGLU): down_proj(silu(gate_proj(x)) · up_proj(x)).
+    #[serde(rename = "gated-mlp")]
+    GatedMlp {
+        hidden_size: usize,
+        intermediate_size: usize,
+        #[serde(default)]
+        bias: bool,
+    },
+    /// Causal self-attention with rotary embeddings: children `q_proj`, `k_proj`,
+    /// `v_proj`, `o_proj` (see [`AttentionConf`]).
+    #[serde(rename = "causal-self-attention")]
+    CausalSelfAttention(AttentionConf),
+    /// A decoder block: children `self_attn`, `mlp`, `input_layernorm`,
+    /// `post_attention_layernorm` (see [`DecoderConf`]).
+    #[serde(rename = "decoder-layer")]
+    DecoderLayer(DecoderConf),
+    /// The output projection of a model whose input and output embeddings are tied
+    /// (`tie_word_embeddings`): y = x·Wᵀ with W the tensor `weight` of another layer (e.g.
+    /// `model.embed_tokens.weight`). It holds no tensor of its own, as the state dict
+    /// Hugging Face saves holds none for `lm_head`.
+    #[serde(rename = "tied-linear")]
+    TiedLinear { weight: String },
     /// Named alternative heads (`nn.ModuleDict`): the forward pass runs only the head
     /// chosen with `--head`; the others keep their tensors and are not trained.
     #[serde(rename = "heads")]

@@ -54,6 +54,12 @@ impl Layer {
             Layer::ClassToken => "class-token",
             Layer::Upsample { .. } => "upsample",
             Layer::Heads { .. } => "heads",
+            Layer::Embedding { .. } => "embedding",
+            Layer::RmsNorm { .. } => "rmsnorm",
+            Layer::GatedMlp { .. } => "gated-mlp",
+            Layer::CausalSelfAttention(_) => "causal-self-attention",
+            Layer::DecoderLayer(_) => "decoder-layer",
+            Layer::TiedLinear { .. } => "tied-linear",
         }
     }
 
@@ -165,6 +171,49 @@ impl Layer {
                     ),
                 ])
             }
+            Layer::GatedMlp {
+                hidden_size: d,
+                intermediate_size: m,
+                bias,
+            } => owned(vec![
+                ("gate_proj", linear(d, m, bias)),
+                ("up_proj", linear(d, m, bias)),
+                ("down_proj", linear(m, d, bias)),
+            ]),
+            Layer::CausalSelfAttention(ref a) => {
+                let (d, q, kv) = (
+                    a.hidden_size,
+                    a.num_attention_heads.saturating_mul(a.head_dim),
+                    a.num_key_value_heads.saturating_mul(a.head_dim),
+                );
+                owned(vec![
+                    ("q_proj", linear(d, q, a.qkv_bias)),
+                    ("k_proj", linear(d, kv, a.qkv_bias)),
+                    ("v_proj", linear(d, kv, a.qkv_bias)),
+                    ("o_proj", linear(q, d, a.o_bias)),
+                ])
+            }
+            // `LlamaDecoderLayer` registers self_attn, mlp, then the two norms.
+            Layer::DecoderLayer(ref c) => {
+                let d = c.attention.hidden_size;
+                let norm = || Layer::RmsNorm {
+                    hidden_size: d,
+                    eps: c.rms_norm_eps,
+                };
+                owned(vec![
+                    ("self_attn", Layer::CausalSelfAttention(c.attention.clone())),
+                    (
+                        "mlp",
+                        Layer::GatedMlp {
+                            hidden_size: d,
+                            intermediate_size: c.intermediate_size,
+                            bias: c.mlp_bias,
+                        },
+                    ),
+                    ("input_layernorm", norm()),
+                    ("post_attention_layernorm", norm()),
+                ])
+            }
             _ => vec![],
         }
     }
@@ -181,6 +230,9 @@ impl Layer {
                 | Layer::PatchEmbedding { .. }
                 | Layer::SelfAttention { .. }
                 | Layer::EncoderBlock { .. }
+                | Layer::GatedMlp { .. }
+                | Layer::CausalSelfAttention(_)
+                | Layer::DecoderLayer(_)
         )
     }
 
@@ -275,6 +327,11 @@ impl Layer {
                     ),
                 ]
             }
+            Layer::Embedding {
+                num_embeddings,
+                embedding_dim,
+            } => vec![("weight", vec![num_embeddings, embedding_dim], Trainable)],
+            Layer::RmsNorm { hidden_size, .. } => vec![("weight", vec![hidden_size], Trainable)],
             _ => vec![],
         }
     }

@@ -4,11 +4,13 @@
 //! and `train` use it, and it uses none of them.
 
 mod check;
+pub mod hf;
 mod layer;
 mod manifest;
 mod spec;
 pub mod zoo;
 
+pub use check::MAX_TOKEN_ID;
 pub use layer::*;
 pub use manifest::*;
 pub use spec::*;

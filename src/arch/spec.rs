@@ -148,6 +148,32 @@ impl ArchSpec {
         if let Some(p) = params.iter().find(|p| !seen.insert(p.name.as_str())) {
             return Err(format!("two tensors are named '{}'", p.name));
         }
+        // A tied projection shares a matrix the model holds.
+        let mut tied = Vec::new();
+        self.visit(&mut |name, layer| {
+            if let Layer::TiedLinear { weight } = layer {
+                tied.push((name.to_string(), weight.clone()));
+            }
+        });
+        for (name, weight) in tied {
+            let found = params
+                .iter()
+                .find(|p| p.name == weight && p.kind == ParamKind::Trainable);
+            match found {
+                Some(p) if p.shape.len() == 2 => {}
+                Some(p) => {
+                    return Err(format!(
+                        "tied-linear '{name}' shares '{weight}', which has shape {:?}; it needs a matrix",
+                        p.shape
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "tied-linear '{name}' shares '{weight}', which is no trainable tensor of the model"
+                    ))
+                }
+            }
+        }
         for p in params {
             let n = p
                 .shape

@@ -23,6 +23,9 @@
 //!   their own names (`_conv_stem` ... `_bn1` at the root), so the Lite0 ImageNet weights
 //!   load. `bn_momentum` is torch's (the new batch's weight) for the trunk's batchnorms; the
 //!   package's 0.01 is TF's 0.99, slow to leave ImageNet's statistics when fine-tuning.
+//! - `llama:PATH`: the causal language model a transformers `config.json` (or a model
+//!   folder holding one) describes: Llama, Mistral or Qwen2, with transformers' names
+//!   (`arch/hf.rs`).
 //! - `vit` {image_size=32, patch_size=4, in_channels=3, dim=64, depth=4, heads=4,
 //!   mlp_dim=128, num_classes=10, dropout=0, attention_dropout=0}: a small pre-norm ViT
 //!   laid out like torchvision's `VisionTransformer`, with the attention projections as
@@ -51,13 +54,24 @@ pub fn parse(s: &str) -> Result<Option<ArchSpec>> {
         Some((n, o)) => (n, o),
         None => (s, ""),
     };
-    if !NAMES.contains(&name) {
-        return Ok(None);
-    }
     let bad = |reason: String| MnemoError::InvalidArch {
         origin: Some(s.to_string()),
         reason,
     };
+    if name == "llama" {
+        // `llama:PATH`: a transformers config.json, or a folder holding one.
+        let path = super::hf::config_path(std::path::Path::new(opts));
+        let text = crate::fsutil::read_to_string(&path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let spec = ArchSpec::Tree(
+            super::hf::causal_lm(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?,
+        );
+        spec.validate().map_err(bad)?;
+        return Ok(Some(spec));
+    }
+    if !NAMES.contains(&name) {
+        return Ok(None);
+    }
     let mut opts = Options::parse(opts).map_err(bad)?;
     let root = match name {
         "resnet18" => {

@@ -57,6 +57,8 @@ pub enum LossName {
     Dice,
     /// dice + bce, for binary masks.
     DiceBce,
+    /// Causal-LM cross-entropy on token labels [N,T] (transformers' `labels`, -100 not scored): position t predicts the label at t+1, mean over scored positions. `ce` on token labels is the same.
+    CausalLm,
 }
 
 impl LossName {
@@ -77,6 +79,7 @@ impl LossName {
             LossName::Focal => train::Loss::Focal { alpha, gamma },
             LossName::Dice => train::Loss::Dice,
             LossName::DiceBce => train::Loss::DiceBce,
+            LossName::CausalLm => train::Loss::CausalLm,
         })
     }
 }
@@ -314,8 +317,8 @@ impl EngineArgs {
                 self.label_smoothing
             );
         }
-        if self.label_smoothing > 0.0 && self.loss != LossName::Ce {
-            anyhow::bail!("--label-smoothing applies to --loss ce only");
+        if self.label_smoothing > 0.0 && !matches!(self.loss, LossName::Ce | LossName::CausalLm) {
+            anyhow::bail!("--label-smoothing applies to --loss ce and causal-lm only");
         }
         if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             anyhow::bail!("--clip-grad-norm must be positive");

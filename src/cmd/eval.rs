@@ -246,6 +246,12 @@ fn evaluate_one(
         line["ap"] = per.into_iter().map(opt_num).collect();
         line["label_accuracy"] = num(m.label_accuracy());
     }
+    if let Some(tok) = &t.tokens {
+        // transformers' eval_loss (mean over scored positions) and perplexity exp(loss).
+        line["perplexity"] = num(tok.perplexity());
+        line["token_accuracy"] = num(tok.accuracy());
+        line["tokens"] = json!(tok.positions);
+    }
     line["n"] = json!(t.n);
     Ok((line, t.accuracy()))
 }

@@ -27,6 +27,10 @@ use std::path::{Path, PathBuf};
 /// number of output channels (so a mask model cannot have a class 255).
 pub const VOID: i64 = 255;
 
+/// The label of a token position that is not scored: transformers' `-100`
+/// (`ignore_index` of its causal-LM loss), at padding and wherever a user masks a prompt.
+pub const IGNORE_TOKEN: i64 = -100;
+
 /// What `target` holds, told apart by its rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
@@ -36,6 +40,10 @@ pub enum TargetKind {
     Mask { h: usize, w: usize },
     /// `[N, K]` multi-hot rows (0/1).
     MultiLabel { k: usize },
+    /// `[N, T]` token labels of `[N, T]` integer token inputs, transformers' `labels`: the
+    /// token at each position, or [`IGNORE_TOKEN`]. The loss shifts them (position t is
+    /// predicted from the positions before it).
+    Tokens { t: usize },
 }
 
 impl TargetKind {
@@ -45,6 +53,7 @@ impl TargetKind {
             TargetKind::Class => 1,
             TargetKind::Mask { h, w } => h * w,
             TargetKind::MultiLabel { k } => k,
+            TargetKind::Tokens { t } => t,
         }
     }
 
@@ -54,6 +63,7 @@ impl TargetKind {
             TargetKind::Class => "class ids [N]".into(),
             TargetKind::Mask { h, w } => format!("masks [N, {h}, {w}]"),
             TargetKind::MultiLabel { k } => format!("multi-hot rows [N, {k}]"),
+            TargetKind::Tokens { t } => format!("token labels [N, {t}]"),
         }
     }
 }
@@ -101,6 +111,11 @@ impl Dataset {
             return Err(bad("'input' is a scalar; expected [N, ...]".into()));
         }
         let n = xi.shape[0];
+        // Integer inputs (other than U8 pixels) are token ids.
+        let tokens = !xi.dtype.is_float() && !matches!(xi.dtype, Dtype::U8 | Dtype::Bool);
+        if tokens {
+            return Self::tokens(ckpt, &xi.shape, &ti.shape);
+        }
         let kind = match ti.shape.len() {
             1 => TargetKind::Class,
             2 => TargetKind::MultiLabel { k: ti.shape[1] },
@@ -209,6 +224,66 @@ impl Dataset {
         })
     }
 
+    /// A token dataset: integer `input` [N, T] ids and `target` [N, T] labels.
+    fn tokens(ckpt: &Checkpoint, input: &[usize], target: &[usize]) -> Result<Dataset> {
+        let path = ckpt.path.as_path();
+        let bad = |reason: String| MnemoError::InvalidDataset {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if input.len() != 2 || input[0] == 0 || input[1] == 0 {
+            return Err(bad(format!(
+                "integer 'input' (token ids) has shape {input:?}; expected [N, T] with N, T > 0"
+            )));
+        }
+        if target != input {
+            return Err(bad(format!(
+                "'target' has shape {target:?}; token ids {input:?} need labels of the same shape (the token, or {IGNORE_TOKEN} where not scored)"
+            )));
+        }
+        let t = input[1];
+        let ids = ckpt.to_i64("input")?;
+        if let Some((i, &v)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v as u64 >= crate::arch::MAX_TOKEN_ID as u64)
+        {
+            return Err(bad(format!(
+                "'input' example {} position {} = {v} is not a token id (0 .. {})",
+                i / t,
+                i % t,
+                crate::arch::MAX_TOKEN_ID
+            )));
+        }
+        let ti = ckpt.entry("target")?;
+        if ti.dtype.is_float() || ti.dtype == Dtype::Bool {
+            return Err(MnemoError::WrongDtype {
+                path: path.to_path_buf(),
+                tensor: "target".into(),
+                dtype: ti.dtype.to_string(),
+                expected: "an integer dtype (token labels)".into(),
+            });
+        }
+        let targets = ckpt.to_i64("target")?;
+        if let Some((i, &v)) = targets.iter().enumerate().find(|(_, &v)| {
+            v != IGNORE_TOKEN && (v < 0 || v as u64 >= crate::arch::MAX_TOKEN_ID as u64)
+        }) {
+            return Err(bad(format!(
+                "'target' example {} position {} = {v} is neither a token id nor {IGNORE_TOKEN} (not scored)",
+                i / t,
+                i % t
+            )));
+        }
+        Ok(Dataset {
+            path: path.to_path_buf(),
+            example_shape: vec![t],
+            inputs: ids.iter().map(|&v| v as f32).collect(),
+            targets,
+            target_kind: TargetKind::Tokens { t },
+            from_u8: false,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.targets.len() / self.target_kind.per_example()
     }
@@ -283,6 +358,27 @@ impl Dataset {
                             classes - 1
                         )
                     }));
+                }
+            }
+            TargetKind::Tokens { t } => {
+                let out_of = |v: i64| v != IGNORE_TOKEN && v as usize >= classes;
+                let found = self
+                    .targets
+                    .iter()
+                    .position(|&v| out_of(v))
+                    .map(|i| ("target", i, self.targets[i]))
+                    .or_else(|| {
+                        self.inputs
+                            .iter()
+                            .position(|&v| v as usize >= classes)
+                            .map(|i| ("input", i, self.inputs[i] as i64))
+                    });
+                if let Some((tensor, i, v)) = found {
+                    return Err(bad(format!(
+                        "'{tensor}' example {} position {} = {v} is out of range: the {which} has a vocabulary of {classes} tokens",
+                        i / t,
+                        i % t
+                    )));
                 }
             }
             TargetKind::MultiLabel { k } => {

@@ -541,14 +541,20 @@ pub fn write_chunk(
         TargetKind::Class => vec![],
         TargetKind::MultiLabel { k } => vec![k],
         TargetKind::Mask { h, w } => vec![h, w],
+        TargetKind::Tokens { t } => vec![t],
     };
+    let tokens = matches!(d.target_kind, TargetKind::Tokens { .. });
     match format {
         StreamFormat::Safetensors => {
             let mut xs = vec![n];
             xs.extend(&d.example_shape);
             let mut ts = vec![n];
             ts.extend(&target_shape);
-            let (xd, xb): (safetensors::Dtype, Vec<u8>) = if d.from_u8 {
+            let (xd, xb): (safetensors::Dtype, Vec<u8>) = if tokens {
+                // Token ids stay integers, so the frame reads back as token data.
+                let b = x.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
+                (safetensors::Dtype::I64, b)
+            } else if d.from_u8 {
                 let b = x
                     .iter()
                     .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
@@ -573,6 +579,9 @@ pub fn write_chunk(
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             w.write_all(&bytes)
         }
+        StreamFormat::JsonLines if tokens => Err(std::io::Error::other(
+            "token datasets stream as safetensors frames (--format safetensors): JSON Lines inputs read back as numbers, not token ids",
+        )),
         StreamFormat::JsonLines => {
             // Rust's f32 Display is the shortest decimal that reads back to the same f32
             // (never an exponent, never NaN here: datasets are finite), so it is valid JSON.
@@ -609,6 +618,7 @@ pub fn write_chunk(
                     TargetKind::Mask { w, .. } => serde_json::Value::Array(
                         ti.chunks(w).map(|r| serde_json::json!(r)).collect(),
                     ),
+                    TargetKind::Tokens { .. } => unreachable!("refused above"),
                 };
                 line.clear();
                 line.push_str("{\"input\":");

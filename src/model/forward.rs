@@ -101,7 +101,7 @@ impl Model {
             })
     }
 
-    fn layer_forward(
+    pub(super) fn layer_forward(
         &mut self,
         name: &str,
         layer: &Layer,
@@ -361,6 +361,44 @@ impl Model {
                 size,
                 mode: m,
             } => upsample(x, scale_factor, size, m).map_err(c)?,
+            Layer::Embedding { num_embeddings, .. } => self.embedding(name, x, num_embeddings)?,
+            Layer::RmsNorm { eps, .. } => {
+                let var = x.sqr().and_then(|s| s.mean_keepdim(D::Minus1)).map_err(c)?;
+                let xn = x
+                    .broadcast_div(&(var + eps).map_err(c)?.sqrt().map_err(c)?)
+                    .map_err(c)?;
+                xn.broadcast_mul(&w(self, "weight")?).map_err(c)?
+            }
+            Layer::GatedMlp { .. } => {
+                let kids = layer.children();
+                let mut run = |s: &mut Self, i: usize, h: &Tensor| {
+                    s.layer_forward(&join(name, &kids[i].0), &kids[i].1, h, mode, rng)
+                };
+                let gate = run(self, 0, x)?.silu().map_err(c)?;
+                let up = run(self, 1, x)?;
+                let h = (gate * up).map_err(c)?;
+                run(self, 2, &h)?
+            }
+            Layer::CausalSelfAttention(ref a) => {
+                self.causal_attention(name, layer, a, x, mode, rng)?
+            }
+            Layer::DecoderLayer(_) => {
+                let kids = layer.children();
+                let mut run = |s: &mut Self, i: usize, h: &Tensor| {
+                    s.layer_forward(&join(name, &kids[i].0), &kids[i].1, h, mode, rng)
+                };
+                // Children: self_attn, mlp, input_layernorm, post_attention_layernorm.
+                let h = run(self, 2, x)?;
+                let h = run(self, 0, &h)?;
+                let x1 = (x + h).map_err(c)?;
+                let h = run(self, 3, &x1)?;
+                let h = run(self, 1, &h)?;
+                (x1 + h).map_err(c)?
+            }
+            Layer::TiedLinear { ref weight } => {
+                let wt = self.weight(weight)?.t().map_err(c)?;
+                x.broadcast_matmul(&wt).map_err(c)?
+            }
             Layer::Heads { ref heads } => {
                 let Some(h) = self.active_head.clone() else {
                     return Err(MnemoError::InvalidArch {

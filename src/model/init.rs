@@ -2,11 +2,17 @@
 //! Linear/Conv2d weights kaiming_uniform(a=√5), i.e. U(−1/√fan_in, 1/√fan_in),
 //! biases U(−1/√fan_in, 1/√fan_in); norms weight 1, bias 0; running mean 0, var 1.
 //! A patch embedding's class token starts at 0 and its position embedding at N(0, 0.02²),
-//! as torchvision's ViT. Tensors are drawn in state-dict order.
+//! as torchvision's ViT. Language-model parts follow transformers' `_init_weights` at its
+//! default `initializer_range` 0.02: embeddings and the projections inside attention and
+//! gated MLPs N(0, 0.02²) with zero biases, RMSNorm weights 1. Tensors are drawn in
+//! state-dict order.
 
 use crate::arch::{join, ArchSpec, Layer};
 use crate::rng::Rng;
 use std::collections::BTreeMap;
+
+/// transformers' default `initializer_range`.
+const HF_STD: f64 = 0.02;
 
 fn uniform(rng: &mut Rng, n: usize, bound: f64) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
@@ -27,9 +33,44 @@ fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
 /// Values for every float tensor of the spec, by name.
 pub fn default_init(spec: &ArchSpec, rng: &mut Rng) -> BTreeMap<String, Vec<f32>> {
     let mut out = BTreeMap::new();
+    // Modules whose linear children transformers initialises N(0, 0.02²).
+    let mut hf_blocks: Vec<String> = Vec::new();
     spec.visit(&mut |prefix, layer| {
         let name = |n: &str| join(prefix, n);
+        let in_hf_block = hf_blocks.iter().any(|b| {
+            prefix
+                .strip_prefix(b.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        });
         match *layer {
+            Layer::GatedMlp { .. } | Layer::CausalSelfAttention(_) => {
+                hf_blocks.push(prefix.to_string());
+            }
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+            } if in_hf_block => {
+                out.insert(
+                    name("weight"),
+                    normal(rng, in_features * out_features, HF_STD),
+                );
+                if bias {
+                    out.insert(name("bias"), vec![0.0; out_features]);
+                }
+            }
+            Layer::Embedding {
+                num_embeddings,
+                embedding_dim,
+            } => {
+                out.insert(
+                    name("weight"),
+                    normal(rng, num_embeddings * embedding_dim, HF_STD),
+                );
+            }
+            Layer::RmsNorm { hidden_size, .. } => {
+                out.insert(name("weight"), vec![1.0; hidden_size]);
+            }
             Layer::Linear {
                 in_features,
                 out_features,

@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod conv;
+mod decoder;
 mod forward;
 mod init;
 pub mod norm;
@@ -232,9 +233,35 @@ pub fn resolve_arch(ckpt: &Checkpoint, arch: Option<&str>) -> Result<ArchSpec> {
                 json,
                 Some(&format!("{} metadata '{ARCH_KEY}'", ckpt.path.display())),
             ),
-            None => Err(MnemoError::NoArch {
-                path: ckpt.path.clone(),
-            }),
+            // A Hugging Face model folder: the config.json beside the weights.
+            None => match hf_config_beside(&ckpt.path) {
+                Some((config, text)) => {
+                    let origin = config.display().to_string();
+                    let root = crate::arch::hf::causal_lm(&text).map_err(|reason| {
+                        MnemoError::InvalidArch {
+                            origin: Some(origin.clone()),
+                            reason,
+                        }
+                    })?;
+                    let spec = ArchSpec::Tree(root);
+                    spec.validate().map_err(|reason| MnemoError::InvalidArch {
+                        origin: Some(origin),
+                        reason,
+                    })?;
+                    Ok(spec)
+                }
+                None => Err(MnemoError::NoArch {
+                    path: ckpt.path.clone(),
+                }),
+            },
         },
     }
+}
+
+/// The transformers `config.json` in the folder of `weights`, when it describes a model
+/// type `arch::hf` reads.
+fn hf_config_beside(weights: &Path) -> Option<(std::path::PathBuf, String)> {
+    let config = weights.parent()?.join("config.json");
+    let text = crate::fsutil::read_to_string(&config).ok()?;
+    crate::arch::hf::is_known_config(&text).then_some((config, text))
 }

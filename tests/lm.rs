@@ -1,0 +1,182 @@
+//! Causal language models against transformers (fixtures/lm/gen.py): tiny Llama, Llama 3.1
+//! (rope scaling, biases, head_dim ≠ hidden/heads), Qwen2 and Mistral (sliding window)
+//! folders saved by `save_pretrained` load as they are; their logits, the causal-LM loss
+//! and one AdamW step equal transformers'.
+
+mod common;
+use candle_core::Device;
+use common::*;
+use mnemo::checkpoint::Checkpoint;
+use mnemo::data::Dataset;
+use mnemo::model::{Mode, Model};
+use mnemo::rng::Rng;
+use std::path::PathBuf;
+
+const CASES: [&str; 4] = ["llama_tied", "llama3_bias", "qwen2", "mistral_window"];
+
+fn lm(name: &str) -> PathBuf {
+    fixtures().join("lm").join(name)
+}
+
+fn expected() -> Checkpoint {
+    Checkpoint::open(lm("expected.safetensors")).unwrap()
+}
+
+/// max |a − b| ≤ tol · max(1, max |b|).
+fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= tol * scale,
+        "{what}: max abs diff {worst} (scale {scale})"
+    );
+}
+
+#[test]
+fn logits_of_transformers_folders_match() {
+    let want = expected();
+    let data = Dataset::open(lm("data.safetensors")).unwrap();
+    for case in CASES {
+        let (mut model, _) = Model::open(&lm(case), None, &Device::Cpu).unwrap();
+        let (x, _) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
+        let y = model
+            .forward(&x, None, Mode::Eval, &mut Rng::new(0))
+            .unwrap();
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        close(
+            &got,
+            &want.to_f32(&format!("{case}.logits")).unwrap(),
+            1e-4,
+            case,
+        );
+    }
+}
+
+#[test]
+fn eval_reports_transformers_loss_perplexity_and_token_accuracy() {
+    let want = expected();
+    let dir = workdir();
+    for case in CASES {
+        let folder = lm(case).to_string_lossy().into_owned();
+        let r = ok(mnemo_in(
+            dir.path(),
+            &["eval", &folder, "--data", &fixture("lm/data.safetensors")],
+        ));
+        let j = r.last_json();
+        let loss = j["loss"].as_f64().unwrap();
+        let torch = want.to_f32(&format!("{case}.loss")).unwrap()[0] as f64;
+        assert!(
+            (loss - torch).abs() <= 1e-5 * torch,
+            "{case}: {loss} vs {torch}"
+        );
+        let ppl = j["perplexity"].as_f64().unwrap();
+        assert!((ppl - torch.exp()).abs() <= 1e-4 * ppl, "{case}: {ppl}");
+        // 3 rows of 12 positions, 4 padded on the last: 11 + 11 + 7 scored.
+        assert_eq!(j["tokens"], 29, "{case}: {j}");
+        let acc = j["token_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{case}: {j}");
+    }
+}
+
+#[test]
+fn one_adamw_step_equals_transformers() {
+    let want = expected();
+    let dir = workdir();
+    for case in CASES {
+        let folder = lm(case).to_string_lossy().into_owned();
+        let out = format!("{case}.safetensors");
+        ok(mnemo_in(
+            dir.path(),
+            &[
+                "train-ewc",
+                &folder,
+                "--data",
+                &fixture("lm/data.safetensors"),
+                "--optimizer",
+                "adamw",
+                "--lr",
+                "1e-2",
+                "--weight-decay",
+                "0.01",
+                "--decay-all",
+                "--batch-size",
+                "3",
+                "--epochs",
+                "1",
+                "--no-shuffle",
+                "-o",
+                &out,
+            ],
+        ));
+        let got = Checkpoint::open(dir.path().join(&out)).unwrap();
+        let prefix = format!("{case}.step.");
+        let mut n = 0;
+        for name in want.names().filter(|n| n.starts_with(&prefix)) {
+            let tensor = &name[prefix.len()..];
+            let g = got.to_f32(tensor).unwrap();
+            let w = want.to_f32(name).unwrap();
+            let grad = want.to_f32(&format!("{case}.grad.{tensor}")).unwrap();
+            // Adam's first step is lr·g/(|g| + eps): where |g| is within a few orders of
+            // eps (1e-8) the float error of a cancelling sum moves it by a visible part of
+            // lr, so those elements are only held to the step's bound.
+            for (i, ((a, b), d)) in g.iter().zip(&w).zip(&grad).enumerate() {
+                let tol = if d.abs() >= 1e-4 { 1e-5 } else { 1e-2 };
+                assert!(
+                    (a - b).abs() <= tol * b.abs().max(1.0),
+                    "{case} {tensor}[{i}]: {a} vs {b} (gradient {d})"
+                );
+            }
+            n += 1;
+        }
+        assert_eq!(n, got.names().count(), "{case}: every tensor checked");
+    }
+}
+
+#[test]
+fn gradients_of_the_causal_lm_loss_equal_transformers() {
+    let want = expected();
+    let data = Dataset::open(lm("data.safetensors")).unwrap();
+    for case in CASES {
+        let (mut model, _) = Model::open(&lm(case), None, &Device::Cpu).unwrap();
+        let (x, y) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
+        let logits = model
+            .forward(&x, None, Mode::Train, &mut Rng::new(0))
+            .unwrap();
+        let dims = logits.dims().to_vec();
+        let l: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        let (loss, g) = mnemo::loss::causal_lm(&l, &dims, &y, 0.0, 1.0);
+        let torch = want.to_f32(&format!("{case}.loss")).unwrap()[0] as f64;
+        assert!(
+            (loss - torch).abs() <= 1e-5 * torch,
+            "{case}: {loss} vs {torch}"
+        );
+        let g = candle_core::Tensor::from_vec(g, dims.as_slice(), &Device::Cpu).unwrap();
+        let grads = (logits * g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in model.vars() {
+            let got: Vec<f32> = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{case}: no gradient for {name}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w = want.to_f32(&format!("{case}.grad.{name}")).unwrap();
+            // Relative to the tensor's largest gradient (gradients are ≪ 1).
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let worst = got
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{case} grad {name}: max abs diff {worst}, largest {scale}"
+            );
+        }
+    }
+}
