@@ -110,6 +110,13 @@ interop: build
 	  --threshold 1e9 --merged $(OUT)/lora_cnn_merged.safetensors -o $(OUT)/lora_cnn_adapter
 	$$(scripts/venv.sh) scripts/peft_check.py fixtures/cnn.safetensors fixtures/cnn.arch.json $(OUT)/lora_cnn_adapter \
 	  $(OUT)/lora_cnn_merged.safetensors fixtures/img_data.safetensors
+	for c in llama_tied llama3_bias qwen2 mistral_window; do \
+	  $(MNEMO) lora-gate fixtures/lm/$$c --data fixtures/lm/data.safetensors --val fixtures/lm/data.safetensors \
+	    --targets q_proj,v_proj,down_proj --rank 4 --lr 1e-2 --epochs 3 --threshold 1e9 -q \
+	    --merged $(OUT)/lm_$$c/ -o $(OUT)/lm_$${c}_adapter >/dev/null && \
+	  $$(scripts/venv.sh) scripts/lm_check.py fixtures/lm/$$c $(OUT)/lm_$${c}_adapter $(OUT)/lm_$$c \
+	    fixtures/lm/data.safetensors || exit 1; \
+	done
 	for m in cnn zoo multihead; do \
 	  $(MNEMO) init --arch fixtures/$$m.arch.json -o $(OUT)/$$m.safetensors && \
 	  $$(scripts/venv.sh) scripts/torch_check.py $(OUT)/$$m.safetensors fixtures/$$m.arch.json || exit 1; \

@@ -180,3 +180,193 @@ fn gradients_of_the_causal_lm_loss_equal_transformers() {
         }
     }
 }
+
+fn peft_tensors(prefix: &str) -> Vec<(String, Vec<f32>)> {
+    let want = expected();
+    let names: Vec<String> = want
+        .names()
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    names
+        .into_iter()
+        .map(|n| (n[prefix.len()..].to_string(), want.to_f32(&n).unwrap()))
+        .collect()
+}
+
+/// PEFT's adapter on a transformers folder, folded by `lora merge` into a folder: the
+/// weights equal `merge_and_unload()`'s, the config is the base's, and the folder
+/// evaluates as the adapted PEFT model does.
+#[test]
+fn a_peft_adapter_folds_into_a_model_folder_as_peft_does() {
+    let dir = workdir();
+    let base = lm("llama_tied").to_string_lossy().into_owned();
+    ok(mnemo_in(
+        dir.path(),
+        &[
+            "lora",
+            "merge",
+            &base,
+            &fixture("lm/peft_llama"),
+            "-o",
+            "out/",
+        ],
+    ));
+    let out = dir.path().join("out");
+    let got = Checkpoint::open(out.join("model.safetensors")).unwrap();
+    let merged = peft_tensors("peft.merged.");
+    assert_eq!(got.names().count(), merged.len());
+    for (name, w) in &merged {
+        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
+    }
+    for f in ["config.json", "generation_config.json"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(lm("llama_tied").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(got.metadata()["format"], "pt");
+    let (mut model, _) = Model::open(&out, None, &Device::Cpu).unwrap();
+    let data = Dataset::open(lm("data.safetensors")).unwrap();
+    let (x, _) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
+    let y = model
+        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
+        .unwrap();
+    let logits: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+    close(
+        &logits,
+        &expected().to_f32("peft.logits").unwrap(),
+        1e-4,
+        "peft logits",
+    );
+    let r = ok(mnemo_in(
+        dir.path(),
+        &["eval", "out", "--data", &fixture("lm/data.safetensors")],
+    ));
+    let loss = r.last_json()["loss"].as_f64().unwrap();
+    let torch = expected().to_f32("peft.loss").unwrap()[0] as f64;
+    assert!((loss - torch).abs() <= 1e-5 * torch, "{loss} vs {torch}");
+}
+
+/// `lora-gate --adapter` on PEFT's adapter: one SGD step on the causal-LM loss equals
+/// PEFT's, in PEFT's layout.
+#[test]
+fn one_step_from_a_peft_adapter_on_token_data_matches_peft() {
+    let dir = workdir();
+    let data = fixture("lm/data.safetensors");
+    let r = ok(mnemo_in(
+        dir.path(),
+        &[
+            "lora-gate",
+            &lm("llama_tied").to_string_lossy(),
+            "--adapter",
+            &fixture("lm/peft_llama"),
+            "--data",
+            &data,
+            "--val",
+            &data,
+            "--dropout",
+            "0",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--threshold",
+            "1e9",
+            "-o",
+            "ad",
+        ],
+    ));
+    assert_eq!(r.last_json()["accepted"], true);
+    let got = Checkpoint::open(dir.path().join("ad/adapter_model.safetensors")).unwrap();
+    let step = peft_tensors("peft.step.");
+    assert_eq!(got.names().count(), step.len());
+    for (name, w) in &step {
+        close(&got.to_f32(name).unwrap(), w, 1e-5, name);
+    }
+}
+
+/// The gate on a language model: validation perplexity before and after, the adapter and
+/// the merged folder written when it holds, nothing (exit 1) when it does not.
+#[test]
+fn lora_gate_gates_a_language_model_on_perplexity() {
+    let dir = workdir();
+    let data = fixture("lm/data.safetensors");
+    let base = lm("qwen2").to_string_lossy().into_owned();
+    let gate = |threshold: &str, significance: &str, out: &str, merged: &str| {
+        let mut args = vec![
+            "lora-gate",
+            &base,
+            "--data",
+            &data,
+            "--val",
+            &data,
+            "--targets",
+            "q_proj,v_proj",
+            "--rank",
+            "4",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "3",
+            "--metric",
+            "perplexity",
+            "--threshold",
+            threshold,
+            "--merged",
+            merged,
+            "-o",
+            out,
+        ];
+        if !significance.is_empty() {
+            args.extend(["--significance", significance]);
+        }
+        mnemo_in(dir.path(), &args)
+    };
+    let r = ok(gate("0", "0.5", "ad", "merged/"));
+    let j = r.last_json();
+    assert_eq!(j["accepted"], true, "{j}");
+    assert_eq!(j["metric"], "perplexity");
+    let (before, after) = (
+        j["baseline"].as_f64().unwrap(),
+        j["score"].as_f64().unwrap(),
+    );
+    assert!(
+        after < before,
+        "training on the validation data lowers its perplexity: {j}"
+    );
+    // The baseline is exp of transformers' loss on the same data.
+    let torch = expected().to_f32("qwen2.loss").unwrap()[0] as f64;
+    assert!(
+        (before.ln() - torch).abs() < 1e-5,
+        "{before} vs exp({torch})"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("ad/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["target_modules"].as_array().unwrap().len(), 4);
+    assert!(dir.path().join("merged/model.safetensors").is_file());
+    assert!(dir.path().join("merged/config.json").is_file());
+    // The adapter folded by `lora merge` is the merged folder's model.
+    ok(mnemo_in(
+        dir.path(),
+        &["lora", "merge", &base, "ad", "-o", "again.safetensors"],
+    ));
+    let a = Checkpoint::open(dir.path().join("again.safetensors")).unwrap();
+    let b = Checkpoint::open(dir.path().join("merged/model.safetensors")).unwrap();
+    for n in b.names() {
+        close(&a.to_f32(n).unwrap(), &b.to_f32(n).unwrap(), 1e-6, n);
+    }
+    // Asking for a perplexity drop larger than training gives: rejected, nothing written.
+    let r = gate("-1e6", "", "ad2", "merged2/");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!dir.path().join("ad2").exists());
+    assert!(!dir.path().join("merged2/model.safetensors").exists());
+}

@@ -2,6 +2,7 @@
 //! HF sharded checkpoints as one logical checkpoint; atomic writes.
 
 mod dtype;
+pub mod folder;
 pub mod header;
 mod layout;
 pub mod pickle;
@@ -10,6 +11,7 @@ pub mod stats;
 mod writer;
 
 pub use dtype::{decode, decode_i64, decode_into, encode, Dtype};
+pub use folder::{prepare_model_output, ModelOutput};
 pub use header::TensorEntry;
 pub use writer::{
     header_bytes, prepare_checkpoint, write_checkpoint, AtomicFile, HeaderEntry, OwnedTensor,

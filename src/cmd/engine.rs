@@ -4,7 +4,7 @@
 
 use super::{num, Global, JsonLines};
 use anyhow::Context;
-use mnemo::checkpoint::{prepare_checkpoint, Checkpoint};
+use mnemo::checkpoint::{prepare_checkpoint, prepare_model_output, Checkpoint};
 use mnemo::data::Dataset;
 use mnemo::fsutil::Destinations;
 use mnemo::model::{ArchSpec, Mode, Model, ARCH_KEY};
@@ -501,6 +501,16 @@ fn prepare_importance(
 
 /// The engine flags' files, for the command's destinations check: --val, --l2-anchor and
 /// --init-optimizer are read, --save-optimizer written, --state read and replaced.
+/// A model output: one safetensors file, or (`DIR/`, an existing folder) a Hugging Face
+/// model folder, whose every file is checked.
+pub fn model_output(d: &mut Destinations, label: &str, path: &Path) {
+    if mnemo::checkpoint::folder::is_folder_target(path) {
+        d.output_dir(label, path, &mnemo::checkpoint::folder::folder_files());
+    } else {
+        d.output(label, path);
+    }
+}
+
 pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
     for (label, p) in [
         ("--val", &e.val),
@@ -637,6 +647,11 @@ pub struct Opened {
 
 impl TrainInputs {
     /// The model and the data, as inputs of the command's destinations check.
+    /// The Hugging Face folder the model is read from, if it is one.
+    pub fn source(&self) -> Option<PathBuf> {
+        mnemo::checkpoint::folder::source_folder(&self.model)
+    }
+
     pub fn destinations(&self, d: &mut Destinations) {
         d.input("the model", &self.model);
         // stdin is read once, whole: nothing can write over it.
@@ -690,6 +705,9 @@ pub struct Fit<'a> {
     /// Extra metadata for the output checkpoint.
     pub metadata: BTreeMap<String, String>,
     pub output: &'a Path,
+    /// The Hugging Face folder the model came from: a folder output (`-o DIR/`) carries
+    /// its config and tokenizer files.
+    pub source: Option<PathBuf>,
     /// Experience replay: the buffer is written back to its path after the output.
     pub replay: Option<Replay>,
 }
@@ -711,6 +729,7 @@ pub struct Trained<'a> {
     /// The command's provenance with every input of the run recorded and the seed set.
     pub prov: Provenance,
     output: &'a Path,
+    source: Option<PathBuf>,
     metadata: BTreeMap<String, String>,
     replay: Option<Replay>,
     /// SI's path integral and the prior importance it adds to.
@@ -910,6 +929,7 @@ pub fn train_only<'a>(
         opt,
         prov: f.prov,
         output: f.output,
+        source: f.source,
         metadata: f.metadata,
         replay: f.replay,
         si: si.map(|s| (s, si_prior)),
@@ -930,6 +950,7 @@ impl Trained<'_> {
             opt,
             prov,
             output: path,
+            source,
             metadata,
             replay,
             si,
@@ -940,7 +961,7 @@ impl Trained<'_> {
         meta.extend(metadata);
         let tensors = model.tensors()?;
         mnemo::train::finite::check_tensors(&tensors)?;
-        let output = prepare_checkpoint(path, tensors, &meta)
+        let output = prepare_model_output(path, tensors, &meta, source.as_deref())
             .with_context(|| format!("writing {}", path.display()))?;
         let optimizer = prepare_optimizer(e, &opt, &model, &prov.metadata())?;
         let importance = match (&e.si_importance, &si) {

@@ -3,7 +3,7 @@
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::checkpoint::{encode, write_checkpoint, Checkpoint, OwnedTensor};
+use mnemo::checkpoint::{encode, prepare_model_output, Checkpoint, OwnedTensor};
 use mnemo::lora::peft_check;
 use mnemo::lora::{fold, Adapter};
 use serde_json::json;
@@ -65,7 +65,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             for f in &ckpt.files {
                 d.input("the base", &f.path);
             }
-            d.output("-o", &output).check()?;
+            super::engine::model_output(&mut d, "-o", &output);
+            d.check()?;
             let ad = Adapter::read_dir(&adapter)?;
             // PEFT's selection: target_modules must select a module of the base (PEFT
             // raises "Target modules ... not found in the base model"), and every module
@@ -172,7 +173,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             let mut meta = ckpt.metadata().clone();
             meta.retain(|k, _| !k.starts_with("mnemo.") || k == mnemo::model::ARCH_KEY);
             meta.extend(prov.metadata());
-            write_checkpoint(&output, tensors, &meta)
+            // A base read through its Hugging Face config.json: the folded checkpoint says
+            // its arch itself.
+            if !meta.contains_key(mnemo::model::ARCH_KEY) {
+                if let Ok(spec) = mnemo::model::resolve_arch(&ckpt, None) {
+                    meta.insert(mnemo::model::ARCH_KEY.into(), spec.to_json());
+                }
+            }
+            let source = mnemo::checkpoint::folder::source_folder(&base);
+            prepare_model_output(&output, tensors, &meta, source.as_deref())
+                .and_then(|o| o.commit())
                 .with_context(|| format!("writing {}", output.display()))?;
             JsonLines::stdout().emit(&json!({
                 "output": output.display().to_string(),

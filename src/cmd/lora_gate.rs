@@ -5,7 +5,7 @@
 use super::engine::{prepare_optimizer, train_only, EngineArgs, Fit, Opened, TrainInputs};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
-use mnemo::checkpoint::prepare_checkpoint;
+use mnemo::checkpoint::prepare_model_output;
 use mnemo::data::Dataset;
 use mnemo::fsutil::Destinations;
 use mnemo::lora::{resolve_targets, Adapter, LoraConfig};
@@ -18,6 +18,7 @@ pub const HELP: HelpExtra = HelpExtra {
     examples: &[
         ("adapt layers 0 and 2 of an MLP; deploy only when validation holds", "mnemo lora-gate model.safetensors --data new.safetensors --val val.safetensors --targets 0,2 -o adapter/ && make deploy"),
         ("attention projections of a ViT, rank 8, and the folded checkpoint too", "mnemo lora-gate vit.safetensors --data d.safetensors --val v.safetensors --targets '*.q_proj,*.v_proj' --rank 8 --merged vit2.safetensors -o adapter/"),
+        ("a language model folder from transformers: adapt q_proj and v_proj on token data, gate on validation perplexity", "mnemo lora-gate llama/ --data text.safetensors --val val.safetensors --targets q_proj,v_proj --metric perplexity --threshold 0.5 -o adapter/"),
         ("a small noisy validation set: reject only a significant regression", "mnemo lora-gate model.safetensors --data d.safetensors --val small.safetensors --targets 0 --significance 0.05 -o adapter/"),
         ("continue from yesterday's adapter", "mnemo lora-gate model.safetensors --adapter adapter/ --data today.safetensors --val val.safetensors -o adapter/"),
     ],
@@ -32,8 +33,11 @@ pub const HELP: HelpExtra = HelpExtra {
 pub enum Metric {
     /// Minus the mean cross-entropy (higher is better).
     NegLoss,
-    /// Top-1 accuracy.
+    /// Top-1 accuracy (token labels: next-token accuracy).
     Accuracy,
+    /// exp(mean loss), lower is better: what a language model is judged on (the paired
+    /// test runs on the per-sequence losses, which it is a monotone function of).
+    Perplexity,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -44,8 +48,9 @@ pub enum PairedTestKind {
     T,
 }
 
-/// Scores --val before and after training (score = −mean loss or accuracy): accepted when
-/// baseline − score ≤ --threshold. Only the adapter trains (A kaiming-uniform, B zero, as
+/// Scores --val before and after training (score = −mean loss, accuracy or perplexity;
+/// token labels are scored per token, as transformers' eval_loss): accepted when the
+/// score fell (perplexity: rose) by at most --threshold. Only the adapter trains (A kaiming-uniform, B zero, as
 /// PEFT); the base weights stay frozen. The engine's --val is the gate's validation set (it
 /// also picks the best epoch).
 #[derive(clap::Args, Debug)]
@@ -120,7 +125,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         }
     }
     if let Some(m) = &args.merged {
-        d.output("--merged", m);
+        super::engine::model_output(&mut d, "--merged", m);
     }
     if let Some(l) = &args.log {
         d.output("--log", l);
@@ -139,8 +144,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         model_hash: base_hash,
     } = args.inputs.open(g)?;
     let val = Dataset::open(&val_path)?;
-    data.require_class("lora-gate")?;
-    val.require_class("lora-gate")?;
+    data.require_class_or_tokens("lora-gate")?;
+    val.require_class_or_tokens("lora-gate")?;
     let (config, modules, init) = match &args.adapter {
         Some(dir) => {
             let prev = Adapter::read_dir(dir)?;
@@ -212,15 +217,34 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             per_example: true,
             ..Default::default()
         };
-        let s = mnemo::eval::evaluate(model, &val, &cfg, &mut |_| Ok(()))?
-            .examples
-            .unwrap_or_default();
+        let e = mnemo::eval::evaluate(model, &val, &cfg, &mut |_| Ok(()))?;
+        if let Some(seqs) = e.sequences {
+            // Per sequence, its share of the token-weighted total: the mean over sequences
+            // is then the mean over scored tokens (transformers' eval_loss), and the paired
+            // test still pairs whole sequences.
+            let total = seqs.iter().map(|s| s.1).sum::<usize>().max(1) as f64;
+            let n = seqs.len() as f64;
+            return Ok(match args.metric {
+                Metric::NegLoss | Metric::Perplexity => {
+                    seqs.iter().map(|s| -s.0 * n / total).collect()
+                }
+                Metric::Accuracy => seqs.iter().map(|s| s.2 as f64 * n / total).collect(),
+            });
+        }
+        let s = e.examples.unwrap_or_default();
         Ok(match args.metric {
-            Metric::NegLoss => s.loss.iter().map(|l| -l).collect(),
+            Metric::NegLoss | Metric::Perplexity => s.loss.iter().map(|l| -l).collect(),
             Metric::Accuracy => s.correct.iter().map(|&c| c as u8 as f64).collect(),
         })
     };
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // The gated value of per-example scores: their mean, or for perplexity exp(−mean).
+    let aggregate = |v: &[f64]| {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        match args.metric {
+            Metric::Perplexity => (-mean).exp(),
+            _ => mean,
+        }
+    };
     let before = score_of(&mut model)?;
     let start = std::time::Instant::now();
     let mut log = match &args.log {
@@ -242,6 +266,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             settings,
             metadata: Default::default(),
             output: &args.output,
+            source: args.inputs.source(),
             replay: None,
         },
         &args.engine,
@@ -251,8 +276,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     .map_err(|e| super::name_files(e, &args.inputs.files()))?;
     let (mut model, outcome, opt) = (trained.model, trained.outcome, trained.opt);
     let after = score_of(&mut model)?;
-    let (baseline, score) = (mean(&before), mean(&after));
-    let regression = baseline - score;
+    let (baseline, score) = (aggregate(&before), aggregate(&after));
+    let regression = match args.metric {
+        Metric::Perplexity => score - baseline,
+        _ => baseline - score,
+    };
     let test = args.significance.map(|_| match args.test {
         PairedTestKind::T => paired_t_test(&before, &after),
         PairedTestKind::Bootstrap => {
@@ -270,7 +298,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let accepted = measurable && !(regression > args.threshold && significant);
     let mut line = json!({
         "accepted": accepted,
-        "metric": match args.metric { Metric::NegLoss => "neg-loss", Metric::Accuracy => "accuracy" },
+        "metric": match args.metric {
+            Metric::NegLoss => "neg-loss",
+            Metric::Accuracy => "accuracy",
+            Metric::Perplexity => "perplexity",
+        },
         "baseline": num(baseline),
         "score": num(score),
         "delta": num(score - baseline),
@@ -299,7 +331,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 mnemo::train::finite::check_tensors(&tensors)?;
                 line["merged"] = json!(m.display().to_string());
                 Some(
-                    prepare_checkpoint(m, tensors, &mmeta)
+                    prepare_model_output(m, tensors, &mmeta, args.inputs.source().as_deref())
                         .with_context(|| format!("writing {}", m.display()))?,
                 )
             }

@@ -73,7 +73,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     super::engine::penalty_inputs(&mut d, &args.penalty);
     super::engine::destinations(&mut d, &args.engine);
     d.in_place("--buffer", &args.buffer);
-    d.output("-o", &args.output).check()?;
+    super::engine::model_output(&mut d, "-o", &args.output);
+    d.check()?;
     // Two runs on one buffer take turns: the second reads the first one's buffer.
     let _lock = mnemo::fsutil::lock_in_place(&args.buffer)?;
     let Opened {
@@ -123,6 +124,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             settings,
             metadata: Default::default(),
             output: &args.output,
+            source: args.inputs.source(),
             replay: Some(
                 args.projection
                     .replay(buffer, args.replay_ratio, args.distill),

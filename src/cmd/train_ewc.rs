@@ -38,7 +38,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     args.inputs.destinations(&mut d);
     super::engine::penalty_inputs(&mut d, &args.penalty);
     super::engine::destinations(&mut d, &args.engine);
-    d.output("-o", &args.output).check()?;
+    super::engine::model_output(&mut d, "-o", &args.output);
+    d.check()?;
     let Opened {
         model,
         head,
@@ -58,6 +59,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             settings: format!("lambda={}", args.lambda),
             metadata: Default::default(),
             output: &args.output,
+            source: args.inputs.source(),
             replay: None,
         },
         &args.engine,

@@ -310,6 +310,24 @@ impl Dataset {
         })
     }
 
+    /// Fails unless the targets are class ids `[N]` or token labels `[N, T]` (what can be
+    /// scored per example: a sequence's loss is its example's).
+    pub fn require_class_or_tokens(&self, what: &str) -> Result<()> {
+        if matches!(
+            self.target_kind,
+            TargetKind::Class | TargetKind::Tokens { .. }
+        ) {
+            return Ok(());
+        }
+        Err(MnemoError::InvalidDataset {
+            path: self.path.clone(),
+            reason: format!(
+                "'target' holds {}; {what} needs class ids [N] or token labels [N, T]",
+                self.target_kind.describe()
+            ),
+        })
+    }
+
     /// Fails when a label is not a valid class id for a head with `classes` outputs (for
     /// masks: `classes` output channels, where one channel means a binary mask of 0/1; for
     /// multi-hot rows: one output per label).
