@@ -370,3 +370,79 @@ fn lora_gate_gates_a_language_model_on_perplexity() {
     assert!(!dir.path().join("ad2").exists());
     assert!(!dir.path().join("merged2/model.safetensors").exists());
 }
+
+/// Replay on token data: the buffer keeps whole sequences (ids and labels, as the data
+/// holds them), grows across runs, and refuses what it cannot hold.
+#[test]
+fn replay_keeps_token_sequences() {
+    let dir = workdir();
+    let data = fixture("lm/data.safetensors");
+    let base = lm("llama_tied").to_string_lossy().into_owned();
+    let run = |model: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "replay-train",
+            model,
+            "--data",
+            &data,
+            "--buffer",
+            "b.safetensors",
+            "-q",
+            "-o",
+            out,
+        ];
+        args.extend(extra);
+        mnemo_in(dir.path(), &args)
+    };
+    ok(run(&base, "r1.safetensors", &["--capacity", "8"]));
+    let b = Checkpoint::open(dir.path().join("b.safetensors")).unwrap();
+    let d = Checkpoint::open(lm("data.safetensors")).unwrap();
+    assert_eq!(b.entry("target").unwrap().shape, vec![3, 12]);
+    // Every sequence, ids with its labels (in the shuffled order training saw them).
+    let rows = |c: &Checkpoint| {
+        let (x, y) = (c.to_i64("input").unwrap(), c.to_i64("target").unwrap());
+        let mut r: Vec<(Vec<i64>, Vec<i64>)> = x
+            .chunks(12)
+            .zip(y.chunks(12))
+            .map(|(a, b)| (a.to_vec(), b.to_vec()))
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(rows(&b), rows(&d));
+    // A second task replays them and adds its own.
+    let r = ok(run(
+        "r1.safetensors",
+        "r2.safetensors",
+        &["--capacity", "8"],
+    ));
+    let s = r.last_json();
+    assert_eq!(s["buffer"]["size"], 6, "{s}");
+    assert!(
+        s["replay_loss"].is_number() || s["task_loss"].is_number(),
+        "{s}"
+    );
+    // Class balancing and logit distillation have no meaning for sequences.
+    let r = run(&base, "x.safetensors", &["--policy", "class-balanced"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("reservoir"), "{}", r.stderr);
+    let r = run(&base, "x.safetensors", &["--distill", "1"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    // The sequence buffer refuses class-labelled data.
+    let r = mnemo_in(
+        dir.path(),
+        &[
+            "replay-train",
+            &fixture("mlp.safetensors"),
+            "--arch",
+            "mlp:20-16-16-5",
+            "--data",
+            &fixture("mlp_data.safetensors"),
+            "--buffer",
+            "b.safetensors",
+            "-o",
+            "x.safetensors",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!dir.path().join("x.safetensors").exists());
+}

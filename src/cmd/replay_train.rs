@@ -84,7 +84,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         mut prov,
         ..
     } = args.inputs.open(g)?;
-    data.require_class("replay-train")?;
+    data.require_class_or_tokens("replay-train")?;
     let buffer = open_buffer(
         &args.buffer,
         args.capacity,

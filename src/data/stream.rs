@@ -580,7 +580,7 @@ pub fn write_chunk(
             w.write_all(&bytes)
         }
         StreamFormat::JsonLines if tokens => Err(std::io::Error::other(
-            "token datasets stream as safetensors frames (--format safetensors): JSON Lines inputs read back as numbers, not token ids",
+            "token datasets stream as safetensors frames: JSON Lines inputs read back as numbers, not token ids",
         )),
         StreamFormat::JsonLines => {
             // Rust's f32 Display is the shortest decimal that reads back to the same f32

@@ -78,7 +78,12 @@ pub struct ReservoirBuffer {
     pub u8_inputs: bool,
     /// Stored inputs as f32, example-major.
     pub inputs: Vec<f32>,
+    /// Class ids, one per slot (0 for every token sequence: a single "class").
     pub targets: Vec<i64>,
+    /// `Some(T)` when the buffer holds token sequences: `labels` then holds each slot's T
+    /// token labels (transformers' `labels`, -100 not scored) and `inputs` its token ids.
+    pub sequence: Option<usize>,
+    pub labels: Vec<i64>,
     /// Width of the stored logits, when examples carry them.
     pub classes: Option<usize>,
     pub logits: Vec<f32>,
@@ -114,6 +119,8 @@ impl ReservoirBuffer {
             u8_inputs: true,
             inputs: Vec::new(),
             targets: Vec::new(),
+            sequence: None,
+            labels: Vec::new(),
             classes: None,
             logits: Vec::new(),
             total_seen: 0,
@@ -170,6 +177,54 @@ impl ReservoirBuffer {
         &mut self,
         x: &[f32],
         y: i64,
+        from_u8: bool,
+        logits: Option<&[f32]>,
+    ) -> Result<()> {
+        if self.sequence.is_some() {
+            return Err(bad(
+                &self.path,
+                "holds token sequences; it cannot take class-labelled examples",
+            ));
+        }
+        self.offer_example(x, y, None, from_u8, logits)
+    }
+
+    /// Offers one token sequence: its ids `x` and its `labels` (reservoir sampling; no
+    /// classes to balance, no logits).
+    pub fn offer_sequence(&mut self, x: &[f32], labels: &[i64]) -> Result<()> {
+        match self.sequence {
+            Some(t) if t != labels.len() => {
+                return Err(bad(
+                    &self.path,
+                    format!(
+                        "holds sequences of {t} tokens, offered one of {}",
+                        labels.len()
+                    ),
+                ))
+            }
+            None if !self.is_empty() => {
+                return Err(bad(
+                    &self.path,
+                    "holds class-labelled examples; it cannot take token sequences",
+                ))
+            }
+            _ => {}
+        }
+        if self.policy != Policy::Reservoir {
+            return Err(bad(
+                &self.path,
+                "token sequences have no classes to balance: use the reservoir policy",
+            ));
+        }
+        self.sequence = Some(labels.len());
+        self.offer_example(x, 0, Some(labels), false, None)
+    }
+
+    fn offer_example(
+        &mut self,
+        x: &[f32],
+        y: i64,
+        labels: Option<&[i64]>,
         from_u8: bool,
         logits: Option<&[f32]>,
     ) -> Result<()> {
@@ -251,12 +306,18 @@ impl ReservoirBuffer {
             None => {
                 self.inputs.extend_from_slice(x);
                 self.targets.push(y);
+                if let Some(l) = labels {
+                    self.labels.extend_from_slice(l);
+                }
                 if let Some(l) = logits {
                     self.logits.extend_from_slice(l);
                 }
             }
             Some(j) => {
                 self.inputs[j * el..(j + 1) * el].copy_from_slice(x);
+                if let Some(l) = labels {
+                    self.labels[j * l.len()..(j + 1) * l.len()].copy_from_slice(l);
+                }
                 let old = std::mem::replace(&mut self.targets[j], y);
                 if let Some(n) = self.counts.get_mut(&old) {
                     *n -= 1;
@@ -296,6 +357,28 @@ impl ReservoirBuffer {
     /// Fails when a stored label is not a class of a model (or head) with `classes` outputs,
     /// naming the buffer and the slot.
     pub fn check_labels(&self, classes: usize, head: Option<&str>) -> Result<()> {
+        if let Some(t) = self.sequence {
+            // Token ids and labels against the vocabulary (`classes` logits per position).
+            let bad_label = self
+                .labels
+                .iter()
+                .position(|&v| v != crate::data::IGNORE_TOKEN && v as u64 >= classes as u64);
+            let bad_id = self.inputs.iter().position(|&v| v as u64 >= classes as u64);
+            if let Some((what, i)) = bad_label
+                .map(|i| ("'target'", i))
+                .or(bad_id.map(|i| ("'input'", i)))
+            {
+                return Err(bad(
+                    &self.path,
+                    format!(
+                        "{what} slot {} position {} is out of the vocabulary of {classes} tokens (a buffer from another model?)",
+                        i / t,
+                        i % t
+                    ),
+                ));
+            }
+            return Ok(());
+        }
         if let Some((i, &t)) = self
             .targets
             .iter()
@@ -349,8 +432,17 @@ impl ReservoirBuffer {
                 .iter()
                 .flat_map(|&i| self.inputs[i * el..(i + 1) * el].iter().copied())
                 .collect(),
-            targets: idx.iter().map(|&i| self.targets[i]).collect(),
-            target_kind: crate::data::TargetKind::Class,
+            targets: match self.sequence {
+                Some(t) => idx
+                    .iter()
+                    .flat_map(|&i| self.labels[i * t..(i + 1) * t].iter().copied())
+                    .collect(),
+                None => idx.iter().map(|&i| self.targets[i]).collect(),
+            },
+            target_kind: match self.sequence {
+                Some(t) => crate::data::TargetKind::Tokens { t },
+                None => crate::data::TargetKind::Class,
+            },
             from_u8: self.u8_inputs,
         }
     }
@@ -371,7 +463,19 @@ impl ReservoirBuffer {
         let shape = self.example_shape.clone().unwrap_or_default();
         let mut full = vec![self.len()];
         full.extend(&shape);
-        let input = if self.u8_inputs {
+        let input = if self.sequence.is_some() {
+            OwnedTensor {
+                name: format!("{prefix}input"),
+                dtype: Dtype::I64,
+                shape: full,
+                data: Cow::Owned(
+                    self.inputs
+                        .iter()
+                        .flat_map(|&v| (v as i64).to_le_bytes())
+                        .collect(),
+                ),
+            }
+        } else if self.u8_inputs {
             OwnedTensor {
                 name: format!("{prefix}input"),
                 dtype: Dtype::U8,
@@ -388,11 +492,19 @@ impl ReservoirBuffer {
         };
         let mut tensors = vec![
             input,
-            OwnedTensor {
-                name: format!("{prefix}target"),
-                dtype: Dtype::I64,
-                shape: vec![self.len()],
-                data: Cow::Owned(self.targets.iter().flat_map(|t| t.to_le_bytes()).collect()),
+            match self.sequence {
+                Some(t) => OwnedTensor {
+                    name: format!("{prefix}target"),
+                    dtype: Dtype::I64,
+                    shape: vec![self.len(), t],
+                    data: Cow::Owned(self.labels.iter().flat_map(|t| t.to_le_bytes()).collect()),
+                },
+                None => OwnedTensor {
+                    name: format!("{prefix}target"),
+                    dtype: Dtype::I64,
+                    shape: vec![self.len()],
+                    data: Cow::Owned(self.targets.iter().flat_map(|t| t.to_le_bytes()).collect()),
+                },
             },
         ];
         if let Some(c) = self.classes {
@@ -531,7 +643,23 @@ impl ReservoirBuffer {
         );
         let xi = ckpt.entry(&xn)?;
         let ti = ckpt.entry(&tn)?;
-        if xi.shape.is_empty() || ti.shape.len() != 1 || ti.shape[0] != xi.shape[0] {
+        // Token sequences: integer ids [n, T] and labels [n, T].
+        let sequence = (ti.shape.len() == 2).then(|| ti.shape[1]);
+        if let Some(t) = sequence {
+            if xi.shape != [ti.shape[0], t] || xi.dtype.is_float() || xi.dtype == Dtype::U8 {
+                return Err(bad(
+                    path,
+                    format!(
+                        "'{tn}' {:?} holds token labels, so '{xn}' must be integer token ids of the same shape (it is {} {:?})",
+                        ti.shape, xi.dtype, xi.shape
+                    ),
+                ));
+            }
+        }
+        if xi.shape.is_empty()
+            || (sequence.is_none() && ti.shape.len() != 1)
+            || ti.shape[0] != xi.shape[0]
+        {
             return Err(bad(
                 path,
                 format!(
@@ -554,6 +682,20 @@ impl ReservoirBuffer {
             ));
         }
         let (inputs, u8_inputs) = match xi.dtype {
+            _ if sequence.is_some() => {
+                let ids = ckpt.to_i64(&xn)?;
+                if let Some((i, v)) = ids
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &v)| v < 0 || v as usize >= crate::arch::MAX_TOKEN_ID)
+                {
+                    return Err(bad(
+                        path,
+                        format!("'{xn}' element {i} = {v} is not a token id"),
+                    ));
+                }
+                (ids.iter().map(|&v| v as f32).collect(), false)
+            }
             Dtype::U8 => (
                 ckpt.bytes(&xn)?.iter().map(|&b| b as f32 / 255.0).collect(),
                 true,
@@ -571,7 +713,28 @@ impl ReservoirBuffer {
         if let Some(i) = inputs.iter().position(|v: &f32| !v.is_finite()) {
             return Err(bad(path, format!("'{xn}' element {i} is not finite")));
         }
-        let targets = ckpt.to_i64(&tn)?;
+        let (targets, labels) = match sequence {
+            Some(_) => {
+                let labels = ckpt.to_i64(&tn)?;
+                if let Some((i, v)) = labels.iter().enumerate().find(|(_, &v)| {
+                    v != crate::data::IGNORE_TOKEN
+                        && (v < 0 || v as usize >= crate::arch::MAX_TOKEN_ID)
+                }) {
+                    return Err(bad(
+                        path,
+                        format!("'{tn}' element {i} = {v} is neither a token id nor -100"),
+                    ));
+                }
+                (vec![0; n], labels)
+            }
+            None => (ckpt.to_i64(&tn)?, Vec::new()),
+        };
+        if sequence.is_some() && policy != Policy::Reservoir {
+            return Err(bad(
+                path,
+                "a buffer of token sequences uses the reservoir policy",
+            ));
+        }
         if let Some((i, t)) = targets.iter().enumerate().find(|(_, &t)| t < 0) {
             return Err(bad(path, format!("'{tn}'[{i}] = {t} is negative")));
         }
@@ -614,6 +777,8 @@ impl ReservoirBuffer {
             u8_inputs,
             inputs,
             targets,
+            sequence,
+            labels,
             classes,
             logits,
             total_seen,

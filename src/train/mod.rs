@@ -201,7 +201,11 @@ pub(crate) fn backward(
     let logits = model.forward(&x, head, Mode::Train, rng)?;
     let dims = logits.dims().to_vec();
     cfg.loss.check_output(data, &dims, head, check_labels)?;
-    let c = dims[1];
+    // Outputs per example position: classes or channels, or the vocabulary of [B, T, V].
+    let c = match kind {
+        crate::data::TargetKind::Tokens { .. } => dims[2],
+        _ => dims[1],
+    };
     let l: Vec<f32> = logits
         .flatten_all()
         .and_then(|t| t.to_vec1())

@@ -146,7 +146,14 @@ impl Strategy for Replay {
     }
 
     fn start(&mut self, data: &Dataset, cfg: &TrainConfig) -> Result<()> {
-        data.require_class("experience replay")?;
+        data.require_class_or_tokens("experience replay")?;
+        if matches!(data.target_kind, crate::data::TargetKind::Tokens { .. }) && self.distill > 0.0
+        {
+            return Err(crate::error::MnemoError::InvalidDataset {
+                path: data.path.clone(),
+                reason: "dark experience replay (distillation) stores class logits; token sequences are replayed without it".into(),
+            });
+        }
         self.buffer.expect_shape(&data.example_shape, &data.path)?;
         self.rng = Rng::new(cfg.seed ^ REPLAY_SEED);
         self.data_shape = data.example_shape.clone();
@@ -226,6 +233,13 @@ impl Strategy for Replay {
         for (idx, logits) in group.iter().zip(logits) {
             let c = logits.as_ref().map_or(0, |l| l.len() / idx.len().max(1));
             for (k, &i) in idx.iter().enumerate() {
+                if let crate::data::TargetKind::Tokens { t } = data.target_kind {
+                    self.buffer.offer_sequence(
+                        &data.inputs[i * el..(i + 1) * el],
+                        &data.targets[i * t..(i + 1) * t],
+                    )?;
+                    continue;
+                }
                 self.buffer.offer(
                     &data.inputs[i * el..(i + 1) * el],
                     data.targets[i],
