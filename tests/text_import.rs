@@ -101,8 +101,13 @@ fn every_case_matches_the_python_reference() {
         // The dataset's metadata: what gen.py computed, plus the tokenizer's hash.
         let ck = Checkpoint::open(&out).unwrap();
         let meta = ck.metadata();
-        let tok = text_fixture(&format!("tokenizers/{}.json", c["tokenizer"].as_str().unwrap()));
-        let want_hash = blake3::hash(&std::fs::read(&tok).unwrap()).to_hex().to_string();
+        let tok = text_fixture(&format!(
+            "tokenizers/{}.json",
+            c["tokenizer"].as_str().unwrap()
+        ));
+        let want_hash = blake3::hash(&std::fs::read(&tok).unwrap())
+            .to_hex()
+            .to_string();
         assert_eq!(meta["mnemo.tokens.tokenizer_blake3"], want_hash, "{name}");
         let ours: BTreeMap<&str, &str> = meta
             .iter()
@@ -131,10 +136,10 @@ fn every_case_matches_the_python_reference() {
         assert_eq!(line["examples"], c["rows"], "{name}");
         assert_eq!(line["seq_len"].to_string(), want["mnemo.tokens.seq_len"]);
         assert!(
-            r.stderr.contains(&format!(
-                "{} document(s)",
-                want["mnemo.tokens.documents"]
-            )) && r.stderr.contains(&format!("{} tokens dropped", want["mnemo.tokens.dropped"])),
+            r.stderr
+                .contains(&format!("{} document(s)", want["mnemo.tokens.documents"]))
+                && r.stderr
+                    .contains(&format!("{} tokens dropped", want["mnemo.tokens.dropped"])),
             "{name}: {}",
             r.stderr
         );
@@ -229,7 +234,11 @@ fn refused(dir: &Path, args: &[&str], named: &[&str]) {
     assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
     assert!(r.stdout.is_empty(), "{what}: {}", r.stdout);
     for n in named {
-        assert!(r.stderr.contains(n), "{what}: stderr lacks '{n}': {}", r.stderr);
+        assert!(
+            r.stderr.contains(n),
+            "{what}: stderr lacks '{n}': {}",
+            r.stderr
+        );
     }
     assert_eq!(listing(dir), before, "{what}: the folder changed");
 }
@@ -243,7 +252,10 @@ fn hostile_inputs_are_refused_naming_the_thing() {
     let w = |name: &str, bytes: &[u8]| std::fs::write(d.join(name), bytes).unwrap();
     w("out.safetensors", b"an earlier output");
     w("garbage.json", b"{ this is not json");
-    w("notok.json", br#"{"version": "1.0", "model": {"type": "Nonsense"}}"#);
+    w(
+        "notok.json",
+        br#"{"version": "1.0", "model": {"type": "Nonsense"}}"#,
+    );
     w("binary.json", b"\xff\xfe\x00\x01");
     w("bad.txt", b"fine text\nthen \xc3\x28 a broken sequence");
     w("empty.txt", b"");
@@ -271,22 +283,46 @@ fn hostile_inputs_are_refused_naming_the_thing() {
     };
     // The tokenizer: missing, not JSON, JSON of something else, not UTF-8, a folder.
     check(base(&alice, "missing.json", &[]), &["missing.json"]);
-    check(base(&alice, "garbage.json", &[]), &["garbage.json", "tokenizers crate", "line 1"]);
-    check(base(&alice, "notok.json", &[]), &["notok.json", "tokenizers crate"]);
-    check(base(&alice, "binary.json", &[]), &["binary.json", "not UTF-8"]);
-    check(base(&alice, "folder", &[]), &["folder", "not a regular file"]);
+    check(
+        base(&alice, "garbage.json", &[]),
+        &["garbage.json", "tokenizers crate", "line 1"],
+    );
+    check(
+        base(&alice, "notok.json", &[]),
+        &["notok.json", "tokenizers crate"],
+    );
+    check(
+        base(&alice, "binary.json", &[]),
+        &["binary.json", "not UTF-8"],
+    );
+    check(
+        base(&alice, "folder", &[]),
+        &["folder", "not a regular file"],
+    );
     // Tokens the flags name that the vocabulary lacks.
     check(
         base(&alice, &gpt2, &["--eos", "<eos>"]),
         &["--eos '<eos>'", "no such token", "<|endoftext|>"],
     );
-    check(base(&alice, &gpt2, &["--pad", "[PAD]"]), &["--pad '[PAD]'", "gpt2.json"]);
+    check(
+        base(&alice, &gpt2, &["--pad", "[PAD]"]),
+        &["--pad '[PAD]'", "gpt2.json"],
+    );
     // Text: not UTF-8 (file and byte offset), a folder, a missing file.
-    check(base("bad.txt", &gpt2, &[]), &["bad.txt", "byte offset 15", "line 2"]);
-    check(base("folder", &gpt2, &[]), &["folder", "not a regular file"]);
+    check(
+        base("bad.txt", &gpt2, &[]),
+        &["bad.txt", "byte offset 15", "line 2"],
+    );
+    check(
+        base("folder", &gpt2, &[]),
+        &["folder", "not a regular file"],
+    );
     check(base("nothing.txt", &gpt2, &[]), &["nothing.txt"]);
     // JSON Lines: not JSON, no such field (file and line), not a string.
-    check(base("bad.jsonl", &gpt2, &["--jsonl", "text"]), &["bad.jsonl:2", "not JSON"]);
+    check(
+        base("bad.jsonl", &gpt2, &["--jsonl", "text"]),
+        &["bad.jsonl:2", "not JSON"],
+    );
     check(
         base("nofield.jsonl", &gpt2, &["--jsonl", "text"]),
         &["nofield.jsonl:3", "no field \"text\"", "body"],
@@ -296,20 +332,33 @@ fn hostile_inputs_are_refused_naming_the_thing() {
         &["number.jsonl:1", "is a number, not a string"],
     );
     // No documents; fewer tokens than one row.
-    check(base("empty.txt", &gpt2, &[]), &["no documents", "empty.txt"]);
+    check(
+        base("empty.txt", &gpt2, &[]),
+        &["no documents", "empty.txt"],
+    );
     check(
         base("blank.jsonl", &gpt2, &["--jsonl", "text"]),
         &["no documents", "under \"text\""],
     );
     check(
         base("short.txt", &gpt2, &["--seq-len", "64"]),
-        &["fewer than one row of --seq-len 64", "nothing was written", "--keep-remainder"],
+        &[
+            "fewer than one row of --seq-len 64",
+            "nothing was written",
+            "--keep-remainder",
+        ],
     );
     // Sizes: --seq-len 0 or beyond 2^20; flags that contradict each other.
     check(base(&alice, &gpt2, &["--seq-len", "0"]), &["--seq-len"]);
-    check(base(&alice, &gpt2, &["--seq-len", "2000000"]), &["--seq-len", "1048576"]);
+    check(
+        base(&alice, &gpt2, &["--seq-len", "2000000"]),
+        &["--seq-len", "1048576"],
+    );
     check(base(&alice, &gpt2, &["--seq-len", "nan"]), &["--seq-len"]);
-    check(base(&alice, &gpt2, &["--no-pack", "--keep-remainder"]), &["--keep-remainder"]);
+    check(
+        base(&alice, &gpt2, &["--no-pack", "--keep-remainder"]),
+        &["--keep-remainder"],
+    );
     check(base(&alice, &gpt2, &["--no-eos", "--eos", "x"]), &["--eos"]);
     check(
         base(&alice, &gpt2, &["--jsonl", "text", "--sample-by", "line"]),
@@ -348,13 +397,34 @@ fn inputs_beyond_the_bounds_are_refused_before_reading() {
     bigtok.set_len((1 << 30) + 1).unwrap();
     refused(
         d,
-        &["data", "import", "text", "big.txt", "--tokenizer", &gpt2, "--seq-len", "8", "-o", "o.st"],
+        &[
+            "data",
+            "import",
+            "text",
+            "big.txt",
+            "--tokenizer",
+            &gpt2,
+            "--seq-len",
+            "8",
+            "-o",
+            "o.st",
+        ],
         &["big.txt", "too large", "4294967296-byte limit"],
     );
     refused(
         d,
-        &["data", "import", "text", &text_fixture("corpus/short.txt"), "--tokenizer", "big.json",
-          "--seq-len", "8", "-o", "o.st"],
+        &[
+            "data",
+            "import",
+            "text",
+            &text_fixture("corpus/short.txt"),
+            "--tokenizer",
+            "big.json",
+            "--seq-len",
+            "8",
+            "-o",
+            "o.st",
+        ],
         &["big.json", "too large", "1073741824-byte limit"],
     );
 }
@@ -362,7 +432,14 @@ fn inputs_beyond_the_bounds_are_refused_before_reading() {
 #[test]
 fn help_describes_the_format() {
     let h = ok(mnemo(&["data", "import", "text", "--help"])).stdout;
-    for w in ["group_texts", "-100", "attention_mask", "--keep-remainder", "--no-pack", "--jsonl"] {
+    for w in [
+        "group_texts",
+        "-100",
+        "attention_mask",
+        "--keep-remainder",
+        "--no-pack",
+        "--jsonl",
+    ] {
         assert!(h.contains(w), "help lacks {w}: {h}");
     }
 }

@@ -159,12 +159,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         prov.input(input.label.display().to_string(), input.hash());
         let docs = text::documents(&input, &how)?;
         drop(input);
-        ids.extend(tok.encode(
-            &path_label(path),
-            &docs,
-            !args.no_special_tokens,
-            eos,
-        )?);
+        ids.extend(tok.encode(&path_label(path), &docs, !args.no_special_tokens, eos)?);
     }
     let documents = ids.len();
     if documents == 0 {

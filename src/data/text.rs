@@ -13,8 +13,8 @@
 //! give the same bytes (encoding runs in parallel, but each document's ids do not depend on
 //! it).
 
-use crate::checkpoint::OwnedTensor;
 use crate::checkpoint::Dtype;
+use crate::checkpoint::OwnedTensor;
 use crate::error::{MnemoError, Result};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -109,11 +109,7 @@ fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     let f = crate::fsutil::open_file(path)?;
     let len = f.metadata().map_err(|e| MnemoError::io(path, e))?.len();
     if len > max {
-        return Err(too_large(
-            path,
-            &format!("{what} of {len} bytes"),
-            max,
-        ));
+        return Err(too_large(path, &format!("{what} of {len} bytes"), max));
     }
     let mut bytes = Vec::with_capacity(crate::validate::alloc_bytes(
         &path.display().to_string(),
@@ -552,7 +548,10 @@ mod tests {
     fn group_texts(docs: &[Vec<u32>], t: usize) -> Vec<Vec<u32>> {
         let all: Vec<u32> = docs.concat();
         let total = all.len() / t * t;
-        (0..total).step_by(t).map(|i| all[i..i + t].to_vec()).collect()
+        (0..total)
+            .step_by(t)
+            .map(|i| all[i..i + t].to_vec())
+            .collect()
     }
 
     fn row(r: &TokenRows, i: usize) -> (&[i64], &[i64], &[u8]) {
@@ -564,7 +563,15 @@ mod tests {
     fn packing_is_group_texts() {
         let docs = vec![vec![1, 2, 3, 9], vec![4, 5, 9], vec![6, 7, 8, 10, 11, 9]];
         for t in 1..=14 {
-            let r = rows(&docs, t, Packing::Pack { keep_remainder: false }, 0).unwrap();
+            let r = rows(
+                &docs,
+                t,
+                Packing::Pack {
+                    keep_remainder: false,
+                },
+                0,
+            )
+            .unwrap();
             let want = group_texts(&docs, t);
             assert_eq!(r.rows, want.len(), "T={t}");
             for (i, w) in want.iter().enumerate() {
@@ -583,13 +590,32 @@ mod tests {
     #[test]
     fn keep_remainder_pads_the_last_row() {
         let docs = vec![vec![1, 2, 3], vec![4, 5]];
-        let r = rows(&docs, 3, Packing::Pack { keep_remainder: true }, 7).unwrap();
+        let r = rows(
+            &docs,
+            3,
+            Packing::Pack {
+                keep_remainder: true,
+            },
+            7,
+        )
+        .unwrap();
         assert_eq!(r.rows, 2);
         assert_eq!(row(&r, 0), (&[1, 2, 3][..], &[1, 2, 3][..], &[1, 1, 1][..]));
-        assert_eq!(row(&r, 1), (&[4, 5, 7][..], &[4, 5, IGNORE][..], &[1, 1, 0][..]));
+        assert_eq!(
+            row(&r, 1),
+            (&[4, 5, 7][..], &[4, 5, IGNORE][..], &[1, 1, 0][..])
+        );
         assert_eq!(r.dropped(), 0);
         // An exact multiple gets no extra row.
-        let r = rows(&[vec![1, 2, 3, 4]], 2, Packing::Pack { keep_remainder: true }, 0).unwrap();
+        let r = rows(
+            &[vec![1, 2, 3, 4]],
+            2,
+            Packing::Pack {
+                keep_remainder: true,
+            },
+            0,
+        )
+        .unwrap();
         assert_eq!(r.rows, 2);
         assert!(r.mask.iter().all(|&m| m == 1));
     }
@@ -600,7 +626,10 @@ mod tests {
         let r = rows(&docs, 3, Packing::Pad, 0).unwrap();
         assert_eq!(r.rows, 3);
         assert_eq!(row(&r, 0), (&[1, 2, 3][..], &[1, 2, 3][..], &[1, 1, 1][..]));
-        assert_eq!(row(&r, 1), (&[6, 0, 0][..], &[6, IGNORE, IGNORE][..], &[1, 0, 0][..]));
+        assert_eq!(
+            row(&r, 1),
+            (&[6, 0, 0][..], &[6, IGNORE, IGNORE][..], &[1, 0, 0][..])
+        );
         assert_eq!(row(&r, 2).2, &[0, 0, 0][..]);
         assert_eq!((r.total, r.kept, r.dropped()), (6, 4, 2));
     }
@@ -608,19 +637,37 @@ mod tests {
     #[test]
     fn too_few_tokens_give_zero_rows_and_bad_lengths_are_refused() {
         let docs = vec![vec![1, 2]];
-        let r = rows(&docs, 3, Packing::Pack { keep_remainder: false }, 0).unwrap();
+        let r = rows(
+            &docs,
+            3,
+            Packing::Pack {
+                keep_remainder: false,
+            },
+            0,
+        )
+        .unwrap();
         assert_eq!((r.rows, r.dropped()), (0, 2));
         assert!(rows(&docs, 0, Packing::Pad, 0).is_err());
         assert!(rows(&docs, MAX_SEQ_LEN + 1, Packing::Pad, 0).is_err());
         // Rows × T beyond memory is refused before allocating.
         let many: Vec<Vec<u32>> = vec![vec![]; 1 << 20];
-        let e = rows(&many, MAX_SEQ_LEN, Packing::Pad, 0).unwrap_err().to_string();
+        let e = rows(&many, MAX_SEQ_LEN, Packing::Pad, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("too large"), "{e}");
     }
 
     #[test]
     fn tensors_have_the_format() {
-        let r = rows(&[vec![1, 2, 3]], 2, Packing::Pack { keep_remainder: true }, 5).unwrap();
+        let r = rows(
+            &[vec![1, 2, 3]],
+            2,
+            Packing::Pack {
+                keep_remainder: true,
+            },
+            5,
+        )
+        .unwrap();
         let t = r.into_tensors();
         let names: Vec<(&str, Dtype, &[usize])> = t
             .iter()
@@ -653,7 +700,10 @@ mod tests {
     #[test]
     fn documents_are_read_as_datasets_reads_text() {
         let i = input(b"a\r\nb\rc\n\n\nd\n\n");
-        assert_eq!(documents(&i, &Documents::Document).unwrap(), vec!["a\nb\nc\n\n\nd\n\n"]);
+        assert_eq!(
+            documents(&i, &Documents::Document).unwrap(),
+            vec!["a\nb\nc\n\n\nd\n\n"]
+        );
         assert_eq!(
             documents(&i, &Documents::Line).unwrap(),
             vec!["a", "b", "c", "d"]
@@ -663,7 +713,9 @@ mod tests {
             documents(&i, &Documents::Paragraph).unwrap(),
             vec!["a\nb\nc", "\nd"]
         );
-        assert!(documents(&input(b""), &Documents::Document).unwrap().is_empty());
+        assert!(documents(&input(b""), &Documents::Document)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -681,12 +733,19 @@ mod tests {
     fn jsonl_lines_name_their_problem() {
         let j = |s: &str| documents(&input(s.as_bytes()), &Documents::Jsonl("text".into()));
         assert_eq!(
-            j("{\"text\": \"a\\u00e9\"}\r\n\n  \n{\"text\": \"\"}\n{\"x\": 1, \"text\": \"b\"}").unwrap(),
+            j("{\"text\": \"a\\u00e9\"}\r\n\n  \n{\"text\": \"\"}\n{\"x\": 1, \"text\": \"b\"}")
+                .unwrap(),
             vec!["aé", "b"]
         );
         for (bad, want) in [
-            ("{\"text\": \"a\"}\n{\"text\": 3}", "in.txt:2: field \"text\" is a number"),
-            ("{\"text\": \"a\"}\n\n{\"body\": \"b\"}", "in.txt:3: no field \"text\" (the line has: body"),
+            (
+                "{\"text\": \"a\"}\n{\"text\": 3}",
+                "in.txt:2: field \"text\" is a number",
+            ),
+            (
+                "{\"text\": \"a\"}\n\n{\"body\": \"b\"}",
+                "in.txt:3: no field \"text\" (the line has: body",
+            ),
             ("[1, 2]", "in.txt:1: not a JSON object: an array"),
             ("{\"text\": \"a\"", "in.txt:1: not JSON"),
         ] {
@@ -699,6 +758,9 @@ mod tests {
     fn streams_are_bounded() {
         let r = TextInput::from_reader(Path::new("-"), &b"hello"[..]).unwrap();
         assert_eq!(r.bytes, b"hello");
-        assert_eq!(r.hash(), format!("blake3:{}", blake3::hash(b"hello").to_hex()));
+        assert_eq!(
+            r.hash(),
+            format!("blake3:{}", blake3::hash(b"hello").to_hex())
+        );
     }
 }
