@@ -203,13 +203,15 @@ pub fn count_u64(s: &str) -> std::result::Result<u64, String> {
     integer(s, 1)
 }
 
-/// A row length in tokens (`--seq-len`): an integer in [1, 2^20]
-/// ([`crate::data::text::MAX_SEQ_LEN`]).
+/// The longest token row (`data import text --seq-len`): 2^20 tokens, far beyond any
+/// model's context.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// A row length in tokens: an integer in [1, [`MAX_SEQ_LEN`]].
 pub fn seq_len(s: &str) -> std::result::Result<usize, String> {
-    let max = crate::data::text::MAX_SEQ_LEN;
     let v = integer(s, 1)?;
-    if v > max as u64 {
-        return Err(format!("{v} exceeds the limit of {max} tokens"));
+    if v > MAX_SEQ_LEN as u64 {
+        return Err(format!("{v} exceeds the limit of {MAX_SEQ_LEN} tokens"));
     }
     Ok(v as usize)
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub const IGNORE: i64 = -100;
 
 /// The longest row accepted (`--seq-len`): 2^20 tokens, far beyond any model's context.
-pub const MAX_SEQ_LEN: usize = 1 << 20;
+pub use crate::validate::MAX_SEQ_LEN;
 
 /// The largest text input read (a file, or stdin): 4 GiB. Checked from the file's size
 /// before it is read (and while reading a stream).
@@ -217,7 +217,7 @@ fn jsonl_documents(label: &Path, text: &str, field: &str) -> Result<Vec<String>>
             None => {
                 let keys: Vec<&str> = obj.keys().map(String::as_str).take(8).collect();
                 return Err(bad(format!(
-                    "no field \"{field}\" (the line has: {}; name the field with --jsonl)",
+                    "no field \"{field}\" (the line has: {})",
                     if keys.is_empty() {
                         "no fields".to_string()
                     } else {
@@ -468,7 +468,7 @@ impl TokenRows {
 pub fn rows(docs: &[Vec<u32>], seq_len: usize, packing: Packing, pad: u32) -> Result<TokenRows> {
     if seq_len == 0 || seq_len > MAX_SEQ_LEN {
         return Err(MnemoError::TooLarge {
-            what: "--seq-len".into(),
+            what: "the row length".into(),
             reason: format!("{seq_len} is not in [1, {MAX_SEQ_LEN}]"),
         });
     }
