@@ -24,8 +24,9 @@ pub enum SampleBy {
 /// Text documents tokenized into a causal-LM dataset: input/target I64 [N,T], attention_mask U8.
 ///
 /// Each document is encoded by the tokenizer (its post-processor's special tokens included, as
-/// Hugging Face's tokenizer(text) does; the file's own truncation and padding are not applied),
-/// followed by the EOS token unless its ids already end with it. By default the documents' ids
+/// Hugging Face's tokenizer(text) does; special tokens written in the text, such as
+/// <|endoftext|>, are read as those tokens; the file's own truncation and padding are not
+/// applied), followed by the EOS token unless its ids already end with it. By default the documents' ids
 /// are concatenated and cut into rows of --seq-len tokens, the remainder dropped, as
 /// transformers' run_clm.py `group_texts` does (over all documents at once, not per map batch
 /// of 1000); --keep-remainder pads a last row instead; --no-pack makes one row per document,
