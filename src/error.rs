@@ -82,6 +82,19 @@ pub enum MnemoError {
     #[error("{path}: invalid dataset: {reason}")]
     InvalidDataset { path: PathBuf, reason: String },
 
+    /// A `tokenizer.json` that cannot be read or parsed, or a token a flag names that it
+    /// lacks (`reason` names the flag).
+    #[error("{path}: {reason}")]
+    InvalidTokenizer { path: PathBuf, reason: String },
+
+    /// A text input that cannot be used as documents (not UTF-8: the byte offset).
+    #[error("{path}: {reason}")]
+    InvalidText { path: PathBuf, reason: String },
+
+    /// Inputs that give nothing to write (no documents, fewer tokens than one row).
+    #[error("{reason}")]
+    NoData { reason: String },
+
     /// A LoRA adapter (folder, config or weights) is unusable or does not fit the model.
     #[error("{path}: invalid LoRA adapter: {reason}")]
     InvalidAdapter { path: PathBuf, reason: String },

@@ -69,8 +69,8 @@ enum Command {
     /// (--config merge.yml, all 20 methods of mergekit 0.1.5) into a model folder.
     #[command(long_about = cmd::merge::long_about())]
     Merge(cmd::merge::Args),
-    /// Dataset tools: import (IDX, NumPy, image folders, VOC, COCO), split, rotate, pad, permute,
-    /// shuffle, take, concat, stats, shapes.
+    /// Dataset tools: import (IDX, NumPy, image folders, VOC, COCO, text through a tokenizer.json),
+    /// split, rotate, pad, permute, shuffle, take, concat, stats, shapes.
     Data(cmd::data::Args),
     /// Forward a JSON Lines metric stream to a tracking server (MLflow), optionally passing
     /// it through.

@@ -203,6 +203,19 @@ pub fn count_u64(s: &str) -> std::result::Result<u64, String> {
     integer(s, 1)
 }
 
+/// The longest token row (`data import text --seq-len`): 2^20 tokens, far beyond any
+/// model's context.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// A row length in tokens: an integer in [1, [`MAX_SEQ_LEN`]].
+pub fn seq_len(s: &str) -> std::result::Result<usize, String> {
+    let v = integer(s, 1)?;
+    if v > MAX_SEQ_LEN as u64 {
+        return Err(format!("{v} exceeds the limit of {MAX_SEQ_LEN} tokens"));
+    }
+    Ok(v as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +254,8 @@ mod tests {
         assert!(size("1e12").is_err() && size("-1").is_err() && size("5000000000").is_err());
         assert!(count("0").is_err());
         assert_eq!(count("3"), Ok(3));
+        assert!(seq_len("0").is_err() && seq_len("1048577").is_err() && seq_len("1e3").is_err());
+        assert_eq!(seq_len("1048576"), Ok(1 << 20));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco,
+//! `mnemo data`: build task sequences from datasets (import idx|npy|npz|folder|voc|coco|text,
 //! shapes, split, permute, rotate, pad, normalize, augment, shuffle, take, concat, stats). Every
 //! output is a dataset safetensors (`input`, `target`) written atomically, with provenance.
 
@@ -21,6 +21,8 @@ pub const HELP: HelpExtra = HelpExtra {
         ("a folder of class sub-folders of PNG/JPEG images, resized to 32x32 (like torchvision's ImageFolder)", "mnemo data import folder photos/ --size 32,32 -o photos.safetensors"),
         ("arrays saved by np.savez / np.savez_compressed (Keras' mnist.npz names them x_train, y_train)", "mnemo data import npz mnist.npz --x x_train --y y_train -o mnist-train.safetensors"),
         ("Pascal VOC 2012's train split as 21-class masks at 128x128 (void pixels stay 255)", "mnemo data import voc VOCdevkit/VOC2012 --split train --size 128,128 -o voc-train.safetensors"),
+        ("a causal-LM token dataset: documents and EOS packed into rows of 1024 tokens (run_clm.py's group_texts)", "mnemo data import text corpus/*.txt --tokenizer tokenizer.json --seq-len 1024 -o train.safetensors"),
+        ("JSON Lines with the text under \"text\": one row per document, cut at 512 tokens and padded", "mnemo data import text train.jsonl --jsonl text --no-pack --seq-len 512 --tokenizer tokenizer.json -o sft.safetensors"),
         ("COCO's category presence per image (80 columns, ids 1-90 mapped to 0-79)", "mnemo data import coco annotations/instances_val2017.json val2017/ --size 224,224 -o coco-val.safetensors"),
         ("inputs for an ImageNet-pretrained trunk: U8 / 255, then ImageNet's per-channel mean and std, as F32", "mnemo data normalize shapes-seg.safetensors --imagenet -o shapes-seg-norm.safetensors"),
         ("CIFAR-style augmentation: pad 4, random 32x32 crop, flip half the images, with the draw saved", "mnemo data augment cifar.safetensors --crop-padding 4 --hflip 0.5 --seed 1 --params-out params.jsonl -o cifar-aug.safetensors"),
@@ -396,6 +398,7 @@ pub enum ImportCommand {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+    Text(super::data_text::Args),
 }
 
 /// Parses a finite angle in degrees.
@@ -530,6 +533,8 @@ fn files(c: &DataCommand) -> (Vec<&PathBuf>, Option<&PathBuf>) {
         }) => (vec![images, labels], Some(output)),
         D::Import(I::Npy { x, y, output }) => (vec![x, y], Some(output)),
         D::Import(I::Npz { file, output, .. }) => (vec![file], Some(output)),
+        // Checks its own files (stdin, the tokenizer): cmd/data_text.rs.
+        D::Import(I::Text(_)) => (vec![], None),
         D::Import(I::Folder { output, .. }) | D::Import(I::Voc { output, .. }) => {
             (vec![], Some(output))
         }
@@ -587,6 +592,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         d.check()?;
     }
     match args.command {
+        DataCommand::Import(ImportCommand::Text(a)) => super::data_text::run(a, g)?,
         DataCommand::Import(ImportCommand::Voc {
             root,
             split,

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod config;
 pub mod convert;
 pub mod data;
+pub mod data_text;
 pub mod diff;
 pub mod drift;
 pub mod engine;

@@ -14,6 +14,7 @@ pub mod raw;
 pub mod rotate;
 pub mod shapes;
 pub mod stream;
+pub mod text;
 pub mod voc;
 
 use crate::checkpoint::{Checkpoint, Dtype};
