@@ -1,8 +1,9 @@
 //! A model written as a Hugging Face model folder: `model.safetensors` plus the files of the
 //! folder the model came from that describe it (`config.json`, `generation_config.json`,
 //! the tokenizer), so `AutoModelForCausalLM.from_pretrained(OUT)` and a tokenizer load it
-//! as they loaded the input. An output names a folder when it ends with `/` or is an
-//! existing folder; anything else is one safetensors file. Every file is prepared beside
+//! as they loaded the input. An output names a folder when it ends with `/` (an existing
+//! folder without it stays refused, as every output that is a folder is); anything else is
+//! one safetensors file. Every file is prepared beside
 //! its target first and the weights are committed last.
 
 use super::writer::{prepare_checkpoint, AtomicFile, OwnedTensor};
@@ -33,9 +34,9 @@ pub const COMPANION_FILES: &[&str] = &[
 /// size any real one has).
 const MAX_COMPANION_BYTES: u64 = 1 << 30;
 
-/// Whether `path` names a folder output: it ends with `/` or is an existing folder.
+/// Whether `path` names a folder output: it ends with `/`.
 pub fn is_folder_target(path: &Path) -> bool {
-    path.as_os_str().to_string_lossy().ends_with('/') || path.is_dir()
+    path.as_os_str().to_string_lossy().ends_with('/')
 }
 
 /// Every file a folder output `dir` writes (for the destinations check).

@@ -501,8 +501,8 @@ fn prepare_importance(
 
 /// The engine flags' files, for the command's destinations check: --val, --l2-anchor and
 /// --init-optimizer are read, --save-optimizer written, --state read and replaced.
-/// A model output: one safetensors file, or (`DIR/`, an existing folder) a Hugging Face
-/// model folder, whose every file is checked.
+/// A model output: one safetensors file, or (`DIR/`) a Hugging Face model folder, whose
+/// every file is checked.
 pub fn model_output(d: &mut Destinations, label: &str, path: &Path) {
     if mnemo::checkpoint::folder::is_folder_target(path) {
         d.output_dir(label, path, &mnemo::checkpoint::folder::folder_files());
