@@ -118,12 +118,7 @@ impl Model {
         Ok(match *layer {
             Layer::Linear { bias, .. } => {
                 let wt = w(self, "weight")?;
-                let y = if x.rank() == 2 {
-                    x.matmul(&wt.t().map_err(c)?)
-                } else {
-                    x.broadcast_matmul(&wt.t().map_err(c)?)
-                }
-                .map_err(c)?;
+                let y = linear_map(x, &wt).map_err(c)?;
                 let y = if bias {
                     y.broadcast_add(&w(self, "bias")?).map_err(c)?
                 } else {
@@ -396,8 +391,8 @@ impl Model {
                 (x1 + h).map_err(c)?
             }
             Layer::TiedLinear { ref weight } => {
-                let wt = self.weight(weight)?.t().map_err(c)?;
-                x.broadcast_matmul(&wt).map_err(c)?
+                let wt = self.weight(weight)?.clone();
+                linear_map(x, &wt).map_err(c)?
             }
             Layer::Heads { ref heads } => {
                 let Some(h) = self.active_head.clone() else {
@@ -611,6 +606,22 @@ impl Model {
 }
 
 /// n / (n − 1): the biased variance of n values to the unbiased one (1 for a single value).
+/// x·Wᵀ for x `[..., in]` and W `[out, in]`. Leading dimensions are folded into one, so a
+/// sequence `[B, T, in]` is one `[B·T, in]` matrix product (one large gemm that can use
+/// every thread) rather than B products against a broadcast copy of W.
+fn linear_map(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let wt = w.t()?;
+    if x.rank() == 2 {
+        return x.matmul(&wt);
+    }
+    let dims = x.dims().to_vec();
+    let (lead, k) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+    let y = x.reshape((lead, k))?.matmul(&wt)?;
+    let mut out = dims;
+    *out.last_mut().expect("rank > 2") = w.dim(0)?;
+    y.reshape(out)
+}
+
 fn unbiased_factor(n: usize) -> f64 {
     if n > 1 {
         n as f64 / (n as f64 - 1.0)
