@@ -446,3 +446,35 @@ fn replay_keeps_token_sequences() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!dir.path().join("x.safetensors").exists());
 }
+
+/// PEFT's other selections: a regular-expression `target_modules` and `exclude_modules`,
+/// folded as `merge_and_unload()` folds them (the excluded module untouched).
+#[test]
+fn a_peft_adapter_with_regex_targets_and_exclusions_folds_as_peft_does() {
+    let dir = workdir();
+    let base = lm("qwen2").to_string_lossy().into_owned();
+    ok(mnemo_in(
+        dir.path(),
+        &[
+            "lora",
+            "merge",
+            &base,
+            &fixture("lm/peft_qwen2_regex"),
+            "-o",
+            "m.safetensors",
+        ],
+    ));
+    let got = Checkpoint::open(dir.path().join("m.safetensors")).unwrap();
+    let merged = peft_tensors("peft_regex.merged.");
+    assert_eq!(got.names().count(), merged.len());
+    for (name, w) in &merged {
+        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
+    }
+    let before = Checkpoint::open(lm("qwen2").join("model.safetensors")).unwrap();
+    let n = "model.layers.1.mlp.down_proj.weight";
+    assert_eq!(
+        got.to_f32(n).unwrap(),
+        before.to_f32(n).unwrap(),
+        "excluded"
+    );
+}

@@ -60,7 +60,8 @@ pub struct Args {
     /// The adapter folder to write (adapter_model.safetensors + adapter_config.json).
     #[arg(short, long, value_name = "ADAPTER_DIR")]
     pub output: PathBuf,
-    /// Modules to adapt: names or globs, comma-separated (`0,2`; `*.q_proj,*.v_proj`).
+    /// Modules to adapt: names or globs, comma-separated (`0,2`; `*.q_proj,*.v_proj`), or
+    /// `all-linear` (PEFT's: every linear layer but the output layer, `lm_head`).
     #[arg(long, value_delimiter = ',', value_name = "M,...")]
     pub targets: Vec<String>,
     /// Rank r of the adapter [default: 16].

@@ -207,9 +207,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
+/// The `--targets` word for PEFT's `target_modules="all-linear"`.
+pub const ALL_LINEAR: &str = "all-linear";
+
 /// The Linear and Conv2d modules of `spec` that `patterns` select: a pattern matches a
 /// module whose name equals it, ends with `.pattern` (as PEFT matches names), or matches it
-/// as a glob. Every pattern must select something.
+/// as a glob; `all-linear` selects every linear layer but the output layer, as PEFT does.
+/// Every pattern must select something.
 pub fn resolve_targets(
     spec: &ArchSpec,
     patterns: &[String],
@@ -258,12 +262,27 @@ pub fn resolve_targets(
         )),
         _ => {}
     });
+    // PEFT's `all-linear`: every linear layer but the output layer (transformers' output
+    // embedding, `lm_head`; in a model without one, the last linear in state-dict order).
+    let linears: Vec<&str> = modules
+        .iter()
+        .filter(|(_, k)| matches!(k, Ok(TargetKind::Linear { .. })))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let output_layer = linears
+        .iter()
+        .find(|n| **n == "lm_head")
+        .or(linears.last())
+        .map(|n| n.to_string());
     let mut out = BTreeMap::new();
     for pat in patterns {
         let mut hit = false;
         for (name, kind) in &modules {
-            let matches =
-                name == pat || name.ends_with(&format!(".{pat}")) || glob_match(pat, name);
+            let matches = if pat == ALL_LINEAR {
+                matches!(kind, Ok(TargetKind::Linear { .. })) && Some(name) != output_layer.as_ref()
+            } else {
+                name == pat || name.ends_with(&format!(".{pat}")) || glob_match(pat, name)
+            };
             if !matches {
                 continue;
             }
@@ -500,6 +519,22 @@ mod tests {
             .to_string();
         assert!(e.contains("'1' matches no linear"), "{e}");
         assert_eq!(resolve_targets(&spec, &["*".into()]).unwrap().len(), 3);
+        // all-linear: all but the output layer.
+        let t = resolve_targets(&spec, &[ALL_LINEAR.into()]).unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["0", "2"]);
+    }
+
+    /// PEFT's all-linear on a language model: every projection, never `lm_head`.
+    #[test]
+    fn all_linear_leaves_out_the_lm_head() {
+        let cfg = r#"{"model_type": "llama", "vocab_size": 32, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "tie_word_embeddings": false}"#;
+        let spec = ArchSpec::Tree(crate::arch::hf::causal_lm(cfg).unwrap());
+        let t = resolve_targets(&spec, &[ALL_LINEAR.into()]).unwrap();
+        assert_eq!(t.len(), 2 * 7);
+        assert!(!t.contains_key("lm_head"));
+        assert!(t.contains_key("model.layers.1.mlp.down_proj"));
     }
 
     /// A statically padded conv (EfficientNet-Lite's stem) is refused by name; a plain

@@ -20,7 +20,7 @@ fn bad(path: &Path, reason: String) -> MnemoError {
 ///   or false (PEFT would take the string "yes" as true, "no" too: refused rather than
 ///   guessed);
 /// - `lora_dropout` must be a number in [0, 1), `lora_alpha` a finite number;
-/// - `layers_to_transform`, `layers_pattern`, `exclude_modules`, `target_parameters`,
+/// - `layers_to_transform`, `layers_pattern`, `target_parameters`,
 ///   `modules_to_save`, `megatron_config`, `layer_replication` and
 ///   `trainable_token_indices` change which modules are adapted or saved
 ///   and are refused unless null or empty (honouring them partly would fold other modules
@@ -50,7 +50,6 @@ pub fn check_fields(path: &Path, v: &Value) -> Result<()> {
     for key in [
         "layers_to_transform",
         "layers_pattern",
-        "exclude_modules",
         "target_parameters",
         "modules_to_save",
         "megatron_config",
@@ -71,49 +70,71 @@ pub fn check_fields(path: &Path, v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// `target_modules` as PEFT reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Targets {
+/// One of PEFT's module selections (`target_modules`, `exclude_modules`) as it reads them.
+#[derive(Clone, Debug)]
+pub enum Rule {
     /// A list: a module is selected when its name is an entry or ends with `.entry`.
     Names(Vec<String>),
-    /// A string: a regular expression matched against the whole name (plain names only).
-    Pattern(String),
+    /// A string: a regular expression the whole name must match (`re.fullmatch`).
+    Regex(fancy_regex::Regex),
 }
 
-/// Reads `target_modules`; a string with regular-expression syntax (or PEFT's
-/// "all-linear") is refused.
-pub fn targets(path: &Path, v: &Value) -> Result<Targets> {
-    match v.get("target_modules") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|t| t.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .map(Targets::Names)
-            .ok_or_else(|| bad(path, "'target_modules' must be a list of names".into())),
-        Some(Value::String(s)) => {
-            let plain = !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-');
-            if !plain || s == "all-linear" {
-                return Err(bad(
-                    path,
-                    format!("'target_modules' = \"{s}\": regular expressions and \"all-linear\" are not supported; list the modules"),
-                ));
-            }
-            Ok(Targets::Pattern(s.clone()))
+impl Rule {
+    fn selects(&self, name: &str) -> bool {
+        match self {
+            Rule::Regex(r) => r.is_match(name).unwrap_or(false),
+            Rule::Names(list) => list
+                .iter()
+                .any(|e| name == e || name.ends_with(&format!(".{e}"))),
         }
-        _ => Err(bad(path, "'target_modules' is missing".into())),
     }
+
+    fn read(path: &Path, key: &str, v: &Value) -> Result<Rule> {
+        match v {
+            Value::Array(a) => a
+                .iter()
+                .map(|t| t.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Rule::Names)
+                .ok_or_else(|| bad(path, format!("'{key}' must be a list of names or a string"))),
+            Value::String(s) if s == "all-linear" => Err(bad(
+                path,
+                format!("'{key}' = \"all-linear\": PEFT expands it to the module names before saving; list them"),
+            )),
+            Value::String(s) => fancy_regex::Regex::new(&format!("^(?:{s})$"))
+                .map(Rule::Regex)
+                .map_err(|e| bad(path, format!("'{key}' = \"{s}\" is not a regular expression: {e}"))),
+            _ => Err(bad(path, format!("'{key}' must be a list of names or a string"))),
+        }
+    }
+}
+
+/// `target_modules` and `exclude_modules` as PEFT reads them: a module is adapted when the
+/// first selects it and the second does not.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub include: Rule,
+    pub exclude: Option<Rule>,
+}
+
+/// Reads `target_modules` (a list of names, or a regular expression matched against the
+/// whole module name, as PEFT's `re.fullmatch`) and `exclude_modules` (the same forms).
+pub fn targets(path: &Path, v: &Value) -> Result<Targets> {
+    let include = match v.get("target_modules") {
+        Some(t) if !t.is_null() => Rule::read(path, "target_modules", t)?,
+        _ => return Err(bad(path, "'target_modules' is missing".into())),
+    };
+    let exclude = match v.get("exclude_modules") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.is_empty() => None,
+        Some(e) => Some(Rule::read(path, "exclude_modules", e)?),
+    };
+    Ok(Targets { include, exclude })
 }
 
 /// Whether PEFT adapts the module `name`.
 pub fn selects(t: &Targets, name: &str) -> bool {
-    match t {
-        Targets::Pattern(p) => name == p,
-        Targets::Names(list) => list
-            .iter()
-            .any(|e| name == e || name.ends_with(&format!(".{e}"))),
-    }
+    t.include.selects(name) && !t.exclude.as_ref().is_some_and(|e| e.selects(name))
 }
 
 #[cfg(test)]
@@ -124,12 +145,36 @@ mod tests {
     #[test]
     fn peft_matching_and_refusals() {
         let p = Path::new("a/adapter_config.json");
-        let t = Targets::Names(vec!["q_proj".into(), "0".into()]);
+        let t = targets(p, &json!({"target_modules": ["q_proj", "0"]})).unwrap();
         assert!(selects(&t, "layers.3.q_proj") && selects(&t, "0") && selects(&t, "x.0"));
         assert!(!selects(&t, "xq_proj") && !selects(&t, "10"));
-        assert!(selects(&Targets::Pattern("0".into()), "0"));
-        assert!(!selects(&Targets::Pattern("0".into()), "x.0"));
-        assert!(targets(p, &json!({"target_modules": ".*proj"})).is_err());
+        // A string is a regular expression over the whole name, as re.fullmatch.
+        let t = targets(
+            p,
+            &json!({"target_modules": r"model\.layers\.[01]\..*(q|v)_proj"}),
+        )
+        .unwrap();
+        assert!(selects(&t, "model.layers.1.self_attn.v_proj"));
+        assert!(!selects(&t, "model.layers.2.self_attn.v_proj"));
+        assert!(!selects(&t, "x.model.layers.1.self_attn.v_proj"));
+        let t = targets(p, &json!({"target_modules": "0"})).unwrap();
+        assert!(selects(&t, "0") && !selects(&t, "x.0"));
+        // exclude_modules: names (suffix match) or a regular expression.
+        let t = targets(
+            p,
+            &json!({"target_modules": ["q_proj", "v_proj"], "exclude_modules": ["layers.0.self_attn.q_proj"]}),
+        )
+        .unwrap();
+        assert!(!selects(&t, "model.layers.0.self_attn.q_proj"));
+        assert!(selects(&t, "model.layers.0.self_attn.v_proj"));
+        let t = targets(
+            p,
+            &json!({"target_modules": ["v_proj"], "exclude_modules": r".*\.1\..*"}),
+        )
+        .unwrap();
+        assert!(!selects(&t, "model.layers.1.self_attn.v_proj"));
+        assert!(selects(&t, "model.layers.0.self_attn.v_proj"));
+        assert!(targets(p, &json!({"target_modules": "(unclosed"})).is_err());
         assert!(targets(p, &json!({"target_modules": "all-linear"})).is_err());
         assert!(targets(p, &json!({"target_modules": [1]})).is_err());
         for bad_cfg in [
@@ -140,7 +185,6 @@ mod tests {
             json!({"lora_dropout": 1.0}),
             json!({"layers_to_transform": [0]}),
             json!({"layers_to_transform": 0}),
-            json!({"exclude_modules": ["a"]}),
             json!({"modules_to_save": ["head"]}),
         ] {
             assert!(check_fields(p, &bad_cfg).is_err(), "{bad_cfg}");

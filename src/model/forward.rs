@@ -615,7 +615,10 @@ fn linear_map(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         return x.matmul(&wt);
     }
     let dims = x.dims().to_vec();
-    let (lead, k) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+    let (lead, k) = (
+        dims[..dims.len() - 1].iter().product::<usize>(),
+        dims[dims.len() - 1],
+    );
     let y = x.reshape((lead, k))?.matmul(&wt)?;
     let mut out = dims;
     *out.last_mut().expect("rank > 2") = w.dim(0)?;
