@@ -358,7 +358,11 @@ pub fn adapter_config(data: &[u8]) {
     let v: serde_json::Value = serde_json::from_str(text).expect("accepted, so JSON");
     let t = peft_check::targets(path, &v).expect("accepted, so its targets are readable");
     for m in &c.targets {
-        if let peft_check::Targets::Names(_) = t {
+        if let peft_check::Targets {
+            include: peft_check::Rule::Names(_),
+            exclude: None,
+        } = t
+        {
             assert!(
                 peft_check::selects(&t, m),
                 "'{m}' not selected by its own list"
