@@ -289,3 +289,86 @@ fn multitask_vision_pipeline_runs_at_ci_size() {
     assert_eq!(f.metadata()["mnemo.fisher.loss"], "dice-bce");
     assert_eq!(f.metadata()["mnemo.fisher.head"], "seg");
 }
+
+/// The text continual-learning run at CI size: the fixture corpus stands in for both
+/// Debian corpora (rows of 16 tokens, 4 held out per domain, one epoch each); every method's
+/// line, both gates, the table and the stage lines `report` draws.
+#[test]
+fn text_cl_pipeline_runs_at_ci_size() {
+    let d = workdir();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let corpus = Path::new(root).join("fixtures/text/corpus");
+    let data = d.path().join("data");
+    for (domain, files) in [
+        ("fortunes", &["alice.txt", "unicode.txt", "short.txt"][..]),
+        ("pydocs", &["stress.txt"][..]),
+    ] {
+        std::fs::create_dir_all(data.join(domain)).unwrap();
+        for f in files {
+            std::fs::copy(corpus.join(f), data.join(domain).join(f)).unwrap();
+        }
+    }
+    let out = d.path().join("out");
+    let run = Command::new("bash")
+        .arg(format!("{root}/examples/text-cl/run.sh"))
+        .env("MNEMO", env!("CARGO_BIN_EXE_mnemo"))
+        .env("DATA", &data)
+        .env("OUT", &out)
+        .envs([
+            ("SEQ", "16"),
+            ("HELD", "4"),
+            ("B_ROWS", "64"),
+            ("FISHER_ROWS", "8"),
+            ("CAPACITY", "16"),
+        ])
+        .current_dir(d.path())
+        .output()
+        .expect("run the example");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let methods: Vec<&str> = results
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["finetune", "ewc", "replay", "lora"]);
+    for r in &results {
+        for k in ["a_after_a", "b_after_a", "a_after_b", "b_after_b"] {
+            assert!(r[k].as_f64().is_some_and(|p| p >= 1.0), "{r}");
+        }
+    }
+    let gate_a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("gate-A.json")).unwrap()).unwrap();
+    assert_eq!(gate_a["metric"], "perplexity");
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("| finetune |"), "{table}");
+    let stages = std::fs::read_to_string(out.join("stages.jsonl")).unwrap();
+    assert_eq!(
+        stages.lines().count(),
+        16,
+        "4 methods × 2 stages × 2 domains"
+    );
+    let fig = d.path().join("ppl.png");
+    let r = Command::new(env!("CARGO_BIN_EXE_mnemo"))
+        .args([
+            "report",
+            "--kind",
+            "matrix",
+            "--metric",
+            "token_accuracy",
+            "-o",
+        ])
+        .arg(&fig)
+        .arg(out.join("stages.jsonl"))
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(fig.exists());
+}

@@ -221,7 +221,9 @@ pub fn resolve_targets(
     // Every Linear and Conv2d, containers' children included, by its full dotted name
     // (`layer1.0.conv1`, `encoder.layers.0.self_attention.q_proj`).
     let mut modules = Vec::new();
+    let mut tied_output = false;
     spec.visit(&mut |name, layer| match *layer {
+        Layer::TiedLinear { .. } => tied_output = true,
         Layer::Linear {
             in_features,
             out_features,
@@ -263,17 +265,18 @@ pub fn resolve_targets(
         _ => {}
     });
     // PEFT's `all-linear`: every linear layer but the output layer (transformers' output
-    // embedding, `lm_head`; in a model without one, the last linear in state-dict order).
+    // embedding, `lm_head`; none when it is tied to the input embedding, which is no linear;
+    // in a model without either, the last linear in state-dict order).
     let linears: Vec<&str> = modules
         .iter()
         .filter(|(_, k)| matches!(k, Ok(TargetKind::Linear { .. })))
         .map(|(n, _)| n.as_str())
         .collect();
-    let output_layer = linears
-        .iter()
-        .find(|n| **n == "lm_head")
-        .or(linears.last())
-        .map(|n| n.to_string());
+    let output_layer = match linears.iter().find(|n| **n == "lm_head") {
+        Some(n) => Some(n.to_string()),
+        None if tied_output => None,
+        None => linears.last().map(|n| n.to_string()),
+    };
     let mut out = BTreeMap::new();
     for pat in patterns {
         let mut hit = false;
@@ -534,6 +537,12 @@ mod tests {
         let t = resolve_targets(&spec, &[ALL_LINEAR.into()]).unwrap();
         assert_eq!(t.len(), 2 * 7);
         assert!(!t.contains_key("lm_head"));
+        assert!(t.contains_key("model.layers.1.mlp.down_proj"));
+        // Tied: the output layer is the embedding, so every linear is a target.
+        let tied = cfg.replace("false", "true");
+        let spec = ArchSpec::Tree(crate::arch::hf::causal_lm(&tied).unwrap());
+        let t = resolve_targets(&spec, &[ALL_LINEAR.into()]).unwrap();
+        assert_eq!(t.len(), 2 * 7);
         assert!(t.contains_key("model.layers.1.mlp.down_proj"));
     }
 
