@@ -57,6 +57,10 @@ pub enum MnemoError {
         expected: Vec<usize>,
     },
 
+    /// A token id in a model's input is not a row of its embedding.
+    #[error("token id {id} is out of range for {layer} (an embedding of {rows} rows): the data was tokenized for another vocabulary")]
+    TokenOutOfRange { layer: String, id: f64, rows: usize },
+
     /// A checkpoint holds tensors the architecture does not have.
     #[error(
         "{path}: unexpected tensor '{tensor}' (not part of the architecture; first of {count})"

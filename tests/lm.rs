@@ -478,3 +478,99 @@ fn a_peft_adapter_with_regex_targets_and_exclusions_folds_as_peft_does() {
         "excluded"
     );
 }
+
+/// Hostile token data and configs: each refused with exit 2 and a message naming the thing,
+/// before anything is allocated for it or written.
+#[test]
+fn hostile_token_data_and_configs_are_refused_by_name() {
+    use mnemo::checkpoint::{write_checkpoint, Dtype, OwnedTensor};
+    use std::borrow::Cow;
+    let dir = workdir();
+    let tokens = |name: &str, n: usize, t: usize, id: i64, label: Option<i64>| {
+        let ids: Vec<u8> = (0..n * t).flat_map(|_| id.to_le_bytes()).collect();
+        let labels: Vec<u8> = (0..n * t)
+            .flat_map(|_| label.unwrap_or(id).to_le_bytes())
+            .collect();
+        let mk = |nm: &str, d: Vec<u8>| OwnedTensor {
+            name: nm.into(),
+            dtype: Dtype::I64,
+            shape: vec![n, t],
+            data: Cow::Owned(d),
+        };
+        write_checkpoint(
+            dir.path().join(name),
+            vec![mk("input", ids), mk("target", labels)],
+            &Default::default(),
+        )
+        .unwrap();
+    };
+    let folder = lm("llama_tied").to_string_lossy().into_owned();
+    let eval = |data: &str| mnemo_in(dir.path(), &["eval", &folder, "--data", data]);
+    // A sequence whose attention scores cannot fit in memory.
+    tokens("long.st", 1, 200_000, 3, None);
+    let r = eval("long.st");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("attention scores"), "{}", r.stderr);
+    // Nothing scored.
+    tokens("unscored.st", 2, 8, 3, Some(-100));
+    let r = eval("unscored.st");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("nothing to score"), "{}", r.stderr);
+    // A token id beyond the vocabulary (97).
+    tokens("oov.st", 2, 8, 500, None);
+    let r = eval("oov.st");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("oov.st")
+            && r.stderr.contains("token id 500")
+            && r.stderr.contains("97 rows"),
+        "{}",
+        r.stderr
+    );
+    // A label that is neither a token nor -100.
+    tokens("neg.st", 2, 8, 3, Some(-5));
+    let r = eval("neg.st");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("-100"), "{}", r.stderr);
+    // A folder whose config.json is a model type mnemo does not read, and broken configs.
+    for (edit, words) in [
+        (r#""model_type": "gemma""#, "model_type 'gemma'"),
+        (r#""num_attention_heads": 3"#, "num_attention_heads"),
+        (
+            r#""rope_scaling": {"rope_type": "yarn", "factor": 2}"#,
+            "rope type 'yarn'",
+        ),
+        (r#""vocab_size": 1e30"#, "vocab_size"),
+    ] {
+        let f = dir.path().join("bad");
+        let _ = std::fs::remove_dir_all(&f);
+        std::fs::create_dir(&f).unwrap();
+        std::fs::copy(
+            lm("llama_tied/model.safetensors"),
+            f.join("model.safetensors"),
+        )
+        .unwrap();
+        let mut cfg: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(lm("llama_tied/config.json")).unwrap())
+                .unwrap();
+        let e: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&format!("{{{edit}}}")).unwrap();
+        cfg.remove("rope_parameters");
+        cfg.extend(e);
+        std::fs::write(
+            f.join("config.json"),
+            serde_json::Value::Object(cfg).to_string(),
+        )
+        .unwrap();
+        let r = mnemo_in(
+            dir.path(),
+            &["eval", "bad", "--data", &fixture("lm/data.safetensors")],
+        );
+        assert_eq!(r.code, 2, "{edit}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(words) && r.stderr.contains("config.json"),
+            "{edit}: {}",
+            r.stderr
+        );
+    }
+}

@@ -27,13 +27,13 @@ pub fn config_path(path: &Path) -> PathBuf {
     }
 }
 
-/// Whether `text` is a transformers config of a model type this reader knows (so a model
-/// folder without mnemo metadata can be loaded by it).
-pub fn is_known_config(text: &str) -> bool {
+/// Whether `text` is a transformers config (it names a `model_type`), so that a model
+/// folder without mnemo metadata is read through it (and one of a type this reader does
+/// not know is refused naming that type, not as a file without an arch).
+pub fn is_transformers_config(text: &str) -> bool {
     serde_json::from_str::<Value>(text)
         .ok()
-        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string))
-        .is_some_and(|t| MODEL_TYPES.contains(&t.as_str()))
+        .is_some_and(|v| v.get("model_type").is_some_and(Value::is_string))
 }
 
 /// The module tree of the causal LM a config describes.

@@ -275,6 +275,17 @@ impl Dataset {
                 i % t
             )));
         }
+        // The first position has no prediction (nothing before it): a dataset in which no
+        // later label is scored has no loss to learn or measure.
+        if !targets
+            .iter()
+            .enumerate()
+            .any(|(i, &v)| i % t != 0 && v != IGNORE_TOKEN)
+        {
+            return Err(bad(format!(
+                "no position after the first of any row has a label (all are {IGNORE_TOKEN}): nothing to score"
+            )));
+        }
         Ok(Dataset {
             path: path.to_path_buf(),
             example_shape: vec![t],

@@ -21,16 +21,14 @@ impl Model {
             .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| t.to_vec1())
             .map_err(c)?;
-        let bad = |reason: String| MnemoError::InvalidArch {
-            origin: None,
-            reason: format!("layer {name} (embedding): {reason}"),
-        };
         let mut idx = Vec::with_capacity(ids.len());
         for &v in &ids {
             if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < rows.min(MAX_TOKEN_ID)) {
-                return Err(bad(format!(
-                    "token id {v} is out of range (the embedding has {rows} rows)"
-                )));
+                return Err(MnemoError::TokenOutOfRange {
+                    layer: format!("layer {name}"),
+                    id: v as f64,
+                    rows,
+                });
             }
             idx.push(v as u32);
         }
@@ -68,6 +66,21 @@ impl Model {
         };
         let (b, t, _) = x.dims3().map_err(c)?;
         let (h, kv, dh) = (a.num_attention_heads, a.num_key_value_heads, a.head_dim);
+        // The scores are [B, H, T, T] (and the mask [T, T]): a sequence long enough to
+        // overflow memory is refused before anything is allocated for it.
+        let scores = [b, h, t, t, 4]
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let limit = crate::validate::max_alloc_bytes();
+        if scores.is_none_or(|n| n > limit) {
+            return Err(MnemoError::TooLarge {
+                what: format!("layer {name} (causal-self-attention)"),
+                reason: format!(
+                    "a batch of {b} sequences of {t} tokens needs {} bytes of attention scores ({h} heads × T²); this machine has {limit}: use shorter sequences or a smaller batch",
+                    scores.map_or("more than 2^64".to_string(), |n| n.to_string())
+                ),
+            });
+        }
         let kids = layer.children();
         let proj = |s: &mut Self, i: usize, input: &Tensor, rng: &mut Rng| {
             s.layer_forward(&join(name, &kids[i].0), &kids[i].1, input, mode, rng)

@@ -258,10 +258,9 @@ pub fn resolve_arch(ckpt: &Checkpoint, arch: Option<&str>) -> Result<ArchSpec> {
     }
 }
 
-/// The transformers `config.json` in the folder of `weights`, when it describes a model
-/// type `arch::hf` reads.
+/// The transformers `config.json` in the folder of `weights`, when there is one.
 fn hf_config_beside(weights: &Path) -> Option<(std::path::PathBuf, String)> {
     let config = weights.parent()?.join("config.json");
     let text = crate::fsutil::read_to_string(&config).ok()?;
-    crate::arch::hf::is_known_config(&text).then_some((config, text))
+    crate::arch::hf::is_transformers_config(&text).then_some((config, text))
 }
