@@ -2313,7 +2313,12 @@ fn lora_configs_are_read_as_peft_reads_them() {
             "target_modules",
         ),
         ("target_modules", serde_json::json!(["0"]), "'4'"),
-        ("target_modules", serde_json::json!(".*"), "target_modules"),
+        // A regular expression is honoured as PEFT's re.fullmatch: one selecting nothing,
+        // or one that does not parse, is refused.
+        ("target_modules", serde_json::json!("x.*"), "target_modules"),
+        ("target_modules", serde_json::json!("(0"), "target_modules"),
+        // exclude_modules taking out a module the weights adapt.
+        ("exclude_modules", serde_json::json!(["4"]), "'4'"),
         (
             "target_modules",
             serde_json::json!("all-linear"),

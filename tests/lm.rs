@@ -574,3 +574,56 @@ fn hostile_token_data_and_configs_are_refused_by_name() {
         );
     }
 }
+
+/// PEFT's per-module ranks and α (`rank_pattern`, `alpha_pattern`): folded as
+/// `merge_and_unload()` folds them, and an adapter continued by lora-gate keeps them.
+#[test]
+fn a_peft_adapter_with_rank_and_alpha_patterns_folds_as_peft_does() {
+    let dir = workdir();
+    let base = lm("llama3_bias").to_string_lossy().into_owned();
+    let adapter = fixture("lm/peft_llama3_patterns");
+    ok(mnemo_in(
+        dir.path(),
+        &["lora", "merge", &base, &adapter, "-o", "m.safetensors"],
+    ));
+    let got = Checkpoint::open(dir.path().join("m.safetensors")).unwrap();
+    let merged = peft_tensors("peft_patterns.merged.");
+    assert_eq!(got.names().count(), merged.len());
+    for (name, w) in &merged {
+        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
+    }
+    let data = fixture("lm/data.safetensors");
+    ok(mnemo_in(
+        dir.path(),
+        &[
+            "lora-gate",
+            &base,
+            "--adapter",
+            &adapter,
+            "--data",
+            &data,
+            "--val",
+            &data,
+            "--epochs",
+            "1",
+            "--threshold",
+            "1e9",
+            "-q",
+            "-o",
+            "ad",
+        ],
+    ));
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("ad/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["rank_pattern"]["v_proj"], 2, "{cfg}");
+    assert_eq!(cfg["alpha_pattern"]["down_proj"], 3.0, "{cfg}");
+    let ad = Checkpoint::open(dir.path().join("ad/adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        ad.entry("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight")
+            .unwrap()
+            .shape,
+        vec![6, 48]
+    );
+}

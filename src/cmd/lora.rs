@@ -100,7 +100,6 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     raw["target_modules"]
                 );
             }
-            let scale = ad.config.scale();
             let mut folded = std::collections::BTreeMap::new();
             for (m, w) in &ad.modules {
                 let name = format!("{m}.weight");
@@ -120,9 +119,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     );
                 }
                 let mut v = ckpt.to_f32(&name)?;
-                fold(&mut v, &e.shape, w, scale, &base, &name).with_context(|| {
-                    format!("folding {} into {}", adapter.display(), base.display())
-                })?;
+                fold(&mut v, &e.shape, w, ad.config.scale_of(m), &base, &name).with_context(
+                    || format!("folding {} into {}", adapter.display(), base.display()),
+                )?;
                 let data = encode(e.dtype, &v)
                     .with_context(|| format!("'{name}': cannot write {} values", e.dtype))?;
                 // Checked as written: a finite f32 sum can still overflow f16's ±65504.
@@ -188,7 +187,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 "output": output.display().to_string(),
                 "modules": ad.modules.keys().collect::<Vec<_>>(),
                 "rank": ad.config.rank,
-                "scale": scale,
+                "scale": ad.config.scale(),
             }))?;
             Ok(Status::Success)
         }

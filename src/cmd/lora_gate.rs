@@ -188,13 +188,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 anyhow::bail!("--targets is required (module names or globs, e.g. --targets 0,2)");
             }
             let modules = resolve_targets(&model.spec, &args.targets)?;
-            let config = LoraConfig {
-                targets: modules.keys().cloned().collect(),
-                rank: args.rank.unwrap_or(16),
-                alpha: args.alpha.unwrap_or(32.0),
-                dropout: args.dropout.unwrap_or(0.05),
-                rslora: args.rslora,
-            };
+            let config = LoraConfig::new(
+                modules.keys().cloned().collect(),
+                args.rank.unwrap_or(16),
+                args.alpha.unwrap_or(32.0),
+                args.dropout.unwrap_or(0.05),
+                args.rslora,
+            );
             (config, modules, None)
         }
     };

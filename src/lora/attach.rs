@@ -70,7 +70,7 @@ impl ModelAdapter for LoraAttachment {
                 .and_then(|h| h.conv2d(b, 0, 1, 1, 1))
                 .map_err(c)?,
         };
-        (y + (delta * self.config.scale()).map_err(c)?).map_err(c)
+        (y + (delta * self.config.scale_of(name)).map_err(c)?).map_err(c)
     }
 
     /// The adapter's weights and the base's batchnorm state.
@@ -81,8 +81,8 @@ impl ModelAdapter for LoraAttachment {
             .collect();
         for (m, kind) in &self.modules {
             for (name, shape) in [
-                (a_name(m), kind.a_shape(self.config.rank)),
-                (b_name(m), kind.b_shape(self.config.rank)),
+                (a_name(m), kind.a_shape(self.config.rank_of(m))),
+                (b_name(m), kind.b_shape(self.config.rank_of(m))),
             ] {
                 out.push(ParamSpec {
                     name,
@@ -126,8 +126,8 @@ pub fn attach(
         .map(|(k, v)| (k, v.as_tensor().detach()))
         .collect();
     let mut rng = Rng::new(seed);
-    let r = config.rank;
     for (m, kind) in &modules {
+        let r = config.rank_of(m);
         let (a, b) = match init.and_then(|ad| ad.modules.get(m)) {
             Some(w) => (w.a.clone(), w.b.clone()),
             None => {
@@ -161,11 +161,11 @@ pub fn adapter_of(model: &Model) -> Result<Option<Adapter>> {
         return Ok(None);
     };
     let snap = model.snapshot()?;
-    let r = l.config.rank;
     let modules = l
         .modules
         .iter()
         .map(|(m, kind)| {
+            let r = l.config.rank_of(m);
             (
                 m.clone(),
                 ModuleAdapter {
@@ -198,8 +198,8 @@ pub fn merged_tensors(model: &Model) -> Result<Vec<OwnedTensor<'static>>> {
             .map_err(MnemoError::compute(format!("reading '{name}'")))?;
         snap.values.insert(name.clone(), v);
     }
-    let scale = l.config.scale();
     for (m, w) in &adapter.modules {
+        let scale = l.config.scale_of(m);
         let wname = format!("{m}.weight");
         let shape = l.frozen[&wname].dims().to_vec();
         let values = snap.values.get_mut(&wname).expect("frozen weight");

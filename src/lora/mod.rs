@@ -33,10 +33,56 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Scale α/√r (rank-stabilised LoRA) instead of α/r.
     pub rslora: bool,
+    /// PEFT's `rank_pattern` and `alpha_pattern`: per-module ranks and α, as (key, value)
+    /// in the file's order (empty for adapters mnemo starts).
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+}
+
+/// PEFT's `get_pattern_key` rule: the first key `k` whose `(.*\.)?(k)$` matches the start of
+/// the module's name (keys are regular expressions).
+fn pattern_value<T: Copy>(pattern: &[(String, T)], module: &str) -> Option<T> {
+    pattern.iter().find_map(|(k, v)| {
+        fancy_regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+            .ok()?
+            .is_match(module)
+            .ok()?
+            .then_some(*v)
+    })
 }
 
 impl LoraConfig {
-    /// The factor applied to B·A.
+    /// A config with one rank and α for every module.
+    pub fn new(targets: Vec<String>, rank: usize, alpha: f64, dropout: f64, rslora: bool) -> Self {
+        LoraConfig {
+            targets,
+            rank,
+            alpha,
+            dropout,
+            rslora,
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
+        }
+    }
+
+    /// The rank of `module`'s adapter (`rank_pattern`, else r).
+    pub fn rank_of(&self, module: &str) -> usize {
+        pattern_value(&self.rank_pattern, module).unwrap_or(self.rank)
+    }
+
+    /// The factor applied to `module`'s B·A: α/r, or α/√r with rsLoRA, each from the
+    /// patterns when they name the module (PEFT's `scaling[adapter]`).
+    pub fn scale_of(&self, module: &str) -> f64 {
+        let r = self.rank_of(module) as f64;
+        let alpha = pattern_value(&self.alpha_pattern, module).unwrap_or(self.alpha);
+        if self.rslora {
+            alpha / r.sqrt()
+        } else {
+            alpha / r
+        }
+    }
+
+    /// The factor applied to B·A of a module no pattern names.
     pub fn scale(&self) -> f64 {
         if self.rslora {
             self.alpha / (self.rank as f64).sqrt()
@@ -61,11 +107,17 @@ impl LoraConfig {
             "init_lora_weights": true,
             "modules_to_save": null,
             "inference_mode": true,
+            "rank_pattern": serde_json::Map::from_iter(
+                self.rank_pattern.iter().map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            ),
+            "alpha_pattern": serde_json::Map::from_iter(
+                self.alpha_pattern.iter().map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            ),
         })
     }
 
     /// Reads PEFT's `adapter_config.json`, refusing settings this implementation does not
-    /// reproduce (bias training, DoRA, per-module ranks, fan_in_fan_out).
+    /// reproduce (bias training, DoRA, fan_in_fan_out).
     pub fn from_peft_json(path: &Path, text: &str) -> Result<LoraConfig> {
         let bad = |reason: String| MnemoError::InvalidAdapter {
             path: path.to_path_buf(),
@@ -119,19 +171,50 @@ impl LoraConfig {
                 return Err(bad(format!("'{key}' = {x} is not supported")));
             }
         }
-        for key in ["rank_pattern", "alpha_pattern"] {
-            if v.get(key)
-                .is_some_and(|p| p.as_object().is_some_and(|o| !o.is_empty()))
-            {
-                return Err(bad(format!("'{key}' (per-module ranks) is not supported")));
+        // Per-module ranks and α: objects of regular-expression keys, read in order.
+        let pattern = |key: &str| -> Result<Vec<(String, f64)>> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+                Some(serde_json::Value::Object(o)) => o
+                    .iter()
+                    .map(|(k, x)| {
+                        fancy_regex::Regex::new(k).map_err(|e| {
+                            bad(format!(
+                                "'{key}' key \"{k}\" is not a regular expression: {e}"
+                            ))
+                        })?;
+                        x.as_f64()
+                            .filter(|f| f.is_finite())
+                            .map(|f| (k.clone(), f))
+                            .ok_or_else(|| {
+                                bad(format!("'{key}' \"{k}\" = {x} is not a finite number"))
+                            })
+                    })
+                    .collect(),
+                Some(x) => Err(bad(format!("'{key}' = {x} is not an object"))),
             }
-        }
+        };
+        let rank_pattern = pattern("rank_pattern")?
+            .into_iter()
+            .map(|(k, r)| {
+                if r >= 1.0 && r.fract() == 0.0 && r <= (1u64 << 20) as f64 {
+                    Ok((k, r as usize))
+                } else {
+                    Err(bad(format!(
+                        "'rank_pattern' \"{k}\" = {r} is not a positive integer rank"
+                    )))
+                }
+            })
+            .collect::<Result<_>>()?;
+        let alpha_pattern = pattern("alpha_pattern")?;
         Ok(LoraConfig {
             targets,
             rank,
             alpha,
             dropout,
             rslora,
+            rank_pattern,
+            alpha_pattern,
         })
     }
 }
@@ -374,7 +457,7 @@ impl Adapter {
                 ));
             };
             let (ea, eb) = (ckpt.entry(&a)?, ckpt.entry(&b)?);
-            let r = config.rank;
+            let r = config.rank_of(&m);
             let linear = ea.shape.len() == 2 && eb.shape.len() == 2;
             let conv = ea.shape.len() == 4 && eb.shape.len() == 4 && eb.shape[2..] == [1, 1];
             if !(linear || conv) || ea.shape[0] != r || eb.shape[1] != r {
@@ -444,7 +527,7 @@ impl Adapter {
             let k = kinds
                 .get(m)
                 .ok_or_else(|| invalid(origin, format!("module '{m}' is not in the model")))?;
-            let r = self.config.rank;
+            let r = self.config.rank_of(m);
             if w.a_shape != k.a_shape(r) || w.b_shape != k.b_shape(r) {
                 return Err(invalid(
                     origin,
@@ -590,17 +673,31 @@ mod tests {
 
     #[test]
     fn config_round_trip_and_refusals() {
-        let c = LoraConfig {
-            targets: vec!["0".into(), "2".into()],
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.05,
-            rslora: true,
-        };
+        let mut c = LoraConfig::new(vec!["0".into(), "2".into()], 4, 8.0, 0.05, true);
         let p = Path::new("adapter_config.json");
         let back = LoraConfig::from_peft_json(p, &c.to_peft_json().to_string()).unwrap();
         assert_eq!(back, c);
         assert!((c.scale() - 4.0).abs() < 1e-12);
+        // Patterns: the first key matching the end of the name (PEFT's get_pattern_key).
+        c.rslora = false;
+        c.rank_pattern = vec![("v_proj".into(), 2), ("layers\\.1\\..*".into(), 8)];
+        c.alpha_pattern = vec![("down_proj".into(), 3.0)];
+        assert_eq!(c.rank_of("model.layers.0.self_attn.v_proj"), 2);
+        assert_eq!(c.rank_of("model.layers.1.self_attn.v_proj"), 2);
+        assert_eq!(c.rank_of("model.layers.1.self_attn.q_proj"), 8);
+        assert_eq!(c.rank_of("model.layers.0.self_attn.q_proj"), 4);
+        assert_eq!(c.rank_of("model.layers.0.self_attn.xv_proj"), 4);
+        assert!((c.scale_of("model.layers.0.mlp.down_proj") - 0.75).abs() < 1e-12);
+        let back = LoraConfig::from_peft_json(p, &c.to_peft_json().to_string()).unwrap();
+        assert_eq!(back, c);
+        for bad in [
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["a"],"rank_pattern":{"a":0}}"#,
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["a"],"rank_pattern":{"(":2}}"#,
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["a"],"alpha_pattern":{"a":"x"}}"#,
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["a"],"rank_pattern":[1]}"#,
+        ] {
+            assert!(LoraConfig::from_peft_json(p, bad).is_err(), "{bad}");
+        }
         let mut v = c.to_peft_json();
         v["use_dora"] = true.into();
         let e = LoraConfig::from_peft_json(p, &v.to_string())
