@@ -627,3 +627,41 @@ fn a_peft_adapter_with_rank_and_alpha_patterns_folds_as_peft_does() {
         vec![6, 48]
     );
 }
+
+/// A PEFT DoRA adapter folds as `merge_and_unload()` does (each adapted row rescaled to its
+/// magnitude); lora-gate refuses to train one rather than train it as plain LoRA.
+#[test]
+fn a_peft_dora_adapter_folds_as_peft_does() {
+    let dir = workdir();
+    let base = lm("qwen2").to_string_lossy().into_owned();
+    let adapter = fixture("lm/peft_qwen2_dora");
+    ok(mnemo_in(
+        dir.path(),
+        &["lora", "merge", &base, &adapter, "-o", "m.safetensors"],
+    ));
+    let got = Checkpoint::open(dir.path().join("m.safetensors")).unwrap();
+    let merged = peft_tensors("peft_dora.merged.");
+    assert_eq!(got.names().count(), merged.len());
+    for (name, w) in &merged {
+        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
+    }
+    let data = fixture("lm/data.safetensors");
+    let r = mnemo_in(
+        dir.path(),
+        &[
+            "lora-gate",
+            &base,
+            "--adapter",
+            &adapter,
+            "--data",
+            &data,
+            "--val",
+            &data,
+            "-o",
+            "ad",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("DoRA"), "{}", r.stderr);
+    assert!(!dir.path().join("ad").exists());
+}

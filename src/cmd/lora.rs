@@ -122,6 +122,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 fold(&mut v, &e.shape, w, ad.config.scale_of(m), &base, &name).with_context(
                     || format!("folding {} into {}", adapter.display(), base.display()),
                 )?;
+                if let Some(mag) = ad.magnitudes.get(m) {
+                    mnemo::lora::dora_rescale(&mut v, e.shape[0], mag);
+                }
                 let data = encode(e.dtype, &v)
                     .with_context(|| format!("'{name}': cannot write {} values", e.dtype))?;
                 // Checked as written: a finite f32 sum can still overflow f16's ±65504.

@@ -150,6 +150,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (config, modules, init) = match &args.adapter {
         Some(dir) => {
             let prev = Adapter::read_dir(dir)?;
+            if prev.config.dora {
+                anyhow::bail!(
+                    "{}: a DoRA adapter (use_dora) can be folded with `mnemo lora merge`, not trained by lora-gate",
+                    dir.display()
+                );
+            }
             let modules = prev.check_against(&model.spec, dir)?;
             for (flag, given, have) in [
                 (

@@ -180,6 +180,7 @@ pub fn adapter_of(model: &Model) -> Result<Option<Adapter>> {
     Ok(Some(Adapter {
         config: l.config.clone(),
         modules,
+        magnitudes: BTreeMap::new(),
     }))
 }
 

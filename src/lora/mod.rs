@@ -37,6 +37,9 @@ pub struct LoraConfig {
     /// in the file's order (empty for adapters mnemo starts).
     pub rank_pattern: Vec<(String, usize)>,
     pub alpha_pattern: Vec<(String, f64)>,
+    /// DoRA (`use_dora`): each adapted weight's rows rescaled to a learnt magnitude. Read
+    /// and folded (`lora merge`); not trained.
+    pub dora: bool,
 }
 
 /// PEFT's `get_pattern_key` rule: the first key `k` whose `(.*\.)?(k)$` matches the start of
@@ -62,6 +65,7 @@ impl LoraConfig {
             rslora,
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
+            dora: false,
         }
     }
 
@@ -103,6 +107,7 @@ impl LoraConfig {
             "target_modules": self.targets,
             "bias": "none",
             "use_rslora": self.rslora,
+            "use_dora": self.dora,
             "fan_in_fan_out": false,
             "init_lora_weights": true,
             "modules_to_save": null,
@@ -117,7 +122,7 @@ impl LoraConfig {
     }
 
     /// Reads PEFT's `adapter_config.json`, refusing settings this implementation does not
-    /// reproduce (bias training, DoRA, fan_in_fan_out).
+    /// reproduce (bias training, fan_in_fan_out).
     pub fn from_peft_json(path: &Path, text: &str) -> Result<LoraConfig> {
         let bad = |reason: String| MnemoError::InvalidAdapter {
             path: path.to_path_buf(),
@@ -163,7 +168,6 @@ impl LoraConfig {
         };
         for (key, allowed) in [
             ("bias", serde_json::json!("none")),
-            ("use_dora", serde_json::json!(false)),
             ("fan_in_fan_out", serde_json::json!(false)),
             ("lora_bias", serde_json::json!(false)),
         ] {
@@ -207,6 +211,7 @@ impl LoraConfig {
             })
             .collect::<Result<_>>()?;
         let alpha_pattern = pattern("alpha_pattern")?;
+        let dora = v.get("use_dora").and_then(|d| d.as_bool()).unwrap_or(false);
         Ok(LoraConfig {
             targets,
             rank,
@@ -215,6 +220,7 @@ impl LoraConfig {
             rslora,
             rank_pattern,
             alpha_pattern,
+            dora,
         })
     }
 }
@@ -395,6 +401,18 @@ pub fn resolve_targets(
     Ok(out)
 }
 
+/// DoRA's fold after W + scale·B·A (PEFT's `merge_and_unload`): each row i of the
+/// `[out, in]` weight rescaled to the magnitude m_i, W_i · m_i / ‖W_i‖₂ (the row norm of the
+/// adapted weight, in f64).
+pub fn dora_rescale(w: &mut [f32], rows: usize, magnitude: &[f32]) {
+    let cols = w.len() / rows.max(1);
+    for (row, &m) in w.chunks_exact_mut(cols).zip(magnitude) {
+        let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        let f = m as f64 / norm;
+        row.iter_mut().for_each(|x| *x = (*x as f64 * f) as f32);
+    }
+}
+
 /// One module's adapter weights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModuleAdapter {
@@ -409,6 +427,8 @@ pub struct ModuleAdapter {
 pub struct Adapter {
     pub config: LoraConfig,
     pub modules: BTreeMap<String, ModuleAdapter>,
+    /// DoRA's magnitude vector per module (`lora_magnitude_vector`, [out]).
+    pub magnitudes: BTreeMap<String, Vec<f32>>,
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> MnemoError {
@@ -427,6 +447,7 @@ impl Adapter {
         let wpath = dir.join(WEIGHTS_FILE);
         let ckpt = Checkpoint::open(&wpath)?;
         let mut parts: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+        let mut magnitude_names: BTreeMap<String, String> = BTreeMap::new();
         for name in ckpt.names() {
             let rest = name.strip_prefix(KEY_PREFIX).ok_or_else(|| {
                 invalid(
@@ -438,10 +459,16 @@ impl Adapter {
                 parts.entry(m.to_string()).or_default().0 = Some(name.to_string());
             } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
                 parts.entry(m.to_string()).or_default().1 = Some(name.to_string());
+            } else if let Some(m) = rest
+                .strip_suffix(".lora_magnitude_vector")
+                .or_else(|| rest.strip_suffix(".lora_magnitude_vector.weight"))
+                .filter(|_| config.dora)
+            {
+                magnitude_names.insert(m.to_string(), name.to_string());
             } else {
                 return Err(invalid(
                     &wpath,
-                    format!("tensor '{name}' is not a LoRA A or B weight (biases, DoRA magnitudes and saved modules are not supported)"),
+                    format!("tensor '{name}' is not a LoRA A or B weight, nor a DoRA magnitude of a use_dora adapter (biases and saved modules are not supported)"),
                 ));
             }
         }
@@ -485,7 +512,48 @@ impl Adapter {
                 },
             );
         }
-        Ok(Adapter { config, modules })
+        // DoRA: a magnitude [out] for every adapted linear module, none for anything else.
+        let mut magnitudes = BTreeMap::new();
+        if config.dora {
+            for (m, w) in &modules {
+                let Some(name) = magnitude_names.remove(m) else {
+                    return Err(invalid(
+                        &wpath,
+                        format!("use_dora is set but module '{m}' has no lora_magnitude_vector"),
+                    ));
+                };
+                let out = w.b_shape[0];
+                let e = ckpt.entry(&name)?;
+                if w.a_shape.len() != 2 || e.shape != [out] {
+                    return Err(invalid(
+                        &wpath,
+                        format!(
+                            "module '{m}': DoRA magnitude {:?} for lora_B {:?} (DoRA is read for linear modules, magnitude [out])",
+                            e.shape, w.b_shape
+                        ),
+                    ));
+                }
+                let v = ckpt.to_f32(&name)?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(invalid(
+                        &wpath,
+                        format!("'{name}' element {i} is not finite"),
+                    ));
+                }
+                magnitudes.insert(m.clone(), v);
+            }
+            if let Some(m) = magnitude_names.keys().next() {
+                return Err(invalid(
+                    &wpath,
+                    format!("a DoRA magnitude for module '{m}', which has no lora_A/lora_B"),
+                ));
+            }
+        }
+        Ok(Adapter {
+            config,
+            modules,
+            magnitudes,
+        })
     }
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (created when
