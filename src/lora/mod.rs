@@ -766,8 +766,11 @@ mod tests {
         ] {
             assert!(LoraConfig::from_peft_json(p, bad).is_err(), "{bad}");
         }
+        // DoRA is read (and written back); a switch that is not a boolean is refused.
         let mut v = c.to_peft_json();
         v["use_dora"] = true.into();
+        assert!(LoraConfig::from_peft_json(p, &v.to_string()).unwrap().dora);
+        v["use_dora"] = "yes".into();
         let e = LoraConfig::from_peft_json(p, &v.to_string())
             .unwrap_err()
             .to_string();
