@@ -100,6 +100,12 @@ impl TokenTotals {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.positions.max(1) as f64
     }
+
+    fn add(&mut self, o: &TokenTotals) {
+        self.loss_sum += o.loss_sum;
+        self.positions += o.positions;
+        self.correct += o.correct;
+    }
 }
 
 impl Evaluation {
@@ -178,15 +184,14 @@ pub fn evaluate(
             TargetKind::Tokens { .. } => {
                 let seqs = loss::token_scores(&l, &dims, &y);
                 let mut batch = TokenTotals::default();
-                for &(v, n, hit) in &seqs {
-                    batch.loss_sum += v;
-                    batch.positions += n;
-                    batch.correct += hit;
+                for &(loss_sum, positions, correct) in &seqs {
+                    batch.add(&TokenTotals {
+                        loss_sum,
+                        positions,
+                        correct,
+                    });
                 }
-                let all = out.tokens.get_or_insert_with(Default::default);
-                all.loss_sum += batch.loss_sum;
-                all.positions += batch.positions;
-                all.correct += batch.correct;
+                out.tokens.get_or_insert_with(Default::default).add(&batch);
                 if cfg.per_example {
                     out.sequences.get_or_insert_with(Vec::new).extend(seqs);
                 }

@@ -10,7 +10,7 @@ use mnemo::checkpoint::Checkpoint;
 use mnemo::data::Dataset;
 use mnemo::model::{Mode, Model};
 use mnemo::rng::Rng;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const CASES: [&str; 4] = ["llama_tied", "llama3_bias", "qwen2", "mistral_window"];
 
@@ -194,31 +194,43 @@ fn peft_tensors(prefix: &str) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// `lora merge` of the fixture adapter `adapter` into the fixture model `base`, written at
+/// `out` in `dir` (a file, or a folder when it ends with `/`), checked tensor by tensor
+/// against PEFT's `merge_and_unload()` (`PREFIX.NAME` in expected.safetensors); the folded
+/// weights.
+fn fold_as_peft(dir: &Path, base: &str, adapter: &str, out: &str, prefix: &str) -> Checkpoint {
+    let base = lm(base).to_string_lossy().into_owned();
+    ok(mnemo_in(
+        dir,
+        &["lora", "merge", &base, &fixture(adapter), "-o", out],
+    ));
+    let weights = match out.strip_suffix('/') {
+        Some(folder) => dir.join(folder).join("model.safetensors"),
+        None => dir.join(out),
+    };
+    let got = Checkpoint::open(weights).unwrap();
+    let merged = peft_tensors(prefix);
+    assert_eq!(got.names().count(), merged.len());
+    for (name, w) in &merged {
+        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
+    }
+    got
+}
+
 /// PEFT's adapter on a transformers folder, folded by `lora merge` into a folder: the
 /// weights equal `merge_and_unload()`'s, the config is the base's, and the folder
 /// evaluates as the adapted PEFT model does.
 #[test]
 fn a_peft_adapter_folds_into_a_model_folder_as_peft_does() {
     let dir = workdir();
-    let base = lm("llama_tied").to_string_lossy().into_owned();
-    ok(mnemo_in(
+    let got = fold_as_peft(
         dir.path(),
-        &[
-            "lora",
-            "merge",
-            &base,
-            &fixture("lm/peft_llama"),
-            "-o",
-            "out/",
-        ],
-    ));
+        "llama_tied",
+        "lm/peft_llama",
+        "out/",
+        "peft.merged.",
+    );
     let out = dir.path().join("out");
-    let got = Checkpoint::open(out.join("model.safetensors")).unwrap();
-    let merged = peft_tensors("peft.merged.");
-    assert_eq!(got.names().count(), merged.len());
-    for (name, w) in &merged {
-        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
-    }
     for f in ["config.json", "generation_config.json"] {
         assert_eq!(
             std::fs::read(out.join(f)).unwrap(),
@@ -452,24 +464,13 @@ fn replay_keeps_token_sequences() {
 #[test]
 fn a_peft_adapter_with_regex_targets_and_exclusions_folds_as_peft_does() {
     let dir = workdir();
-    let base = lm("qwen2").to_string_lossy().into_owned();
-    ok(mnemo_in(
+    let got = fold_as_peft(
         dir.path(),
-        &[
-            "lora",
-            "merge",
-            &base,
-            &fixture("lm/peft_qwen2_regex"),
-            "-o",
-            "m.safetensors",
-        ],
-    ));
-    let got = Checkpoint::open(dir.path().join("m.safetensors")).unwrap();
-    let merged = peft_tensors("peft_regex.merged.");
-    assert_eq!(got.names().count(), merged.len());
-    for (name, w) in &merged {
-        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
-    }
+        "qwen2",
+        "lm/peft_qwen2_regex",
+        "m.safetensors",
+        "peft_regex.merged.",
+    );
     let before = Checkpoint::open(lm("qwen2").join("model.safetensors")).unwrap();
     let n = "model.layers.1.mlp.down_proj.weight";
     assert_eq!(
@@ -580,18 +581,15 @@ fn hostile_token_data_and_configs_are_refused_by_name() {
 #[test]
 fn a_peft_adapter_with_rank_and_alpha_patterns_folds_as_peft_does() {
     let dir = workdir();
+    fold_as_peft(
+        dir.path(),
+        "llama3_bias",
+        "lm/peft_llama3_patterns",
+        "m.safetensors",
+        "peft_patterns.merged.",
+    );
     let base = lm("llama3_bias").to_string_lossy().into_owned();
     let adapter = fixture("lm/peft_llama3_patterns");
-    ok(mnemo_in(
-        dir.path(),
-        &["lora", "merge", &base, &adapter, "-o", "m.safetensors"],
-    ));
-    let got = Checkpoint::open(dir.path().join("m.safetensors")).unwrap();
-    let merged = peft_tensors("peft_patterns.merged.");
-    assert_eq!(got.names().count(), merged.len());
-    for (name, w) in &merged {
-        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
-    }
     let data = fixture("lm/data.safetensors");
     ok(mnemo_in(
         dir.path(),
@@ -633,18 +631,15 @@ fn a_peft_adapter_with_rank_and_alpha_patterns_folds_as_peft_does() {
 #[test]
 fn a_peft_dora_adapter_folds_as_peft_does() {
     let dir = workdir();
+    fold_as_peft(
+        dir.path(),
+        "qwen2",
+        "lm/peft_qwen2_dora",
+        "m.safetensors",
+        "peft_dora.merged.",
+    );
     let base = lm("qwen2").to_string_lossy().into_owned();
     let adapter = fixture("lm/peft_qwen2_dora");
-    ok(mnemo_in(
-        dir.path(),
-        &["lora", "merge", &base, &adapter, "-o", "m.safetensors"],
-    ));
-    let got = Checkpoint::open(dir.path().join("m.safetensors")).unwrap();
-    let merged = peft_tensors("peft_dora.merged.");
-    assert_eq!(got.names().count(), merged.len());
-    for (name, w) in &merged {
-        close(&got.to_f32(name).unwrap(), w, 1e-6, name);
-    }
     let data = fixture("lm/data.safetensors");
     let r = mnemo_in(
         dir.path(),

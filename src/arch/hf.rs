@@ -8,7 +8,8 @@
 //! saves. Anything these classes would compute differently from what mnemo runs (another
 //! activation, a rope type mnemo lacks) is refused by name.
 
-use super::{AttentionConf, Children, DecoderConf, Layer, RopeScaling};
+use super::zoo::named;
+use super::{AttentionConf, DecoderConf, Layer, RopeScaling};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -205,15 +206,6 @@ fn sliding_windows(
         }
         _ => vec![None; layers],
     })
-}
-
-fn named(children: Vec<(&str, Layer)>) -> Children {
-    Children(
-        children
-            .into_iter()
-            .map(|(n, l)| (n.to_string(), l))
-            .collect(),
-    )
 }
 
 /// rope_theta and the scaling, from transformers 4's `rope_theta` + `rope_scaling` or

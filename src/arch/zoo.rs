@@ -307,7 +307,7 @@ fn module(children: Vec<(&str, Layer)>) -> Layer {
     }
 }
 
-fn named(children: Vec<(&str, Layer)>) -> Children {
+pub(super) fn named(children: Vec<(&str, Layer)>) -> Children {
     Children(
         children
             .into_iter()

@@ -14,11 +14,9 @@ use std::path::{Path, PathBuf};
 /// The weights file of a folder output.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// The files copied from the source folder (mergekit's tokenizer list, `vocab.json`, which
-/// its `merges.txt` needs, and the two configs).
-pub const COMPANION_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
+/// A model folder's tokenizer files and `generation_config.json` (mergekit's list, plus
+/// `vocab.json`, which its `merges.txt` needs): what a folder written from another carries.
+pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer_config.json",
     "special_tokens_map.json",
     "tokenizer.json",
@@ -27,8 +25,14 @@ pub const COMPANION_FILES: &[&str] = &[
     "vocab.json",
     "merges.txt",
     "chat_template.jinja",
+    "generation_config.json",
     "chat_template.json",
 ];
+
+/// The files copied from the source folder: its `config.json` and [`TOKENIZER_FILES`].
+fn companion_files() -> impl Iterator<Item = &'static str> {
+    std::iter::once("config.json").chain(TOKENIZER_FILES.iter().copied())
+}
 
 /// The largest companion file copied (a tokenizer.json is a few MB; this is a bound, not a
 /// size any real one has).
@@ -41,9 +45,9 @@ pub fn is_folder_target(path: &Path) -> bool {
 
 /// Every file a folder output `dir` writes (for the destinations check).
 pub fn folder_files() -> Vec<&'static str> {
-    let mut v = vec![WEIGHTS_FILE];
-    v.extend(COMPANION_FILES);
-    v
+    std::iter::once(WEIGHTS_FILE)
+        .chain(companion_files())
+        .collect()
 }
 
 /// The folder a model was read from, when it is a Hugging Face folder (holds a
@@ -95,7 +99,7 @@ pub fn prepare_model_output(
     std::fs::create_dir_all(path).map_err(|e| MnemoError::io(path, e))?;
     let mut companions = Vec::new();
     if let Some(src) = source {
-        for name in COMPANION_FILES {
+        for name in companion_files() {
             let from = src.join(name);
             let Ok(m) = std::fs::metadata(&from) else {
                 continue;

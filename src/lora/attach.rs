@@ -21,6 +21,9 @@ pub struct LoraAttachment {
     pub modules: BTreeMap<String, TargetKind>,
     /// The base model's trainable weights, no longer trained.
     pub frozen: BTreeMap<String, Tensor>,
+    /// Each module's factor on B·A (`LoraConfig::scale_of`, resolved once: the forward
+    /// pass reads it per module and pass).
+    scales: BTreeMap<String, f64>,
 }
 
 impl ModelAdapter for LoraAttachment {
@@ -70,7 +73,7 @@ impl ModelAdapter for LoraAttachment {
                 .and_then(|h| h.conv2d(b, 0, 1, 1, 1))
                 .map_err(c)?,
         };
-        (y + (delta * self.config.scale_of(name)).map_err(c)?).map_err(c)
+        (y + (delta * self.scales[name]).map_err(c)?).map_err(c)
     }
 
     /// The adapter's weights and the base's batchnorm state.
@@ -147,10 +150,15 @@ pub fn attach(
             model.params.insert(name, var);
         }
     }
+    let scales = modules
+        .keys()
+        .map(|m| (m.clone(), config.scale_of(m)))
+        .collect();
     model.adapter = Some(Box::new(LoraAttachment {
         config,
         modules,
         frozen,
+        scales,
     }));
     Ok(())
 }
@@ -200,7 +208,7 @@ pub fn merged_tensors(model: &Model) -> Result<Vec<OwnedTensor<'static>>> {
         snap.values.insert(name.clone(), v);
     }
     for (m, w) in &adapter.modules {
-        let scale = l.config.scale_of(m);
+        let scale = l.scales[m];
         let wname = format!("{m}.weight");
         let shape = l.frozen[&wname].dims().to_vec();
         let values = snap.values.get_mut(&wname).expect("frozen weight");

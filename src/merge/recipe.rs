@@ -57,21 +57,6 @@ pub struct RecipeReport {
     pub files: Vec<PathBuf>,
 }
 
-/// Files copied from the tokenizer source (mergekit's list, plus `vocab.json` which its
-/// `merges.txt` needs).
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "generation_config.json",
-    "chat_template.json",
-];
-
 /// One input of one output tensor.
 #[derive(Clone, Debug)]
 struct Entry {
@@ -1105,7 +1090,7 @@ pub fn run_config(cfg: &MergeConfig, out: &Path, opts: &RecipeOptions) -> Result
         (None, _) => Some(donor_path.clone()),
     };
     if let Some(dir) = tok_dir.filter(|d| d.is_dir()) {
-        for name in TOKENIZER_FILES {
+        for name in crate::checkpoint::folder::TOKENIZER_FILES {
             let from = dir.join(name);
             if from.is_file() {
                 let bytes = std::fs::read(&from).map_err(|e| MnemoError::io(&from, e))?;

@@ -5,7 +5,7 @@
 //! 0..T for every row: sequences are right-padded, and a causal model never lets a real
 //! token see the padding after it.
 
-use super::ops::dropout;
+use super::ops::{dropout, softmax_last_dim};
 use super::{Mode, Model};
 use crate::arch::{join, AttentionConf, Layer, RopeScaling, MAX_TOKEN_ID};
 use crate::error::{MnemoError, Result};
@@ -123,14 +123,7 @@ impl Model {
         let scores = (q.matmul(&kt).map_err(c)? * (1.0 / (dh as f64).sqrt()))
             .and_then(|s| s.broadcast_add(&mask))
             .map_err(c)?;
-        let max = scores.max_keepdim(D::Minus1).map_err(c)?.detach();
-        let e = scores
-            .broadcast_sub(&max)
-            .and_then(|s| s.exp())
-            .map_err(c)?;
-        let attn = e
-            .broadcast_div(&e.sum_keepdim(D::Minus1).map_err(c)?)
-            .map_err(c)?;
+        let attn = softmax_last_dim(&scores).map_err(c)?;
         let attn = dropout(&attn, a.attention_dropout, mode, rng).map_err(c)?;
         let out = attn
             .matmul(&v)

@@ -4,7 +4,7 @@
 //! children's full names, so batchnorm state and adapter terms are found by name at any
 //! depth.
 
-use super::ops::{dropout, pool2d, stochastic_depth, upsample, Pool};
+use super::ops::{dropout, pool2d, softmax_last_dim, stochastic_depth, upsample, Pool};
 use super::{conv, norm};
 use super::{Mode, Model, Taps};
 use crate::arch::{join, Activation, ArchSpec, Children, Layer};
@@ -468,14 +468,7 @@ impl Model {
         let v = heads(proj(self, 2, x, rng)?).map_err(c)?;
         let kt = k.transpose(2, 3).and_then(|t| t.contiguous()).map_err(c)?;
         let scores = (q.matmul(&kt).map_err(c)? / (dh as f64).sqrt()).map_err(c)?;
-        let max = scores.max_keepdim(D::Minus1).map_err(c)?.detach();
-        let e = scores
-            .broadcast_sub(&max)
-            .and_then(|t| t.exp())
-            .map_err(c)?;
-        let attn = e
-            .broadcast_div(&e.sum_keepdim(D::Minus1).map_err(c)?)
-            .map_err(c)?;
+        let attn = softmax_last_dim(&scores).map_err(c)?;
         let attn = dropout(&attn, p, mode, rng).map_err(c)?;
         let out = attn
             .matmul(&v)

@@ -255,6 +255,14 @@ pub(crate) fn pad_dim(x: &Tensor, dim: usize, n: usize, value: f32) -> candle_co
     Tensor::cat(&[x, &fill], dim)
 }
 
+/// softmax over the last dimension written out (the row maximum, detached, subtracted
+/// before exp), so it has a backward: candle's `softmax_last_dim` detaches its output.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
