@@ -117,6 +117,11 @@ interop: build
 	  $$(scripts/venv.sh) scripts/lm_check.py fixtures/lm/$$c $(OUT)/lm_$${c}_adapter $(OUT)/lm_$$c \
 	    fixtures/lm/data.safetensors || exit 1; \
 	done
+	$(MNEMO) lora-gate fixtures/lm/llama3_bias --data fixtures/lm/data.safetensors --val fixtures/lm/data.safetensors \
+	  --targets q_proj --modules-to-save lm_head,norm --rank 4 --lr 1e-2 --epochs 3 --threshold 1e9 -q \
+	  --merged $(OUT)/lm_saved/ -o $(OUT)/lm_saved_adapter >/dev/null
+	$$(scripts/venv.sh) scripts/lm_check.py fixtures/lm/llama3_bias $(OUT)/lm_saved_adapter $(OUT)/lm_saved \
+	  fixtures/lm/data.safetensors
 	for m in cnn zoo multihead; do \
 	  $(MNEMO) init --arch fixtures/$$m.arch.json -o $(OUT)/$$m.safetensors && \
 	  $$(scripts/venv.sh) scripts/torch_check.py $(OUT)/$$m.safetensors fixtures/$$m.arch.json || exit 1; \

@@ -660,3 +660,285 @@ fn a_peft_dora_adapter_folds_as_peft_does() {
     assert!(r.stderr.contains("DoRA"), "{}", r.stderr);
     assert!(!dir.path().join("ad").exists());
 }
+
+/// A tensor's name, shape and values.
+type Named = (String, Vec<usize>, Vec<f32>);
+
+/// `lm_tied` rewritten with every tensor in `dtype` (values rounded to it), in a folder
+/// beside its config; returns the folder and the rounded values as F32.
+fn folder_in_dtype(
+    dir: &Path,
+    name: &str,
+    dtype: mnemo::checkpoint::Dtype,
+) -> (PathBuf, Vec<Named>) {
+    use mnemo::checkpoint::{decode, encode, write_checkpoint, OwnedTensor};
+    let src = Checkpoint::open(lm("llama_tied").join("model.safetensors")).unwrap();
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        lm("llama_tied").join("config.json"),
+        folder.join("config.json"),
+    )
+    .unwrap();
+    let mut tensors = Vec::new();
+    let mut rounded = Vec::new();
+    for n in src.names() {
+        let shape = src.entry(n).unwrap().shape.clone();
+        let data = encode(dtype, &src.to_f32(n).unwrap()).unwrap();
+        rounded.push((n.to_string(), shape.clone(), decode(dtype, &data)));
+        tensors.push(OwnedTensor {
+            name: n.to_string(),
+            dtype,
+            shape,
+            data: data.into(),
+        });
+    }
+    write_checkpoint(
+        folder.join("model.safetensors"),
+        tensors,
+        &Default::default(),
+    )
+    .unwrap();
+    (folder, rounded)
+}
+
+#[test]
+fn a_bf16_folder_trains_in_f32_and_is_written_back_in_bf16() {
+    use mnemo::checkpoint::{decode, encode, write_checkpoint, Dtype, OwnedTensor};
+    let dir = workdir();
+    let (bf16, rounded) = folder_in_dtype(dir.path(), "bf16", Dtype::BF16);
+    // The same values in F32: training from either must give the same f32 weights, so the
+    // bf16 output is exactly the f32 output rounded to bf16.
+    let f32_in = dir.path().join("f32.safetensors");
+    write_checkpoint(
+        &f32_in,
+        rounded
+            .iter()
+            .map(|(n, s, v)| OwnedTensor::f32(n.clone(), s.clone(), v))
+            .collect(),
+        &Default::default(),
+    )
+    .unwrap();
+    let config = lm("llama_tied").join("config.json");
+    let arch = format!("llama:{}", config.display());
+    let data = fixture("lm/data.safetensors");
+    let train = |model: &str, arch: Option<&str>, out: &str| {
+        let mut args = vec![
+            "train-ewc",
+            model,
+            "--data",
+            &data,
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "2",
+            "--no-shuffle",
+            "-o",
+            out,
+        ];
+        if let Some(a) = arch {
+            args.extend(["--arch", a]);
+        }
+        ok(mnemo_in(dir.path(), &args));
+    };
+    train(&bf16.to_string_lossy(), None, "bf16-out/");
+    train(
+        &f32_in.to_string_lossy(),
+        Some(&arch),
+        "f32-out.safetensors",
+    );
+    let got = Checkpoint::open(dir.path().join("bf16-out/model.safetensors")).unwrap();
+    let f32_out = Checkpoint::open(dir.path().join("f32-out.safetensors")).unwrap();
+    assert_eq!(got.names().count(), rounded.len());
+    for (n, _, before) in &rounded {
+        assert_eq!(got.entry(n).unwrap().dtype, Dtype::BF16, "{n}");
+        let want = decode(
+            Dtype::BF16,
+            &encode(Dtype::BF16, &f32_out.to_f32(n).unwrap()).unwrap(),
+        );
+        let have = got.to_f32(n).unwrap();
+        assert_eq!(have, want, "{n}: the f32 result rounded once");
+        assert_ne!(&have, before, "{n} trained");
+    }
+    assert!(dir.path().join("bf16-out/config.json").exists());
+}
+
+#[test]
+fn a_weight_beyond_its_stored_dtype_is_an_error_naming_it() {
+    use mnemo::checkpoint::Dtype;
+    let dir = workdir();
+    let (f16, _) = folder_in_dtype(dir.path(), "f16", Dtype::F16);
+    let (model, _) = Model::open(&f16, None, &Device::Cpu).unwrap();
+    let name = "model.norm.weight";
+    let v = model.params[name].as_tensor().ones_like().unwrap() * 70000.0;
+    model.params[name].set(&v.unwrap()).unwrap();
+    let e = model.tensors().err().expect("refused").to_string();
+    assert!(e.contains(name) && e.contains("F16"), "{e}");
+}
+
+/// PEFT's `modules_to_save` (lm_head and, by PEFT's plain suffix rule, every norm): the
+/// saved copies replace the base's tensors when folded, as `merge_and_unload()` does.
+#[test]
+fn a_peft_adapter_with_saved_modules_folds_as_peft_does() {
+    let dir = workdir();
+    fold_as_peft(
+        dir.path(),
+        "llama3_bias",
+        "lm/peft_llama3_saved",
+        "out.safetensors",
+        "peft_saved.merged.",
+    );
+}
+
+/// One SGD step from PEFT's adapter with saved modules trains the saved copies in full and
+/// the LoRA factors, as PEFT does, and writes both in PEFT's layout.
+#[test]
+fn one_step_with_saved_modules_matches_peft() {
+    let dir = workdir();
+    let data = fixture("lm/data.safetensors");
+    ok(mnemo_in(
+        dir.path(),
+        &[
+            "lora-gate",
+            &lm("llama3_bias").to_string_lossy(),
+            "--adapter",
+            &fixture("lm/peft_llama3_saved"),
+            "--data",
+            &data,
+            "--val",
+            &data,
+            "--dropout",
+            "0",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--threshold",
+            "1e9",
+            "-o",
+            "ad",
+        ],
+    ));
+    let got = Checkpoint::open(dir.path().join("ad/adapter_model.safetensors")).unwrap();
+    let step = peft_tensors("peft_saved.step.");
+    assert_eq!(got.names().count(), step.len());
+    assert!(step.iter().any(|(n, _)| n.ends_with("lm_head.weight")));
+    for (name, w) in &step {
+        close(&got.to_f32(name).unwrap(), w, 1e-5, name);
+    }
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("ad/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg["modules_to_save"],
+        serde_json::json!(["lm_head", "norm"])
+    );
+}
+
+/// `--modules-to-save` from scratch: the saved copies start as the base's and train; what
+/// PEFT would do wrongly or not at all is refused by name.
+#[test]
+fn modules_to_save_train_in_full_and_bad_choices_are_refused() {
+    let dir = workdir();
+    let data = fixture("lm/data.safetensors");
+    let gate = |base: &str, extra: &[&str], out: &str| {
+        let folder = lm(base).to_string_lossy().into_owned();
+        let mut args = vec![
+            "lora-gate",
+            &folder,
+            "--data",
+            &data,
+            "--val",
+            &data,
+            "--rank",
+            "2",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--threshold",
+            "1e9",
+            "-o",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        mnemo_in(dir.path(), &args)
+    };
+    ok(gate(
+        "qwen2",
+        &[
+            "--targets",
+            "v_proj",
+            "--modules-to-save",
+            "lm_head",
+            "--merged",
+            "m/",
+        ],
+        "ad",
+    ));
+    let ad = Checkpoint::open(dir.path().join("ad/adapter_model.safetensors")).unwrap();
+    let base = Checkpoint::open(lm("qwen2").join("model.safetensors")).unwrap();
+    let merged = Checkpoint::open(dir.path().join("m/model.safetensors")).unwrap();
+    let head = ad.to_f32("base_model.model.lm_head.weight").unwrap();
+    assert_ne!(
+        head,
+        base.to_f32("lm_head.weight").unwrap(),
+        "the copy trained"
+    );
+    assert_eq!(
+        head,
+        merged.to_f32("lm_head.weight").unwrap(),
+        "and is the merged head"
+    );
+    // Only the saved module trains in full: every other base weight is the base's.
+    for n in base
+        .names()
+        .filter(|n| !n.contains("v_proj") && *n != "lm_head.weight")
+    {
+        assert_eq!(merged.to_f32(n).unwrap(), base.to_f32(n).unwrap(), "{n}");
+    }
+    for (base, extra, want) in [
+        // A tied head holds no weight; a copy of the embedding would untie it.
+        (
+            "llama_tied",
+            &["--targets", "q_proj", "--modules-to-save", "lm_head"][..],
+            "tied",
+        ),
+        (
+            "llama_tied",
+            &["--targets", "q_proj", "--modules-to-save", "embed_tokens"][..],
+            "tied",
+        ),
+        (
+            "qwen2",
+            &["--targets", "q_proj", "--modules-to-save", "nothing_here"][..],
+            "nothing_here",
+        ),
+        // Adapting a module inside a saved one would train it twice.
+        (
+            "qwen2",
+            &["--targets", "q_proj", "--modules-to-save", "self_attn"][..],
+            "both adapted",
+        ),
+        (
+            "qwen2",
+            &["--adapter", "ad", "--modules-to-save", "lm_head"][..],
+            "--modules-to-save with --adapter",
+        ),
+    ] {
+        let r = gate(base, extra, "bad");
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{extra:?}: {}", r.stderr);
+        assert!(!dir.path().join("bad").exists());
+    }
+}

@@ -151,6 +151,33 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 }
                 folded.insert(name, (e.dtype, e.shape.clone(), data));
             }
+            // Saved modules (modules_to_save): their trained copies replace the base's
+            // tensors, in the base's dtype, as merge_and_unload puts them in place.
+            let shape_of = |n: &str| ckpt.entry(n).ok().map(|e| e.shape.clone());
+            ad.check_saved(shape_of, ckpt.names())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", adapter.display()))?;
+            for (name, (shape, v)) in &ad.saved {
+                let e = ckpt.entry(name)?;
+                if folded.contains_key(name) || !e.dtype.is_float() {
+                    anyhow::bail!(
+                        "{}: '{name}' is both adapted and saved, or not a float tensor in {}",
+                        adapter.display(),
+                        base.display()
+                    );
+                }
+                let data = encode(e.dtype, v)
+                    .with_context(|| format!("'{name}': cannot write {} values", e.dtype))?;
+                let written = mnemo::checkpoint::decode(e.dtype, &data);
+                if let Some(i) = written.iter().position(|x| !x.is_finite()) {
+                    anyhow::bail!(
+                        "{}: saved tensor '{name}' element {i} ({}) does not fit in {}",
+                        adapter.display(),
+                        v[i],
+                        e.dtype
+                    );
+                }
+                folded.insert(name.clone(), (e.dtype, shape.clone(), data));
+            }
             let mut tensors = Vec::new();
             for name in ckpt.names() {
                 let e = ckpt.entry(name)?;
@@ -189,6 +216,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             JsonLines::stdout().emit(&json!({
                 "output": output.display().to_string(),
                 "modules": ad.modules.keys().collect::<Vec<_>>(),
+                "saved": ad.saved.keys().collect::<Vec<_>>(),
                 "rank": ad.config.rank,
                 "scale": ad.config.scale(),
             }))?;

@@ -64,6 +64,10 @@ pub struct Args {
     /// `all-linear` (PEFT's: every linear layer but the output layer, `lm_head`).
     #[arg(long, value_delimiter = ',', value_name = "M,...")]
     pub targets: Vec<String>,
+    /// Modules trained in full beside the adapter and saved in it (PEFT's
+    /// `modules_to_save`: a module is saved when its name ends with one, e.g. `lm_head`).
+    #[arg(long, value_delimiter = ',', value_name = "M,...")]
+    pub modules_to_save: Vec<String>,
     /// Rank r of the adapter [default: 16].
     #[arg(long, value_name = "R", value_parser = mnemo::validate::count)]
     pub rank: Option<usize>,
@@ -172,11 +176,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                     );
                 }
             }
-            if !args.targets.is_empty() {
-                anyhow::bail!(
-                    "--targets with --adapter: the adapter in {} fixes its targets",
-                    dir.display()
-                );
+            for (flag, given) in [
+                ("--targets", &args.targets),
+                ("--modules-to-save", &args.modules_to_save),
+            ] {
+                if !given.is_empty() {
+                    anyhow::bail!(
+                        "{flag} with --adapter: the adapter in {} fixes its modules",
+                        dir.display()
+                    );
+                }
             }
             prov.input(
                 dir.join(mnemo::lora::WEIGHTS_FILE).display().to_string(),
@@ -194,13 +203,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 anyhow::bail!("--targets is required (module names or globs, e.g. --targets 0,2)");
             }
             let modules = resolve_targets(&model.spec, &args.targets)?;
-            let config = LoraConfig::new(
+            let mut config = LoraConfig::new(
                 modules.keys().cloned().collect(),
                 args.rank.unwrap_or(16),
                 args.alpha.unwrap_or(32.0),
                 args.dropout.unwrap_or(0.05),
                 args.rslora,
             );
+            mnemo::lora::resolve_saved(&model.spec, &args.modules_to_save, true)
+                .context("--modules-to-save")?;
+            config.modules_to_save = args.modules_to_save.clone();
             (config, modules, None)
         }
     };

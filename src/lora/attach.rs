@@ -24,6 +24,9 @@ pub struct LoraAttachment {
     /// Each module's factor on B·A (`LoraConfig::scale_of`, resolved once: the forward
     /// pass reads it per module and pass).
     scales: BTreeMap<String, f64>,
+    /// The tensors of `modules_to_save`: still among the model's `params`, trained in
+    /// full and saved with the adapter.
+    pub saved: Vec<ParamSpec>,
 }
 
 impl ModelAdapter for LoraAttachment {
@@ -94,6 +97,7 @@ impl ModelAdapter for LoraAttachment {
                 });
             }
         }
+        out.extend(self.saved.iter().cloned());
         out
     }
 
@@ -110,8 +114,9 @@ fn attachment(model: &Model) -> Option<&LoraAttachment> {
 }
 
 /// Attaches a LoRA adapter to `modules` of `model`: the base weights are frozen and only
-/// the adapter's A and B train. A starts kaiming-uniform(a=√5) (U(±1/√fan_in), drawn from
-/// `seed`), B at zero, as PEFT initialises them — or both from `init`.
+/// the adapter's A and B train, with the modules of `config.modules_to_save` trained in
+/// full. A starts kaiming-uniform(a=√5) (U(±1/√fan_in), drawn from `seed`), B at zero, a
+/// saved module as the base's copy, as PEFT initialises them — or all from `init`.
 pub fn attach(
     model: &mut Model,
     config: LoraConfig,
@@ -124,10 +129,40 @@ pub fn attach(
             reason: "the model already has an adapter".into(),
         });
     }
-    let frozen: BTreeMap<String, Tensor> = std::mem::take(&mut model.params)
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().detach()))
-        .collect();
+    let saved = super::resolve_saved(&model.spec, &config.modules_to_save, false)?;
+    if let Some(m) = modules
+        .keys()
+        .find(|m| saved.iter().any(|p| p.name.starts_with(&format!("{m}."))))
+    {
+        return Err(MnemoError::InvalidTargets {
+            reason: format!(
+                "module '{m}' is both adapted and in modules_to_save {:?}",
+                config.modules_to_save
+            ),
+        });
+    }
+    let mut frozen = BTreeMap::new();
+    for (k, v) in std::mem::take(&mut model.params) {
+        if !saved.iter().any(|p| p.name == k) {
+            frozen.insert(k, v.as_tensor().detach());
+            continue;
+        }
+        let var = match init.and_then(|ad| ad.saved.get(&k)) {
+            Some((shape, values)) => Var::from_tensor(
+                &Tensor::from_slice(values, shape.as_slice(), &model.device)
+                    .map_err(MnemoError::compute(format!("placing '{k}'")))?,
+            )
+            .map_err(MnemoError::compute("creating var"))?,
+            // A fresh copy: the base's own tensor is never trained.
+            None => Var::from_tensor(
+                &v.as_tensor()
+                    .copy()
+                    .map_err(MnemoError::compute("copying"))?,
+            )
+            .map_err(MnemoError::compute("creating var"))?,
+        };
+        model.params.insert(k, var);
+    }
     let mut rng = Rng::new(seed);
     for (m, kind) in &modules {
         let r = config.rank_of(m);
@@ -159,6 +194,7 @@ pub fn attach(
         modules,
         frozen,
         scales,
+        saved,
     }));
     Ok(())
 }
@@ -185,10 +221,21 @@ pub fn adapter_of(model: &Model) -> Result<Option<Adapter>> {
             )
         })
         .collect();
+    let saved = l
+        .saved
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                (p.shape.clone(), snap.values[&p.name].clone()),
+            )
+        })
+        .collect();
     Ok(Some(Adapter {
         config: l.config.clone(),
         modules,
         magnitudes: BTreeMap::new(),
+        saved,
     }))
 }
 

@@ -9,7 +9,7 @@
 //! convs and convs with `static_padding` are not targets (PEFT's LoRA conv supports neither:
 //! its `A` would run on the unpadded input).
 
-use crate::arch::{ArchSpec, Layer};
+use crate::arch::{ArchSpec, Layer, ParamKind, ParamSpec};
 use crate::checkpoint::{write_checkpoint, Checkpoint, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use std::collections::BTreeMap;
@@ -40,6 +40,9 @@ pub struct LoraConfig {
     /// DoRA (`use_dora`): each adapted weight's rows rescaled to a learnt magnitude. Read
     /// and folded (`lora merge`); not trained.
     pub dora: bool,
+    /// PEFT's `modules_to_save`: modules trained in full beside the adapter and saved in
+    /// it (a new output head, the norms), selected by [`saved_by`]'s rule.
+    pub modules_to_save: Vec<String>,
 }
 
 /// PEFT's `get_pattern_key` rule: the first key `k` whose `(.*\.)?(k)$` matches the start of
@@ -66,6 +69,7 @@ impl LoraConfig {
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
             dora: false,
+            modules_to_save: Vec::new(),
         }
     }
 
@@ -110,7 +114,11 @@ impl LoraConfig {
             "use_dora": self.dora,
             "fan_in_fan_out": false,
             "init_lora_weights": true,
-            "modules_to_save": null,
+            "modules_to_save": if self.modules_to_save.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!(self.modules_to_save)
+            },
             "inference_mode": true,
             "rank_pattern": serde_json::Map::from_iter(
                 self.rank_pattern.iter().map(|(k, v)| (k.clone(), serde_json::json!(v)))
@@ -212,6 +220,19 @@ impl LoraConfig {
             .collect::<Result<_>>()?;
         let alpha_pattern = pattern("alpha_pattern")?;
         let dora = v.get("use_dora").and_then(|d| d.as_bool()).unwrap_or(false);
+        let modules_to_save = match v.get("modules_to_save") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|t| t.as_str().filter(|t| !t.is_empty()).map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("'modules_to_save' must be a list of module names".into()))?,
+            Some(x) => {
+                return Err(bad(format!(
+                    "'modules_to_save' = {x} is not a list of module names"
+                )))
+            }
+        };
         Ok(LoraConfig {
             targets,
             rank,
@@ -221,6 +242,7 @@ impl LoraConfig {
             rank_pattern,
             alpha_pattern,
             dora,
+            modules_to_save,
         })
     }
 }
@@ -401,6 +423,65 @@ pub fn resolve_targets(
     Ok(out)
 }
 
+/// Whether the tensor `name` (`model.norm.weight`) belongs to a module that PEFT's
+/// `modules_to_save` rule saves: some enclosing module's full name ends with one of `keys`
+/// as a plain string (PEFT's `key.endswith(target)` in `_set_trainable`, so `norm` saves
+/// `model.norm` and every `input_layernorm` too; `head` saves `lm_head`).
+pub fn saved_by(keys: &[String], name: &str) -> bool {
+    name.match_indices('.')
+        .any(|(i, _)| keys.iter().any(|k| name[..i].ends_with(k.as_str())))
+}
+
+/// The tensors of `spec` that `modules_to_save` = `keys` trains in full, in state-dict
+/// order. Refused: a module whose weight is tied (`tie_word_embeddings`: PEFT would train
+/// a copy the output head does not use, peft#2777), and one with running statistics
+/// (batchnorm: its statistics would have to be saved too). With `strict` (a flag the user
+/// typed), every key must save some tensor; PEFT's own lists may name modules a model
+/// lacks (`classifier`, `score`).
+pub fn resolve_saved(spec: &ArchSpec, keys: &[String], strict: bool) -> Result<Vec<ParamSpec>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tied = Vec::new();
+    spec.visit(&mut |name, layer| {
+        if let Layer::TiedLinear { weight } = layer {
+            tied.push((name.to_string(), weight.clone()));
+        }
+    });
+    let bad = |reason: String| MnemoError::InvalidTargets { reason };
+    for (head, weight) in &tied {
+        for k in keys {
+            if head.ends_with(k.as_str()) || saved_by(keys, weight) {
+                return Err(bad(format!(
+                    "modules_to_save '{k}': '{head}' is tied to '{weight}' (tie_word_embeddings); a saved copy of either would untie them, which PEFT warns against (peft#2777)"
+                )));
+            }
+        }
+    }
+    let saved: Vec<ParamSpec> = spec
+        .params()
+        .into_iter()
+        .filter(|p| saved_by(keys, &p.name))
+        .collect();
+    if let Some(p) = saved.iter().find(|p| p.kind != ParamKind::Trainable) {
+        return Err(bad(format!(
+            "modules_to_save: '{}' is a running statistic (batchnorm); saving such a module is not supported",
+            p.name
+        )));
+    }
+    if strict {
+        if let Some(k) = keys
+            .iter()
+            .find(|k| !saved.iter().any(|p| saved_by(&[k.to_string()], &p.name)))
+        {
+            return Err(bad(format!(
+                "modules_to_save '{k}' matches no module with weights (a module is saved when its full name ends with it, as PEFT matches)"
+            )));
+        }
+    }
+    Ok(saved)
+}
+
 /// DoRA's fold after W + scale·B·A (PEFT's `merge_and_unload`): each row i of the
 /// `[out, in]` weight rescaled to the magnitude m_i, W_i · m_i / ‖W_i‖₂ (the row norm of the
 /// adapted weight, in f64).
@@ -429,6 +510,9 @@ pub struct Adapter {
     pub modules: BTreeMap<String, ModuleAdapter>,
     /// DoRA's magnitude vector per module (`lora_magnitude_vector`, [out]).
     pub magnitudes: BTreeMap<String, Vec<f32>>,
+    /// The tensors of the saved modules (`modules_to_save`), by their name in the model
+    /// (`lm_head.weight`): shape and values, which replace the base's when folded.
+    pub saved: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> MnemoError {
@@ -448,6 +532,7 @@ impl Adapter {
         let ckpt = Checkpoint::open(&wpath)?;
         let mut parts: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
         let mut magnitude_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut saved = BTreeMap::new();
         for name in ckpt.names() {
             let rest = name.strip_prefix(KEY_PREFIX).ok_or_else(|| {
                 invalid(
@@ -465,15 +550,41 @@ impl Adapter {
                 .filter(|_| config.dora)
             {
                 magnitude_names.insert(m.to_string(), name.to_string());
+            } else if saved_by(&config.modules_to_save, rest) {
+                let e = ckpt.entry(name)?;
+                if !e.dtype.is_float() {
+                    return Err(invalid(
+                        &wpath,
+                        format!("saved tensor '{name}' is {}; saved modules with integer state (batchnorm's counter) are not supported", e.dtype),
+                    ));
+                }
+                let v = ckpt.to_f32(name)?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(invalid(
+                        &wpath,
+                        format!("'{name}' element {i} is not finite"),
+                    ));
+                }
+                saved.insert(rest.to_string(), (e.shape.clone(), v));
             } else {
                 return Err(invalid(
                     &wpath,
-                    format!("tensor '{name}' is not a LoRA A or B weight, nor a DoRA magnitude of a use_dora adapter (biases and saved modules are not supported)"),
+                    format!("tensor '{name}' is not a LoRA A or B weight, a DoRA magnitude of a use_dora adapter, nor in a module of modules_to_save {:?} (LoRA biases are not supported)", config.modules_to_save),
                 ));
             }
         }
         if parts.is_empty() {
             return Err(invalid(&wpath, "holds no LoRA weights"));
+        }
+        if let Some(k) = config
+            .modules_to_save
+            .iter()
+            .find(|k| config.targets.contains(k))
+        {
+            return Err(invalid(
+                &cfg_path,
+                format!("'{k}' is in both target_modules and modules_to_save"),
+            ));
         }
         let mut modules = BTreeMap::new();
         for (m, (a, b)) in parts {
@@ -553,7 +664,38 @@ impl Adapter {
             config,
             modules,
             magnitudes,
+            saved,
         })
+    }
+
+    /// Checks the saved modules' tensors against a base's tensors (`shape_of` a name, `None`
+    /// when absent; `names` all of them): each saved tensor replaces one of the same shape,
+    /// and a saved module brings all its tensors (PEFT saves the whole module).
+    pub fn check_saved<'a>(
+        &self,
+        shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> std::result::Result<(), String> {
+        for (name, (shape, _)) in &self.saved {
+            match shape_of(name) {
+                None => return Err(format!("saved tensor '{name}' is not in the base")),
+                Some(s) if &s != shape => {
+                    return Err(format!(
+                        "saved tensor '{name}' is {shape:?}, the base's is {s:?}"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for n in names {
+            if saved_by(&self.config.modules_to_save, n) && !self.saved.contains_key(n) {
+                return Err(format!(
+                    "the base's '{n}' is in a module of modules_to_save {:?}, but the adapter holds no copy of it",
+                    self.config.modules_to_save
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (created when
@@ -571,6 +713,13 @@ impl Adapter {
                 format!("{KEY_PREFIX}{}", b_name(m)),
                 w.b_shape.clone(),
                 &w.b,
+            ));
+        }
+        for (name, (shape, v)) in &self.saved {
+            tensors.push(OwnedTensor::f32(
+                format!("{KEY_PREFIX}{name}"),
+                shape.clone(),
+                v,
             ));
         }
         write_checkpoint(dir.join(WEIGHTS_FILE), tensors, metadata)?;
@@ -609,6 +758,14 @@ impl Adapter {
                 ));
             }
         }
+        let params = spec.params();
+        let saved = resolve_saved(spec, &self.config.modules_to_save, false)
+            .map_err(|e| invalid(origin, e.to_string()))?;
+        self.check_saved(
+            |n| params.iter().find(|p| p.name == n).map(|p| p.shape.clone()),
+            saved.iter().map(|p| p.name.as_str()),
+        )
+        .map_err(|e| invalid(origin, e))?;
         Ok(kinds
             .into_iter()
             .filter(|(m, _)| self.modules.contains_key(m))

@@ -20,9 +20,8 @@ fn bad(path: &Path, reason: String) -> MnemoError {
 ///   or false (PEFT would take the string "yes" as true, "no" too: refused rather than
 ///   guessed);
 /// - `lora_dropout` must be a number in [0, 1), `lora_alpha` a finite number;
-/// - `layers_to_transform`, `layers_pattern`, `target_parameters`,
-///   `modules_to_save`, `megatron_config`, `layer_replication` and
-///   `trainable_token_indices` change which modules are adapted or saved
+/// - `layers_to_transform`, `layers_pattern`, `target_parameters`, `megatron_config`,
+///   `layer_replication` and `trainable_token_indices` change which modules are adapted
 ///   and are refused unless null or empty (honouring them partly would fold other modules
 ///   than PEFT does).
 pub fn check_fields(path: &Path, v: &Value) -> Result<()> {
@@ -51,7 +50,6 @@ pub fn check_fields(path: &Path, v: &Value) -> Result<()> {
         "layers_to_transform",
         "layers_pattern",
         "target_parameters",
-        "modules_to_save",
         "megatron_config",
         "layer_replication",
         "trainable_token_indices",
@@ -185,7 +183,7 @@ mod tests {
             json!({"lora_dropout": 1.0}),
             json!({"layers_to_transform": [0]}),
             json!({"layers_to_transform": 0}),
-            json!({"modules_to_save": ["head"]}),
+            json!({"trainable_token_indices": [1, 2]}),
         ] {
             assert!(check_fields(p, &bad_cfg).is_err(), "{bad_cfg}");
         }

@@ -57,6 +57,10 @@ pub struct Model {
     pub adapter: Option<Box<dyn ModelAdapter>>,
     /// The head a `heads` container runs: set by `forward` for the length of one pass.
     active_head: Option<String>,
+    /// The dtype each tensor had in the file it was loaded from, where that was not F32
+    /// (a bf16 Hugging Face folder): the model computes in f32 and writes each tensor back
+    /// in its own dtype, as `save_pretrained` keeps a model's dtype.
+    pub stored_dtypes: BTreeMap<String, crate::checkpoint::Dtype>,
 }
 
 impl Model {
@@ -85,6 +89,7 @@ impl Model {
         let manifest = spec.params();
         let mut values = BTreeMap::new();
         let mut counters = BTreeMap::new();
+        let mut stored_dtypes = BTreeMap::new();
         for p in &manifest {
             let e = ckpt.entry(&p.name)?;
             if e.shape != p.shape {
@@ -124,6 +129,9 @@ impl Model {
                     });
                 }
                 values.insert(p.name.clone(), v);
+                if e.dtype != crate::checkpoint::Dtype::F32 {
+                    stored_dtypes.insert(p.name.clone(), e.dtype);
+                }
             }
         }
         let known: std::collections::HashSet<&str> =
@@ -136,7 +144,9 @@ impl Model {
                 count: extra.len(),
             });
         }
-        Self::from_values(spec, values, counters, device)
+        let mut model = Self::from_values(spec, values, counters, device)?;
+        model.stored_dtypes = stored_dtypes;
+        Ok(model)
     }
 
     /// Opens a checkpoint and loads it with its stored arch (or `arch` when given).
@@ -184,6 +194,7 @@ impl Model {
             counters,
             adapter: None,
             active_head: None,
+            stored_dtypes: BTreeMap::new(),
         })
     }
 

@@ -2,7 +2,7 @@
 //! what a training state file stores, and the model's tensors ready for writing.
 
 use super::{Model, ParamKind, ParamSpec};
-use crate::checkpoint::{Checkpoint, Dtype, OwnedTensor};
+use crate::checkpoint::{decode, encode, Checkpoint, Dtype, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use candle_core::{DType, Tensor};
 use std::borrow::Cow;
@@ -116,8 +116,41 @@ impl Model {
         Ok(())
     }
 
-    /// The model's tensors in F32 (counters I64), ready for `write_checkpoint`.
+    /// The model's tensors ready for `write_checkpoint`: each in the dtype it was loaded
+    /// in (`stored_dtypes`; F32 for a fresh model or an adapter), counters I64. A weight
+    /// that trained past its dtype's range (f16 ends at 65504) is an error naming it, not an
+    /// inf in the file.
     pub fn tensors(&self) -> Result<Vec<OwnedTensor<'static>>> {
-        Ok(self.snapshot()?.tensors(&self.manifest(), ""))
+        let mut tensors = self.snapshot()?.tensors(&self.manifest(), "");
+        for t in &mut tensors {
+            let Some(&dtype) = self.stored_dtypes.get(&t.name) else {
+                continue;
+            };
+            if t.dtype != Dtype::F32 {
+                continue;
+            }
+            let values = decode(Dtype::F32, &t.data);
+            let data = encode(dtype, &values).ok_or_else(|| MnemoError::Diverged {
+                at: "by the end of the run".into(),
+                what: format!("tensor '{}'", t.name),
+                value: format!("not representable as {dtype}"),
+            })?;
+            let written = decode(dtype, &data);
+            if let Some(i) =
+                (0..values.len()).find(|&i| values[i].is_finite() && !written[i].is_finite())
+            {
+                return Err(MnemoError::Diverged {
+                    at: "by the end of the run".into(),
+                    what: format!("tensor '{}' element {i}", t.name),
+                    value: format!(
+                        "{}, beyond the range of its stored dtype {dtype}",
+                        values[i]
+                    ),
+                });
+            }
+            t.dtype = dtype;
+            t.data = Cow::Owned(data);
+        }
+        Ok(tensors)
     }
 }
