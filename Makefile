@@ -117,6 +117,11 @@ interop: build
 	  $$(scripts/venv.sh) scripts/lm_check.py fixtures/lm/$$c $(OUT)/lm_$${c}_adapter $(OUT)/lm_$$c \
 	    fixtures/lm/data.safetensors || exit 1; \
 	done
+	$(MNEMO) lora-gate fixtures/lm/qwen2 --data fixtures/lm/data.safetensors --val fixtures/lm/data.safetensors \
+	  --targets q_proj,v_proj,down_proj --dora --rank 4 --lr 1e-2 --epochs 3 --threshold 1e9 -q \
+	  --merged $(OUT)/lm_dora/ -o $(OUT)/lm_dora_adapter >/dev/null
+	$$(scripts/venv.sh) scripts/lm_check.py fixtures/lm/qwen2 $(OUT)/lm_dora_adapter $(OUT)/lm_dora \
+	  fixtures/lm/data.safetensors
 	$(MNEMO) lora-gate fixtures/lm/llama3_bias --data fixtures/lm/data.safetensors --val fixtures/lm/data.safetensors \
 	  --targets q_proj --modules-to-save lm_head,norm --rank 4 --lr 1e-2 --epochs 3 --threshold 1e9 -q \
 	  --merged $(OUT)/lm_saved/ -o $(OUT)/lm_saved_adapter >/dev/null

@@ -261,19 +261,18 @@ fn a_peft_adapter_folds_into_a_model_folder_as_peft_does() {
     assert!((loss - torch).abs() <= 1e-5 * torch, "{loss} vs {torch}");
 }
 
-/// `lora-gate --adapter` on PEFT's adapter: one SGD step on the causal-LM loss equals
-/// PEFT's, in PEFT's layout.
-#[test]
-fn one_step_from_a_peft_adapter_on_token_data_matches_peft() {
-    let dir = workdir();
+/// `lora-gate --adapter` on the fixture adapter `adapter` over the fixture model `base`: one
+/// SGD step (lr 0.1, the whole batch, dropout 0) on the causal-LM loss equals PEFT's
+/// (`PREFIX.KEY` in expected.safetensors), in PEFT's layout; the adapter folder written.
+fn one_sgd_step_as_peft(dir: &Path, base: &str, adapter: &str, prefix: &str) -> PathBuf {
     let data = fixture("lm/data.safetensors");
     let r = ok(mnemo_in(
-        dir.path(),
+        dir,
         &[
             "lora-gate",
-            &lm("llama_tied").to_string_lossy(),
+            &lm(base).to_string_lossy(),
             "--adapter",
-            &fixture("lm/peft_llama"),
+            &fixture(adapter),
             "--data",
             &data,
             "--val",
@@ -296,12 +295,33 @@ fn one_step_from_a_peft_adapter_on_token_data_matches_peft() {
         ],
     ));
     assert_eq!(r.last_json()["accepted"], true);
-    let got = Checkpoint::open(dir.path().join("ad/adapter_model.safetensors")).unwrap();
-    let step = peft_tensors("peft.step.");
+    let got = Checkpoint::open(dir.join("ad/adapter_model.safetensors")).unwrap();
+    let step = peft_tensors(prefix);
     assert_eq!(got.names().count(), step.len());
     for (name, w) in &step {
         close(&got.to_f32(name).unwrap(), w, 1e-5, name);
     }
+    dir.join("ad")
+}
+
+#[test]
+fn one_step_from_a_peft_adapter_on_token_data_matches_peft() {
+    one_sgd_step_as_peft(
+        workdir().path(),
+        "llama_tied",
+        "lm/peft_llama",
+        "peft.step.",
+    );
+}
+
+/// DoRA trains as PEFT's DoraLinearLayer: the magnitudes and the LoRA factors, under the
+/// detached row norm.
+#[test]
+fn one_dora_step_matches_peft() {
+    let dir = workdir();
+    let ad = one_sgd_step_as_peft(dir.path(), "qwen2", "lm/peft_qwen2_dora", "peft_dora.step.");
+    let cfg = std::fs::read_to_string(ad.join("adapter_config.json")).unwrap();
+    assert!(cfg.contains("\"use_dora\": true"), "{cfg}");
 }
 
 /// The gate on a language model: validation perplexity before and after, the adapter and
@@ -627,7 +647,7 @@ fn a_peft_adapter_with_rank_and_alpha_patterns_folds_as_peft_does() {
 }
 
 /// A PEFT DoRA adapter folds as `merge_and_unload()` does (each adapted row rescaled to its
-/// magnitude); lora-gate refuses to train one rather than train it as plain LoRA.
+/// magnitude).
 #[test]
 fn a_peft_dora_adapter_folds_as_peft_does() {
     let dir = workdir();
@@ -638,27 +658,6 @@ fn a_peft_dora_adapter_folds_as_peft_does() {
         "m.safetensors",
         "peft_dora.merged.",
     );
-    let base = lm("qwen2").to_string_lossy().into_owned();
-    let adapter = fixture("lm/peft_qwen2_dora");
-    let data = fixture("lm/data.safetensors");
-    let r = mnemo_in(
-        dir.path(),
-        &[
-            "lora-gate",
-            &base,
-            "--adapter",
-            &adapter,
-            "--data",
-            &data,
-            "--val",
-            &data,
-            "-o",
-            "ad",
-        ],
-    );
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("DoRA"), "{}", r.stderr);
-    assert!(!dir.path().join("ad").exists());
 }
 
 /// A tensor's name, shape and values.
@@ -799,46 +798,17 @@ fn a_peft_adapter_with_saved_modules_folds_as_peft_does() {
 #[test]
 fn one_step_with_saved_modules_matches_peft() {
     let dir = workdir();
-    let data = fixture("lm/data.safetensors");
-    ok(mnemo_in(
+    let ad = one_sgd_step_as_peft(
         dir.path(),
-        &[
-            "lora-gate",
-            &lm("llama3_bias").to_string_lossy(),
-            "--adapter",
-            &fixture("lm/peft_llama3_saved"),
-            "--data",
-            &data,
-            "--val",
-            &data,
-            "--dropout",
-            "0",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "0.1",
-            "--batch-size",
-            "3",
-            "--epochs",
-            "1",
-            "--no-shuffle",
-            "--threshold",
-            "1e9",
-            "-o",
-            "ad",
-        ],
-    ));
-    let got = Checkpoint::open(dir.path().join("ad/adapter_model.safetensors")).unwrap();
-    let step = peft_tensors("peft_saved.step.");
-    assert_eq!(got.names().count(), step.len());
-    assert!(step.iter().any(|(n, _)| n.ends_with("lm_head.weight")));
-    for (name, w) in &step {
-        close(&got.to_f32(name).unwrap(), w, 1e-5, name);
-    }
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("ad/adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+        "llama3_bias",
+        "lm/peft_llama3_saved",
+        "peft_saved.step.",
+    );
+    let got = Checkpoint::open(ad.join("adapter_model.safetensors")).unwrap();
+    assert!(got.names().any(|n| n.ends_with("lm_head.weight")));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ad.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(
         cfg["modules_to_save"],
         serde_json::json!(["lm_head", "norm"])
@@ -941,4 +911,62 @@ fn modules_to_save_train_in_full_and_bad_choices_are_refused() {
         assert!(r.stderr.contains(want), "{extra:?}: {}", r.stderr);
         assert!(!dir.path().join("bad").exists());
     }
+}
+
+/// A fresh DoRA adapter starts as PEFT's dora_init: B zero, each magnitude the row norm of
+/// its base weight, so the adapted model is the base at step 0. DoRA on a conv is refused.
+#[test]
+fn a_fresh_dora_adapter_starts_at_the_base_row_norms() {
+    let (mut model, ckpt) = Model::open(&lm("qwen2"), None, &Device::Cpu).unwrap();
+    let modules = mnemo::lora::resolve_targets(&model.spec, &["v_proj".to_string()]).unwrap();
+    let mut config =
+        mnemo::lora::LoraConfig::new(modules.keys().cloned().collect(), 2, 4.0, 0.0, false);
+    config.dora = true;
+    let data = Dataset::open(lm("data.safetensors")).unwrap();
+    let (x, _) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
+    let before: Vec<f32> = model
+        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
+        .map(|y| y.flatten_all().unwrap().to_vec1().unwrap())
+        .unwrap();
+    mnemo::lora::attach::attach(&mut model, config, modules, None, 7).unwrap();
+    let ad = mnemo::lora::attach::adapter_of(&model).unwrap().unwrap();
+    assert_eq!(ad.magnitudes.len(), 2);
+    for (m, mag) in &ad.magnitudes {
+        let w = ckpt.to_f32(&format!("{m}.weight")).unwrap();
+        let cols = w.len() / mag.len();
+        for (i, row) in w.chunks_exact(cols).enumerate() {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((mag[i] - norm).abs() <= 1e-6 * norm, "{m}[{i}]");
+        }
+    }
+    let after: Vec<f32> = model
+        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
+        .map(|y| y.flatten_all().unwrap().to_vec1().unwrap())
+        .unwrap();
+    close(&after, &before, 1e-5, "the adapted model at step 0");
+    let dir = workdir();
+    let r = mnemo_in(
+        dir.path(),
+        &[
+            "lora-gate",
+            &fixture("cnn.safetensors"),
+            "--arch",
+            &fixture("cnn.arch.json"),
+            "--data",
+            &fixture("img_data.safetensors"),
+            "--val",
+            &fixture("img_data.safetensors"),
+            "--targets",
+            "0",
+            "--dora",
+            "-o",
+            "ad",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("DoRA") && r.stderr.contains("conv2d"),
+        "{}",
+        r.stderr
+    );
 }

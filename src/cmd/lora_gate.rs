@@ -80,6 +80,10 @@ pub struct Args {
     /// Rank-stabilised scaling α/√r.
     #[arg(long)]
     pub rslora: bool,
+    /// DoRA (PEFT's use_dora): each adapted linear's rows are rescaled to a trained
+    /// magnitude, m·(W + scale·B·A)/‖W + scale·B·A‖.
+    #[arg(long)]
+    pub dora: bool,
     /// Accept when baseline − score ≤ this (in the metric's units).
     #[arg(long, default_value_t = 0.02, value_name = "T", allow_negative_numbers = true, value_parser = mnemo::validate::finite)]
     pub threshold: f64,
@@ -154,12 +158,6 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let (config, modules, init) = match &args.adapter {
         Some(dir) => {
             let prev = Adapter::read_dir(dir)?;
-            if prev.config.dora {
-                anyhow::bail!(
-                    "{}: a DoRA adapter (use_dora) can be folded with `mnemo lora merge`, not trained by lora-gate",
-                    dir.display()
-                );
-            }
             let modules = prev.check_against(&model.spec, dir)?;
             for (flag, given, have) in [
                 (
@@ -172,6 +170,17 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 if given.is_some_and(|g| g != have) {
                     anyhow::bail!(
                         "{flag} differs from the adapter in {} ({have})",
+                        dir.display()
+                    );
+                }
+            }
+            for (flag, given, have) in [
+                ("--rslora", args.rslora, prev.config.rslora),
+                ("--dora", args.dora, prev.config.dora),
+            ] {
+                if given && !have {
+                    anyhow::bail!(
+                        "{flag}: the adapter in {} was not trained with it",
                         dir.display()
                     );
                 }
@@ -213,6 +222,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             mnemo::lora::resolve_saved(&model.spec, &args.modules_to_save, true)
                 .context("--modules-to-save")?;
             config.modules_to_save = args.modules_to_save.clone();
+            config.dora = args.dora;
             (config, modules, None)
         }
     };

@@ -4,7 +4,10 @@
 //! output gains scale·B·A·dropout(x). The model sees this only through its
 //! [`ModelAdapter`] hook.
 
-use super::{a_name, b_name, fold, Adapter, LoraConfig, ModuleAdapter, TargetKind};
+use super::{
+    a_name, b_name, dora_rescale, fold, magnitude_name, Adapter, LoraConfig, ModuleAdapter,
+    TargetKind,
+};
 use crate::checkpoint::OwnedTensor;
 use crate::error::{MnemoError, Result};
 use crate::model::ops::dropout;
@@ -34,7 +37,10 @@ impl ModelAdapter for LoraAttachment {
         self.frozen.get(name)
     }
 
-    /// `y` plus the LoRA term scale·B(A(dropout(x))) when module `name` is adapted.
+    /// `y` plus the LoRA term scale·B(A(dropout(x))) when module `name` is adapted. With
+    /// DoRA, PEFT's `DoraLinearLayer.forward`: the bias-free output and the LoRA term are
+    /// scaled per output by m / ‖W + scale·B·A‖ (row norms, detached: DoRA's §4.3), so
+    /// y = bias + m/‖·‖ ⊙ (W·x + scale·B·A·dropout(x)).
     fn module_output(
         &self,
         model: &Model,
@@ -76,7 +82,34 @@ impl ModelAdapter for LoraAttachment {
                 .and_then(|h| h.conv2d(b, 0, 1, 1, 1))
                 .map_err(c)?,
         };
-        (y + (delta * self.scales[name]).map_err(c)?).map_err(c)
+        let delta = (delta * self.scales[name]).map_err(c)?;
+        if !self.config.dora {
+            return (y + delta).map_err(c);
+        }
+        let w = &self.frozen[&format!("{name}.weight")];
+        let bias = self.frozen.get(&format!("{name}.bias"));
+        let m = model.weight(&magnitude_name(name))?;
+        let norm = b
+            .matmul(a)
+            .and_then(|ba| ba * self.scales[name])
+            .and_then(|ba| w + ba)
+            .and_then(|v| v.sqr())
+            .and_then(|v| v.sum(1))
+            .and_then(|v| v.sqrt())
+            .map_err(c)?
+            .detach();
+        let scale = m.div(&norm).map_err(c)?;
+        let plain = match bias {
+            Some(bias) => y.broadcast_sub(bias).map_err(c)?,
+            None => y,
+        };
+        let out = (plain + delta)
+            .and_then(|v| v.broadcast_mul(&scale))
+            .map_err(c)?;
+        match bias {
+            Some(bias) => out.broadcast_add(bias).map_err(c),
+            None => Ok(out),
+        }
     }
 
     /// The adapter's weights and the base's batchnorm state.
@@ -93,6 +126,13 @@ impl ModelAdapter for LoraAttachment {
                 out.push(ParamSpec {
                     name,
                     shape,
+                    kind: ParamKind::Trainable,
+                });
+            }
+            if self.config.dora {
+                out.push(ParamSpec {
+                    name: magnitude_name(m),
+                    shape: kind.b_shape(1)[..1].to_vec(),
                     kind: ParamKind::Trainable,
                 });
             }
@@ -175,10 +215,60 @@ pub fn attach(
                 (a, vec![0.0; kind.b_shape(r).iter().product()])
             }
         };
-        for (name, shape, v) in [
+        let mut tensors = vec![
             (a_name(m), kind.a_shape(r), a),
             (b_name(m), kind.b_shape(r), b),
-        ] {
+        ];
+        if config.dora {
+            let TargetKind::Linear { out_features, .. } = *kind else {
+                return Err(MnemoError::InvalidTargets {
+                    reason: format!(
+                        "module '{m}' is a conv2d; DoRA is trained on linear modules only"
+                    ),
+                });
+            };
+            // PEFT's dora_init: m = ‖W + scale·B·A‖ per row, ‖W‖ while B is zero.
+            let magnitude = match init.and_then(|ad| ad.magnitudes.get(m)) {
+                Some(v) => v.clone(),
+                None => {
+                    let w = &frozen[&format!("{m}.weight")];
+                    let mut v: Vec<f32> = w
+                        .flatten_all()
+                        .and_then(|t| t.to_vec1())
+                        .map_err(MnemoError::compute(format!("reading '{m}.weight'")))?;
+                    let folded = ModuleAdapter {
+                        a: tensors[0].2.clone(),
+                        a_shape: tensors[0].1.clone(),
+                        b: tensors[1].2.clone(),
+                        b_shape: tensors[1].1.clone(),
+                    };
+                    let shape = w.dims().to_vec();
+                    fold(
+                        &mut v,
+                        &shape,
+                        &folded,
+                        config.scale_of(m),
+                        Path::new("<model>"),
+                        m,
+                    )?;
+                    let norms: Vec<f32> = v
+                        .chunks_exact(v.len() / out_features)
+                        .map(|row| {
+                            row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32
+                        })
+                        .collect();
+                    // DoRA divides by each row's norm: a zero row would make NaN.
+                    if let Some(i) = norms.iter().position(|n| *n <= 0.0) {
+                        return Err(MnemoError::InvalidTargets {
+                            reason: format!("module '{m}': row {i} of its weight is zero, and DoRA divides by each row's norm"),
+                        });
+                    }
+                    norms
+                }
+            };
+            tensors.push((magnitude_name(m), vec![out_features], magnitude));
+        }
+        for (name, shape, v) in tensors {
             let t = Tensor::from_vec(v, shape.as_slice(), &model.device)
                 .map_err(MnemoError::compute(format!("placing '{name}'")))?;
             let var = Var::from_tensor(&t).map_err(MnemoError::compute("creating var"))?;
@@ -221,6 +311,14 @@ pub fn adapter_of(model: &Model) -> Result<Option<Adapter>> {
             )
         })
         .collect();
+    let magnitudes = if l.config.dora {
+        l.modules
+            .keys()
+            .map(|m| (m.clone(), snap.values[&magnitude_name(m)].clone()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let saved = l
         .saved
         .iter()
@@ -234,13 +332,13 @@ pub fn adapter_of(model: &Model) -> Result<Option<Adapter>> {
     Ok(Some(Adapter {
         config: l.config.clone(),
         modules,
-        magnitudes: BTreeMap::new(),
+        magnitudes,
         saved,
     }))
 }
 
 /// The full checkpoint of the model's spec; with a LoRA adapter attached, the base weights
-/// with the adapter folded in (W + scale·B·A).
+/// with the adapter folded in (W + scale·B·A, DoRA's rows rescaled to their magnitudes).
 pub fn merged_tensors(model: &Model) -> Result<Vec<OwnedTensor<'static>>> {
     let Some(l) = attachment(model) else {
         return model.tensors();
@@ -260,6 +358,9 @@ pub fn merged_tensors(model: &Model) -> Result<Vec<OwnedTensor<'static>>> {
         let shape = l.frozen[&wname].dims().to_vec();
         let values = snap.values.get_mut(&wname).expect("frozen weight");
         fold(values, &shape, w, scale, Path::new("<model>"), &wname)?;
+        if let Some(mag) = adapter.magnitudes.get(m) {
+            dora_rescale(values, shape[0], mag);
+        }
     }
-    Ok(snap.tensors(&model.spec.params(), ""))
+    model.in_stored_dtypes(snap.tensors(&model.spec.params(), ""))
 }

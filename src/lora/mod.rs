@@ -37,8 +37,8 @@ pub struct LoraConfig {
     /// in the file's order (empty for adapters mnemo starts).
     pub rank_pattern: Vec<(String, usize)>,
     pub alpha_pattern: Vec<(String, f64)>,
-    /// DoRA (`use_dora`): each adapted weight's rows rescaled to a learnt magnitude. Read
-    /// and folded (`lora merge`); not trained.
+    /// DoRA (`use_dora`): each adapted weight's rows rescaled to a learnt magnitude
+    /// (linear modules).
     pub dora: bool,
     /// PEFT's `modules_to_save`: modules trained in full beside the adapter and saved in
     /// it (a new output head, the norms), selected by [`saved_by`]'s rule.
@@ -302,6 +302,11 @@ pub fn a_name(m: &str) -> String {
 
 pub fn b_name(m: &str) -> String {
     format!("{m}.lora_B.weight")
+}
+
+/// DoRA's magnitude vector of module `m` (`[out]`), as PEFT names it in the adapter file.
+pub fn magnitude_name(m: &str) -> String {
+    format!("{m}.lora_magnitude_vector")
 }
 
 /// `*` matches any run of characters, `?` one character; anything else matches itself.
@@ -713,6 +718,13 @@ impl Adapter {
                 format!("{KEY_PREFIX}{}", b_name(m)),
                 w.b_shape.clone(),
                 &w.b,
+            ));
+        }
+        for (m, v) in &self.magnitudes {
+            tensors.push(OwnedTensor::f32(
+                format!("{KEY_PREFIX}{}", magnitude_name(m)),
+                vec![v.len()],
+                v,
             ));
         }
         for (name, (shape, v)) in &self.saved {

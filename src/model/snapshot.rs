@@ -121,7 +121,14 @@ impl Model {
     /// that trained past its dtype's range (f16 ends at 65504) is an error naming it, not an
     /// inf in the file.
     pub fn tensors(&self) -> Result<Vec<OwnedTensor<'static>>> {
-        let mut tensors = self.snapshot()?.tensors(&self.manifest(), "");
+        self.in_stored_dtypes(self.snapshot()?.tensors(&self.manifest(), ""))
+    }
+
+    /// F32 tensors named as the model's, each encoded in its `stored_dtypes` entry.
+    pub fn in_stored_dtypes(
+        &self,
+        mut tensors: Vec<OwnedTensor<'static>>,
+    ) -> Result<Vec<OwnedTensor<'static>>> {
         for t in &mut tensors {
             let Some(&dtype) = self.stored_dtypes.get(&t.name) else {
                 continue;
