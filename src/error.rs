@@ -61,6 +61,10 @@ pub enum MnemoError {
     #[error("token id {id} is out of range for {layer} (an embedding of {rows} rows): the data was tokenized for another vocabulary")]
     TokenOutOfRange { layer: String, id: f64, rows: usize },
 
+    /// A model that reads token ids was given other numbers (images, features).
+    #[error("{layer} is an embedding and reads token ids, but the input holds {value}, not an integer: this is not token data (`mnemo data import text` makes it)")]
+    NotTokenIds { layer: String, value: f64 },
+
     /// A checkpoint holds tensors the architecture does not have.
     #[error(
         "{path}: unexpected tensor '{tensor}' (not part of the architecture; first of {count})"

@@ -132,6 +132,16 @@ fn same(a: &Identity, b: &Identity) -> bool {
         || (a.canonical.is_some() && a.canonical == b.canonical)
 }
 
+/// How a message names the entry `label` of role `what`: a label that is a phrase ("the
+/// model") says what it is; a flag ("--data") is called "the input --data".
+fn called(label: &str, what: &str) -> String {
+    if label.starts_with("the ") {
+        label.to_string()
+    } else {
+        format!("the {what} {label}")
+    }
+}
+
 /// `inner` lies inside the folder `dir`.
 fn inside(inner: &Identity, dir: &Identity) -> bool {
     match (&inner.canonical, &dir.canonical) {
@@ -279,7 +289,8 @@ impl Destinations {
                         return Err(err(
                             path,
                             format!(
-                                "the input {other} ({}) is in the folder {label} would write; choose another folder",
+                                "{} ({}) is in the folder {label} would write; choose another folder",
+                                called(other, "input"),
                                 opath.display()
                             ),
                         ));
@@ -332,7 +343,8 @@ impl Destinations {
                     return Err(err(
                         path,
                         format!(
-                            "{label} is the same file as the {what} {other} ({}); writing it would destroy that; choose another path",
+                            "{label} is the same file as {} ({}); writing it would destroy that; choose another path",
+                            called(other, what),
                             opath.display()
                         ),
                     ));
@@ -341,7 +353,8 @@ impl Destinations {
                     return Err(err(
                         path,
                         format!(
-                            "{label} lies inside the input folder {other} ({}); choose another path",
+                            "{label} lies inside {}, a folder ({}); choose another path",
+                            called(other, "input"),
                             opath.display()
                         ),
                     ));

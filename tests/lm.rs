@@ -548,6 +548,10 @@ fn hostile_token_data_and_configs_are_refused_by_name() {
         "{}",
         r.stderr
     );
+    // Features, not token ids.
+    let r = eval(&fixture("mlp_data.safetensors"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not token data"), "{}", r.stderr);
     // A label that is neither a token nor -100.
     tokens("neg.st", 2, 8, 3, Some(-5));
     let r = eval("neg.st");
@@ -562,6 +566,9 @@ fn hostile_token_data_and_configs_are_refused_by_name() {
             "rope type 'yarn'",
         ),
         (r#""vocab_size": 1e30"#, "vocab_size"),
+        (r#""partial_rotary_factor": 0.5"#, "partial_rotary_factor"),
+        (r#""rope_scaling": 3"#, "rope_scaling"),
+        (r#""initializer_range": "x""#, "initializer_range"),
     ] {
         let f = dir.path().join("bad");
         let _ = std::fs::remove_dir_all(&f);
@@ -969,4 +976,55 @@ fn a_fresh_dora_adapter_starts_at_the_base_row_norms() {
         "{}",
         r.stderr
     );
+}
+
+/// `init` from a config draws as transformers' `_init_weights` at the config's
+/// `initializer_range`: the embedding and every linear, `lm_head` included, N(0, std²) with
+/// zero biases; norms 1.
+#[test]
+fn init_draws_at_the_configs_initializer_range() {
+    let dir = workdir();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lm("qwen2/config.json")).unwrap()).unwrap();
+    cfg["initializer_range"] = 0.1.into();
+    cfg["vocab_size"] = 2000.into();
+    std::fs::write(dir.path().join("c.json"), cfg.to_string()).unwrap();
+    ok(mnemo_in(
+        dir.path(),
+        &["init", "--arch", "llama:c.json", "-o", "m.st"],
+    ));
+    let m = Checkpoint::open(dir.path().join("m.st")).unwrap();
+    let std_of = |n: &str| {
+        let v = m.to_f32(n).unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    for n in [
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    ] {
+        let s = std_of(n);
+        assert!((s - 0.1).abs() < 0.01, "{n}: std {s}");
+    }
+    assert!(m
+        .to_f32("model.layers.0.self_attn.q_proj.bias")
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0.0));
+    assert!(m
+        .to_f32("model.norm.weight")
+        .unwrap()
+        .iter()
+        .all(|w| *w == 1.0));
+    // A range that is no std is refused by name.
+    cfg["initializer_range"] = (-1.0).into();
+    std::fs::write(dir.path().join("c.json"), cfg.to_string()).unwrap();
+    let r = mnemo_in(
+        dir.path(),
+        &["init", "--arch", "llama:c.json", "-o", "bad.st"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("initializer_range"), "{}", r.stderr);
 }

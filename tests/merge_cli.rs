@@ -340,3 +340,50 @@ fn skip_mismatched_merges_the_common_tensors() {
         mlp.to_f32("0.weight").unwrap()
     );
 }
+
+/// `-o DIR/` from the flags: a model folder, its weights in `model.safetensors` and the
+/// base's config.json and generation_config.json beside them (config.json's dtype following
+/// --dtype), which loads as the folder it came from.
+#[test]
+fn a_merge_into_a_folder_is_a_model_folder() {
+    let dir = workdir();
+    let base = fixtures().join("lm/llama3_bias");
+    let b = base.to_string_lossy().into_owned();
+    let r = ok(mnemo_in(
+        dir.path(),
+        &["merge", "linear", &b, &b, "--dtype", "bf16", "-o", "out/"],
+    ));
+    let out = dir.path().join("out");
+    assert_eq!(r.last_json()["output"], "out/");
+    let w = Checkpoint::open(out.join("model.safetensors")).unwrap();
+    let src = Checkpoint::open(base.join("model.safetensors")).unwrap();
+    assert_eq!(w.names().count(), src.names().count());
+    assert!(w
+        .names()
+        .all(|n| w.entry(n).unwrap().dtype == mnemo::checkpoint::Dtype::BF16));
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["dtype"], "bfloat16");
+    assert_eq!(
+        std::fs::read(out.join("generation_config.json")).unwrap(),
+        std::fs::read(base.join("generation_config.json")).unwrap()
+    );
+    let data = fixtures().join("lm/data.safetensors");
+    ok(mnemo_in(
+        dir.path(),
+        &["eval", "out", "--data", &data.to_string_lossy()],
+    ));
+    // Into the input's own folder: refused before anything is written.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let r = mnemo_in(dir.path(), &["merge", "linear", "out", "out", "-o", "out/"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the input (out/model.safetensors)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+}

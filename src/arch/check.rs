@@ -292,7 +292,13 @@ impl Layer {
             Layer::Embedding {
                 num_embeddings,
                 embedding_dim,
+                init_std,
             } => {
+                if !(init_std.is_finite() && init_std >= 0.0) {
+                    return Err(format!(
+                        "embedding init_std (initializer_range) must be a finite number ≥ 0, got {init_std}"
+                    ));
+                }
                 pos(num_embeddings, "embedding num_embeddings")?;
                 pos(embedding_dim, "embedding embedding_dim")?;
                 // Token ids are held as f32: exact only below 2^24.

@@ -141,6 +141,7 @@ pub fn causal_lm(text: &str) -> std::result::Result<Layer, String> {
                 Layer::Embedding {
                     num_embeddings: vocab,
                     embedding_dim: hidden,
+                    init_std: cfg.float("initializer_range", crate::arch::HF_INIT_STD)?,
                 },
             ),
             ("layers", Layer::Sequential { layers: blocks }),
@@ -220,12 +221,26 @@ fn rope(cfg: &Config) -> std::result::Result<(f64, Option<RopeScaling>), String>
         Some(v) => num(v, "rope_parameters.rope_theta")?,
         None => cfg.float("rope_theta", 10000.0)?,
     };
-    let scaling = match (params, cfg.0.get("rope_scaling")) {
-        (Some(p), _) => Some(p),
-        (None, Some(Value::Object(s))) => Some(s),
-        (None, Some(Value::Null) | None) => None,
-        (None, Some(_)) => return Err("'rope_scaling' must be an object or null".into()),
+    let legacy = match cfg.0.get("rope_scaling") {
+        Some(Value::Object(s)) => Some(s),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err("'rope_scaling' must be an object or null".into()),
     };
+    let scaling = params.or(legacy);
+    // Rotary embeddings on part of each head (Phi, StableLM) are not these models'.
+    for factor in [
+        cfg.0.get("partial_rotary_factor"),
+        scaling.and_then(|s| s.get("partial_rotary_factor")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !factor.is_null() && factor.as_f64() != Some(1.0) {
+            return Err(format!(
+                "partial_rotary_factor {factor} is not supported (rotary embeddings on the whole head only)"
+            ));
+        }
+    }
     let Some(s) = scaling else {
         return Ok((theta, None));
     };

@@ -195,6 +195,17 @@ fn rms_eps() -> f64 {
     1e-6
 }
 
+/// transformers' default `initializer_range`.
+pub const HF_INIT_STD: f64 = 0.02;
+
+fn hf_init_std() -> f64 {
+    HF_INIT_STD
+}
+
+fn is_hf_init_std(s: &f64) -> bool {
+    *s == HF_INIT_STD
+}
+
 /// One layer, as `{"type": ..., <torch constructor kwargs>}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
@@ -375,10 +386,15 @@ pub enum Layer {
     /// `nn.Embedding`: `weight [num_embeddings, embedding_dim]`. The input holds token ids
     /// `[B, T]` (integers; held as f32, exact below 2²⁴), the output is
     /// `[B, T, embedding_dim]`.
+    /// A spec with an embedding is a transformers model: `mnemo init` draws the embedding
+    /// and every linear N(0, `init_std`²) with zero biases, as transformers'
+    /// `_init_weights` does at the config's `initializer_range` (0.02 when absent).
     #[serde(rename = "embedding")]
     Embedding {
         num_embeddings: usize,
         embedding_dim: usize,
+        #[serde(default = "hf_init_std", skip_serializing_if = "is_hf_init_std")]
+        init_std: f64,
     },
     /// Llama's `RMSNorm` over the last dimension, in f32: weight · x / √(mean(x²) + eps).
     #[serde(rename = "rmsnorm")]

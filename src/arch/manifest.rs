@@ -330,6 +330,7 @@ impl Layer {
             Layer::Embedding {
                 num_embeddings,
                 embedding_dim,
+                ..
             } => vec![("weight", vec![num_embeddings, embedding_dim], Trainable)],
             Layer::RmsNorm { hidden_size, .. } => vec![("weight", vec![hidden_size], Trainable)],
             _ => vec![],

@@ -166,8 +166,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     if documents == 0 {
         return Err(MnemoError::NoData {
             reason: format!(
-                "no documents: {} hold no text{}; nothing was written",
+                "no documents: {} {} no text{}; nothing was written",
                 names(&args.inputs),
+                if args.inputs.len() == 1 {
+                    "holds"
+                } else {
+                    "hold"
+                },
                 match &args.jsonl {
                     Some(f) => format!(" under \"{f}\""),
                     None => String::new(),

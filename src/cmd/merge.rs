@@ -274,6 +274,22 @@ fn save_index(
     Ok(path)
 }
 
+/// A folder output's config.json and tokenizer files, from the base's folder (or the first
+/// input's), as mergekit copies them; config.json's dtype follows --dtype.
+fn companions(args: &Args, dtype: Option<Dtype>) -> anyhow::Result<Vec<PathBuf>> {
+    let donor = args.base.as_ref().unwrap_or(&args.inputs[0]);
+    let Some(dir) = mnemo::checkpoint::folder::source_folder(donor) else {
+        return Ok(vec![]);
+    };
+    Ok(mnemo::merge::recipe::write_companions(
+        &args.output,
+        &dir,
+        None,
+        dtype,
+        Some(&dir),
+    )?)
+}
+
 /// `--write-index`: every planned shard must be in OUT with exactly its planned tensors
 /// (name, dtype, shape); then the index is written. Nothing is merged.
 fn write_index(
@@ -331,6 +347,7 @@ fn write_index(
     if n > 1 {
         files.push(save_index(&args.output, weight_map, total_size)?);
     }
+    files.extend(companions(args, dtype)?);
     JsonLines::stdout().emit(&json!({
         "output": args.output.display().to_string(), "shards": n,
         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
@@ -518,7 +535,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             d.input(label, &f.path);
         }
     }
-    if args.shard_size.is_some() {
+    // `-o DIR/` (or --shard-size): a model folder, its weights as one shard.
+    let folder =
+        args.shard_size.is_some() || mnemo::checkpoint::folder::is_folder_target(&args.output);
+    if folder {
         d.output_folder("-o", &args.output);
     } else {
         d.output("-o", &args.output);
@@ -562,9 +582,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     } else {
         (None, vec![])
     };
-    let mut shards = match args.shard_size {
-        Some(max) => plan_shards(&inputs[0], dtype, max, common.as_ref())?,
-        None => vec![],
+    let mut shards = match (args.shard_size, folder) {
+        (Some(max), _) => plan_shards(&inputs[0], dtype, max, common.as_ref())?,
+        (None, true) => plan_shards(&inputs[0], dtype, u64::MAX, common.as_ref())?,
+        (None, false) => vec![],
     };
     shards.retain(|(names, _)| !names.is_empty());
     let shard_file = |i: usize, n: usize| {
@@ -642,6 +663,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         }
         if n > 1 && args.shard_index.is_none() {
             files.push(save_index(&args.output, weight_map, total_size)?);
+        }
+        if args.shard_index.is_none() {
+            files.extend(companions(&args, dtype)?);
         }
     }
     pb.finish_and_clear();

@@ -860,6 +860,71 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// The files beside a merged model folder's weights: `config.json` from `donor` (a model
+/// folder; with `num_hidden_layers` set to `layers` and the dtype to `out_dtype` when given),
+/// and the tokenizer files and `generation_config.json` of `tokenizer` (a folder), each
+/// written atomically; the paths written.
+pub fn write_companions(
+    out: &Path,
+    donor: &Path,
+    layers: Option<usize>,
+    out_dtype: Option<Dtype>,
+    tokenizer: Option<&Path>,
+) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if let Some(cj) = config_json(donor) {
+        let text = std::fs::read_to_string(&cj).map_err(|e| MnemoError::io(&cj, e))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| MnemoError::Config {
+                origin: cj.display().to_string(),
+                reason: format!("invalid JSON: {e}"),
+            })?;
+        let mut changed = false;
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(n) = layers.filter(|_| obj.contains_key("num_hidden_layers")) {
+                obj.insert("num_hidden_layers".into(), serde_json::json!(n));
+                changed = true;
+            }
+            if let Some(d) = out_dtype {
+                let name = match d {
+                    Dtype::BF16 => "bfloat16",
+                    Dtype::F16 => "float16",
+                    Dtype::F64 => "float64",
+                    _ => "float32",
+                };
+                let key = if obj.contains_key("dtype") || !obj.contains_key("torch_dtype") {
+                    "dtype"
+                } else {
+                    "torch_dtype"
+                };
+                obj.insert(key.into(), serde_json::json!(name));
+                changed = true;
+            }
+        }
+        let path = out.join("config.json");
+        if changed {
+            let mut s = serde_json::to_string_pretty(&v).expect("json");
+            s.push('\n');
+            write_file(&path, s.as_bytes())?;
+        } else {
+            write_file(&path, text.as_bytes())?;
+        }
+        files.push(path);
+    }
+    if let Some(dir) = tokenizer.filter(|d| d.is_dir()) {
+        for name in crate::checkpoint::folder::TOKENIZER_FILES {
+            let from = dir.join(name);
+            if from.is_file() {
+                let bytes = std::fs::read(&from).map_err(|e| MnemoError::io(&from, e))?;
+                let to = out.join(name);
+                write_file(&to, &bytes)?;
+                files.push(to);
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Runs `cfg` into the folder `out` (created when missing): the weights, `config.json`,
 /// `generation_config.json` and the tokenizer files.
 pub fn run_config(cfg: &MergeConfig, out: &Path, opts: &RecipeOptions) -> Result<RecipeReport> {
@@ -1042,64 +1107,20 @@ pub fn run_config(cfg: &MergeConfig, out: &Path, opts: &RecipeOptions) -> Result
         write_file(&old_index, text.as_bytes())?;
         files.push(old_index);
     }
-    // config.json
     let donor_path = &p.models[donor].reference.path;
-    if let Some(cj) = config_json(donor_path) {
-        let text = std::fs::read_to_string(&cj).map_err(|e| MnemoError::io(&cj, e))?;
-        let mut v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| MnemoError::Config {
-                origin: cj.display().to_string(),
-                reason: format!("invalid JSON: {e}"),
-            })?;
-        let mut changed = false;
-        if let Some(obj) = v.as_object_mut() {
-            if cfg.slices.is_some() && obj.contains_key("num_hidden_layers") {
-                obj.insert("num_hidden_layers".into(), serde_json::json!(p.layers));
-                changed = true;
-            }
-            if let Some(d) = p.out_dtype {
-                let name = match d {
-                    Dtype::BF16 => "bfloat16",
-                    Dtype::F16 => "float16",
-                    Dtype::F64 => "float64",
-                    _ => "float32",
-                };
-                let key = if obj.contains_key("dtype") || !obj.contains_key("torch_dtype") {
-                    "dtype"
-                } else {
-                    "torch_dtype"
-                };
-                obj.insert(key.into(), serde_json::json!(name));
-                changed = true;
-            }
-        }
-        let path = out.join("config.json");
-        if changed {
-            let mut s = serde_json::to_string_pretty(&v).expect("json");
-            s.push('\n');
-            write_file(&path, s.as_bytes())?;
-        } else {
-            write_file(&path, text.as_bytes())?;
-        }
-        files.push(path);
-    }
-    // Tokenizer files and generation_config.json.
     let tok_dir: Option<PathBuf> = match (tok_src, &cfg.tokenizer_source) {
         (Some(usize::MAX), Some((TokenizerSource::Model(r), _))) => Some(r.path.clone()),
         (Some(i), _) => Some(p.models[i].reference.path.clone()),
         (None, _) => Some(donor_path.clone()),
     };
-    if let Some(dir) = tok_dir.filter(|d| d.is_dir()) {
-        for name in crate::checkpoint::folder::TOKENIZER_FILES {
-            let from = dir.join(name);
-            if from.is_file() {
-                let bytes = std::fs::read(&from).map_err(|e| MnemoError::io(&from, e))?;
-                let to = out.join(name);
-                write_file(&to, &bytes)?;
-                files.push(to);
-            }
-        }
-    }
+    let layers = cfg.slices.is_some().then_some(p.layers);
+    files.extend(write_companions(
+        out,
+        donor_path,
+        layers,
+        p.out_dtype,
+        tok_dir.as_deref(),
+    )?);
     Ok(RecipeReport {
         method: p.spec.name.to_string(),
         models: p.models.len(),

@@ -23,7 +23,13 @@ impl Model {
             .map_err(c)?;
         let mut idx = Vec::with_capacity(ids.len());
         for &v in &ids {
-            if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < rows.min(MAX_TOKEN_ID)) {
+            if !v.is_finite() || v.fract() != 0.0 {
+                return Err(MnemoError::NotTokenIds {
+                    layer: format!("layer {name}"),
+                    value: v as f64,
+                });
+            }
+            if !(v >= 0.0 && (v as usize) < rows.min(MAX_TOKEN_ID)) {
                 return Err(MnemoError::TokenOutOfRange {
                     layer: format!("layer {name}"),
                     id: v as f64,

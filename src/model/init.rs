@@ -2,17 +2,16 @@
 //! Linear/Conv2d weights kaiming_uniform(a=√5), i.e. U(−1/√fan_in, 1/√fan_in),
 //! biases U(−1/√fan_in, 1/√fan_in); norms weight 1, bias 0; running mean 0, var 1.
 //! A patch embedding's class token starts at 0 and its position embedding at N(0, 0.02²),
-//! as torchvision's ViT. Language-model parts follow transformers' `_init_weights` at its
-//! default `initializer_range` 0.02: embeddings and the projections inside attention and
-//! gated MLPs N(0, 0.02²) with zero biases, RMSNorm weights 1. Tensors are drawn in
-//! state-dict order.
+//! as torchvision's ViT. A spec with an embedding is a transformers model, initialised as
+//! transformers' `_init_weights` at the embedding's `init_std` (the config's
+//! `initializer_range`): the embedding and every linear, `lm_head` included, N(0, std²)
+//! with zero biases, RMSNorm weights 1; the projections inside attention and gated MLPs of
+//! any spec likewise (std 0.02 without an embedding). Tensors are drawn in state-dict
+//! order.
 
 use crate::arch::{join, ArchSpec, Layer};
 use crate::rng::Rng;
 use std::collections::BTreeMap;
-
-/// transformers' default `initializer_range`.
-const HF_STD: f64 = 0.02;
 
 fn uniform(rng: &mut Rng, n: usize, bound: f64) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
@@ -33,7 +32,15 @@ fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
 /// Values for every float tensor of the spec, by name.
 pub fn default_init(spec: &ArchSpec, rng: &mut Rng) -> BTreeMap<String, Vec<f32>> {
     let mut out = BTreeMap::new();
-    // Modules whose linear children transformers initialises N(0, 0.02²).
+    // A transformers model's std, from its embedding.
+    let mut model_std = None;
+    spec.visit(&mut |_, layer| {
+        if let Layer::Embedding { init_std, .. } = *layer {
+            model_std.get_or_insert(init_std);
+        }
+    });
+    let hf_std = model_std.unwrap_or(crate::arch::HF_INIT_STD);
+    // Modules whose linear children transformers initialises N(0, std²).
     let mut hf_blocks: Vec<String> = Vec::new();
     spec.visit(&mut |prefix, layer| {
         let name = |n: &str| join(prefix, n);
@@ -50,10 +57,10 @@ pub fn default_init(spec: &ArchSpec, rng: &mut Rng) -> BTreeMap<String, Vec<f32>
                 in_features,
                 out_features,
                 bias,
-            } if in_hf_block => {
+            } if in_hf_block || model_std.is_some() => {
                 out.insert(
                     name("weight"),
-                    normal(rng, in_features * out_features, HF_STD),
+                    normal(rng, in_features * out_features, hf_std),
                 );
                 if bias {
                     out.insert(name("bias"), vec![0.0; out_features]);
@@ -62,10 +69,11 @@ pub fn default_init(spec: &ArchSpec, rng: &mut Rng) -> BTreeMap<String, Vec<f32>
             Layer::Embedding {
                 num_embeddings,
                 embedding_dim,
+                init_std,
             } => {
                 out.insert(
                     name("weight"),
-                    normal(rng, num_embeddings * embedding_dim, HF_STD),
+                    normal(rng, num_embeddings * embedding_dim, init_std),
                 );
             }
             Layer::RmsNorm { hidden_size, .. } => {
