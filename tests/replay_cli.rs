@@ -21,8 +21,9 @@ fn copy(from: &str, to: &Path) {
     std::fs::copy(from, to).unwrap();
 }
 
-/// One SGD update on (1 − r)·CE(new) + r·(CE(replay) + W·MSE(logits, stored)): the dense
-/// path (MLP) and candle's autograd (CNN with batchnorm) against torch.
+/// One SGD update on (1 − r)·CE(new) + r·(CE(replay) + W·MSE(logits, stored)), on ER-ACE's
+/// (CE(new) over its present classes) and on DER++'s CE(new) + α·MSE + β·CE(replay): the
+/// dense path (MLP) and candle's autograd (CNN with batchnorm) against torch.
 #[test]
 fn one_update_matches_torch() {
     for case in cases() {
@@ -40,34 +41,44 @@ fn one_update_matches_torch() {
             case["lr"].to_string(),
         );
         let projection = case["projection"].as_str().unwrap_or("none");
-        let r = mnemo_in(
-            d.path(),
-            &[
-                "replay-train",
-                "--projection",
-                projection,
-                &fixture(case["model"].as_str().unwrap()),
-                "--arch",
-                &arch,
-                "--data",
-                &fixture(&format!("replay/{name}_new.safetensors")),
-                "--buffer",
-                "buf.safetensors",
-                "--replay-ratio",
-                &ratio,
-                "--distill",
-                &distill,
-                "--optimizer",
-                "sgd",
-                "--lr",
-                &lr,
-                "--batch-size",
-                "16",
-                "--no-shuffle",
-                "-o",
-                "out.safetensors",
-            ],
+        let incoming = case["incoming_loss"].as_str().unwrap_or("full");
+        let mut extra = vec![];
+        if let Some(b) = case.get("replay_labels") {
+            extra.extend(["--replay-labels".to_string(), b.to_string()]);
+        }
+        let (model, new) = (
+            fixture(case["model"].as_str().unwrap()),
+            fixture(&format!("replay/{name}_new.safetensors")),
         );
+        let mut args = vec![
+            "replay-train",
+            "--incoming-loss",
+            incoming,
+            "--projection",
+            projection,
+            &model,
+            "--arch",
+            &arch,
+            "--data",
+            &new,
+            "--buffer",
+            "buf.safetensors",
+            "--replay-ratio",
+            &ratio,
+            "--distill",
+            &distill,
+            "--optimizer",
+            "sgd",
+            "--lr",
+            &lr,
+            "--batch-size",
+            "16",
+            "--no-shuffle",
+            "-o",
+            "out.safetensors",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let r = mnemo_in(d.path(), &args);
         assert_eq!(r.code, 0, "{name}: {}", r.stderr);
         let lines = r.json_lines();
         let epoch = &lines[0];
@@ -86,6 +97,12 @@ fn one_update_matches_torch() {
             ),
             "{name}: {epoch}"
         );
+        if let Some(ace) = case.get("ace_loss") {
+            assert!(
+                close(epoch["ace_loss"].as_f64().unwrap(), ace.as_f64().unwrap()),
+                "{name}: {epoch}"
+            );
+        }
         if projection == "agem" {
             assert_eq!(
                 epoch["projected"].as_f64(),
@@ -441,4 +458,51 @@ fn refusals_name_the_file() {
     );
     assert_eq!(r.code, 2);
     assert!(!p.join("x.safetensors").exists());
+}
+
+/// ER-ACE and DER++ settings that cannot mean anything are refused before training.
+#[test]
+fn er_ace_and_der_refuse_what_they_cannot_serve() {
+    let d = workdir();
+    let run = |extra: &[&str]| {
+        let (data, model) = (fixture("mlp_data.safetensors"), fixture("mlp.safetensors"));
+        let mut args = vec![
+            "replay-train",
+            &model,
+            "--arch",
+            "mlp:20-16-16-5",
+            "--data",
+            &data,
+            "--buffer",
+            "b.st",
+            "-o",
+            "o.st",
+        ];
+        args.extend_from_slice(extra);
+        mnemo_in(d.path(), &args)
+    };
+    for (extra, want) in [
+        (&["--replay-labels", "0"][..], "needs --distill"),
+        (
+            &["--projection", "agem", "--incoming-loss", "ace"][..],
+            "not to --projection agem",
+        ),
+        (
+            &["--projection", "agem", "--replay-labels", "0.5"][..],
+            "not to --projection agem",
+        ),
+        (
+            &["--incoming-loss", "ace", "--label-smoothing", "0.1"][..],
+            "ER-ACE",
+        ),
+        (&["--replay-labels", "nan"][..], "nan"),
+    ] {
+        let r = run(extra);
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{extra:?}: {}", r.stderr);
+        assert!(!d.path().join("o.st").exists(), "{extra:?}");
+    }
+    // A run of each writes its fields.
+    let r = ok(run(&["--incoming-loss", "ace", "--epochs", "2"]));
+    assert!(r.json_lines()[1].get("ace_loss").is_some(), "{}", r.stdout);
 }

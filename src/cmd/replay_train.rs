@@ -63,8 +63,24 @@ pub struct Args {
     /// from the buffer at the new batch's size; --replay-ratio does not apply.
     #[arg(long, value_enum, default_value = "none")]
     pub projection: ProjectionName,
+    /// The new batch's loss while a replayed batch joins it: `full` (cross-entropy over every
+    /// class) or `ace` (ER-ACE, Caccia et al. 2022, as Avalanche's ER_ACE: over the classes
+    /// present in the new batch only; the replayed batch keeps every class).
+    #[arg(long, value_enum, default_value = "full")]
+    pub incoming_loss: IncomingLoss,
+    /// DER++ (Buzzega et al. 2020, as Mammoth's derpp): loss = CE(new) + W·MSE(replayed
+    /// logits, stored logits) + B·CE(a second, independent draw's labels), with W from
+    /// --distill and no --replay-ratio; `--replay-labels 0` is DER.
+    #[arg(long, value_name = "B", value_parser = mnemo::validate::non_negative)]
+    pub replay_labels: Option<f64>,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncomingLoss {
+    Full,
+    Ace,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
@@ -95,8 +111,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     buffer.check_compatible(&data.example_shape, &args.inputs.data)?;
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
     if args.projection == ProjectionName::Agem {
-        if args.distill > 0.0 {
-            anyhow::bail!("--distill applies to experience replay, not to --projection agem");
+        if args.distill > 0.0
+            || args.replay_labels.is_some()
+            || args.incoming_loss == IncomingLoss::Ace
+        {
+            anyhow::bail!("--distill, --replay-labels and --incoming-loss ace apply to experience replay, not to --projection agem");
         }
         if args.engine.accumulate_grad_batches > 1 {
             anyhow::bail!(
@@ -105,14 +124,30 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         }
     }
     let settings = format!(
-        "lambda={}|ratio={}|distill={}|capacity={}|policy={}|projection={:?}",
+        "lambda={}|ratio={}|distill={}|capacity={}|policy={}|projection={:?}{}{}",
         args.lambda,
         args.replay_ratio,
         args.distill,
         buffer.capacity,
         buffer.policy.as_str(),
         args.projection,
+        match args.incoming_loss {
+            IncomingLoss::Full => String::new(),
+            IncomingLoss::Ace => "|incoming=ace".into(),
+        },
+        args.replay_labels
+            .map_or(String::new(), |b| format!("|replay_labels={b}")),
     );
+    if args.replay_labels == Some(0.0) && args.distill == 0.0 {
+        anyhow::bail!(
+            "--replay-labels 0 is DER, which needs --distill > 0 (else nothing is replayed)"
+        );
+    }
+    let mut replay = args
+        .projection
+        .replay(buffer, args.replay_ratio, args.distill);
+    replay.ace = args.incoming_loss == IncomingLoss::Ace;
+    replay.replay_labels = args.replay_labels;
     fit(
         Fit {
             command: "replay-train",
@@ -125,10 +160,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             metadata: Default::default(),
             output: &args.output,
             source: args.inputs.source(),
-            replay: Some(
-                args.projection
-                    .replay(buffer, args.replay_ratio, args.distill),
-            ),
+            replay: Some(replay),
         },
         &args.engine,
         g,
