@@ -4,6 +4,16 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in mnemo's engine.
+/// A setting of a run that input can fail to fit ([`MnemoError::Unfit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Loss,
+    FisherMode,
+    ImageSize,
+    ImageShape,
+    ArrayNames,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MnemoError {
     /// Reading, writing or mapping a file failed at the OS level.
@@ -83,12 +93,22 @@ pub enum MnemoError {
     },
 
     /// A checkpoint carries no `mnemo.arch` metadata and none was given.
-    #[error("{path}: no architecture: the file has no 'mnemo.arch' metadata; pass --arch SPEC (e.g. --arch mlp:784-400-10)")]
+    #[error("{path}: no architecture: the file has no 'mnemo.arch' metadata and no spec was given")]
     NoArch { path: PathBuf },
 
     /// A dataset file is unusable (wrong tensors, dtypes, counts or labels).
     #[error("{path}: invalid dataset: {reason}")]
     InvalidDataset { path: PathBuf, reason: String },
+
+    /// A dataset that does not fit a setting of the run (the loss, the Fisher's mode, an
+    /// image size or shape, the arrays to read): `setting` says which, so the CLI can name
+    /// the flag that sets it.
+    #[error("{path}: invalid dataset: {reason}")]
+    Unfit {
+        path: PathBuf,
+        setting: Setting,
+        reason: String,
+    },
 
     /// A `tokenizer.json` that cannot be read or parsed, or a token a flag names that it
     /// lacks (`reason` names the flag).
@@ -205,6 +225,15 @@ pub enum MnemoError {
 pub type Result<T, E = MnemoError> = std::result::Result<T, E>;
 
 impl MnemoError {
+    /// `path` does not fit `setting`.
+    pub fn unfit(setting: Setting, path: &std::path::Path, reason: impl Into<String>) -> Self {
+        MnemoError::Unfit {
+            path: path.to_path_buf(),
+            setting,
+            reason: reason.into(),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         MnemoError::Io {
             path: path.into(),

@@ -24,4 +24,4 @@ pub mod rng;
 pub mod train;
 pub mod validate;
 
-pub use error::{MnemoError, Result};
+pub use error::{MnemoError, Result, Setting};

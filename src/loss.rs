@@ -132,10 +132,11 @@ impl Loss {
             TargetKind::Mask { .. } => "ce, bce, focal, dice or dice-bce",
             TargetKind::Tokens { .. } => "causal-lm",
         };
-        Err(MnemoError::InvalidDataset {
+        Err(MnemoError::Unfit {
             path: data.path.clone(),
+            setting: crate::Setting::Loss,
             reason: format!(
-                "--loss {} does not fit 'target' ({}); use --loss {fits}",
+                "the loss {} does not fit 'target' ({}); use {fits}",
                 self.name(),
                 data.target_kind.describe()
             ),
@@ -184,16 +185,21 @@ impl Loss {
                         "the model's output has shape {dims:?}; masks [N, {h}, {w}] need [batch, channels, {h}, {w}] logits"
                     )));
                 }
+                let unfit = |reason: String| MnemoError::Unfit {
+                    path: data.path.clone(),
+                    setting: crate::Setting::Loss,
+                    reason,
+                };
                 if self.sigmoid() && dims[1] != 1 {
-                    return Err(arch(format!(
-                        "--loss {} on masks needs one output channel (a binary mask, [batch, 1, {h}, {w}]); the model has {} (use --loss ce)",
+                    return Err(unfit(format!(
+                        "the loss {} on masks needs one output channel (a binary mask, [batch, 1, {h}, {w}]); the model has {} (use ce)",
                         self.name(),
                         dims[1]
                     )));
                 }
                 if !self.sigmoid() && dims[1] < 2 {
-                    return Err(arch(
-                        "--loss ce on masks needs two or more output channels; the model has one (a binary mask: use --loss bce, dice or dice-bce)".into(),
+                    return Err(unfit(
+                        "the loss ce on masks needs two or more output channels; the model has one (a binary mask: use bce, dice or dice-bce)".into(),
                     ));
                 }
                 dims[1]

@@ -154,6 +154,29 @@ fn message(e: &anyhow::Error) -> String {
     out
 }
 
+/// The flag that fixes a library error, which the library does not name (it knows no CLI).
+fn flag_hint(e: &anyhow::Error) -> &'static str {
+    let has = |f: fn(&mnemo::MnemoError) -> bool| {
+        e.chain()
+            .any(|c| c.downcast_ref::<mnemo::MnemoError>().is_some_and(f))
+    };
+    if has(|m| matches!(m, mnemo::MnemoError::NoArch { .. })) {
+        return "; pass --arch SPEC (e.g. --arch mlp:784-400-10)";
+    }
+    let setting = e.chain().find_map(|c| match c.downcast_ref::<mnemo::MnemoError>() {
+        Some(mnemo::MnemoError::Unfit { setting, .. }) => Some(*setting),
+        _ => None,
+    });
+    match setting {
+        Some(mnemo::Setting::Loss) => "; --loss sets the loss",
+        Some(mnemo::Setting::FisherMode) => "; --mode sets the Fisher's mode",
+        Some(mnemo::Setting::ImageSize) => "; --size H,W resizes every image to one size",
+        Some(mnemo::Setting::ImageShape) => "; --shape H,W gives each example's image shape",
+        Some(mnemo::Setting::ArrayNames) => "; --x NAME --y NAME pick the arrays",
+        None => "",
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -233,7 +256,7 @@ fn main() {
         Ok(Status::Negative) => 1,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            cmd::warn(format!("mnemo: error: {}", message(&e)));
+            cmd::warn(format!("mnemo: error: {}{}", message(&e), flag_hint(&e)));
             2
         }
     };

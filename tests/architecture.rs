@@ -132,28 +132,11 @@ fn flag_strings(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Library errors describe the problem; the CLI names the flag (as context). The files
-/// below still name flags in their messages, a debt this test keeps from growing: a new
-/// one fails here, and a file that drops some must lower its count.
+/// Library errors describe the problem; the CLI names the flag (as context, or
+/// `main::flag_hint`): no string literal of the library outside its unit tests holds a
+/// `--flag`.
 #[test]
-fn library_errors_do_not_grow_cli_flag_names() {
-    let allowed: BTreeMap<&str, usize> = [
-        ("src/data/coco.rs", 3),
-        ("src/data/folder.rs", 2),
-        ("src/data/raw.rs", 2),
-        ("src/data/rotate.rs", 4),
-        ("src/data/shapes.rs", 3),
-        ("src/data/voc.rs", 3),
-        ("src/error.rs", 1),
-        ("src/loss.rs", 3),
-        ("src/merge/recipe.rs", 1),
-        ("src/model/mod.rs", 1),
-        ("src/replay/mod.rs", 1),
-        ("src/train/fisher.rs", 2),
-        ("src/train/optim_file.rs", 1),
-    ]
-    .into_iter()
-    .collect();
+fn library_errors_name_no_cli_flags() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
@@ -168,12 +151,8 @@ fn library_errors_do_not_grow_cli_flag_names() {
             continue;
         }
         let found = flag_strings(&std::fs::read_to_string(&f).unwrap());
-        let limit = allowed.get(rel.as_str()).copied().unwrap_or(0);
-        if found.len() != limit {
-            wrong.push(format!(
-                "{rel}: {} (allowed {limit}): {found:#?}",
-                found.len()
-            ));
+        if !found.is_empty() {
+            wrong.push(format!("{rel}: {found:#?}"));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

@@ -133,7 +133,11 @@ fn expectation_modes_refuse_losses_other_than_ce_on_class_ids() {
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("binary_data.safetensors"), "{}", r.stderr);
-    assert!(r.stderr.contains("--mode true"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the true Fisher") && r.stderr.contains("--mode"),
+        "{}",
+        r.stderr
+    );
     assert!(!d.path().join("f.safetensors").exists());
     // A multi-hot dataset with --loss ce is refused before any model runs.
     let r = mnemo_in(

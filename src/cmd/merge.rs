@@ -274,6 +274,16 @@ fn save_index(
     Ok(path)
 }
 
+/// A non-finite input value is refused by the library; the flag that lets it through is
+/// the CLI's to name.
+fn nonfinite_hint(e: mnemo::MnemoError) -> anyhow::Error {
+    if matches!(e, mnemo::MnemoError::NonFinite { .. }) {
+        anyhow::Error::from(e).context("a non-finite value (--allow-nonfinite lets NaN/inf through)")
+    } else {
+        e.into()
+    }
+}
+
 /// A folder output's config.json and tokenizer files, from the base's folder (or the first
 /// input's), as mergekit copies them; config.json's dtype follows --dtype.
 fn companions(args: &Args, dtype: Option<Dtype>) -> anyhow::Result<Vec<PathBuf>> {
@@ -491,7 +501,7 @@ fn run_yaml(args: &Args, g: &Global, path: &Path) -> anyhow::Result<Status> {
         metadata: prov.metadata(),
     };
     // Its errors name the file and line, or the model file and tensor.
-    let r = mnemo::merge::run_config(&cfg, &args.output, &opts)?;
+    let r = mnemo::merge::run_config(&cfg, &args.output, &opts).map_err(nonfinite_hint)?;
     g.say(format!(
         "merge: {} tensors from {} models into {}",
         r.tensors,
@@ -614,6 +624,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             dtype,
         };
         merge_checkpoints(&m, &inputs, base.as_ref(), &fishers, out, &meta, &opts)
+            .map_err(nonfinite_hint)
             .with_context(|| format!("merging into {}", out.display()))
     };
     let (mut merged, mut copied, mut elements, mut bytes) = (0, 0, 0u64, 0u64);

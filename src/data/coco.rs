@@ -90,9 +90,9 @@ fn ann_name(a: &CocoAnnotation, i: usize) -> String {
 pub fn import_coco(json: &Path, images_dir: &Path, opts: &CocoOptions) -> Result<CocoImport> {
     if let Some((h, w)) = opts.size {
         if h == 0 || w == 0 {
-            return Err(bad(
+            return Err(MnemoError::unfit(crate::Setting::ImageSize, 
                 json,
-                format!("--size {h},{w}: both sides must be >= 1"),
+                format!("image size {h},{w}: both sides must be >= 1"),
             ));
         }
     }
@@ -163,7 +163,7 @@ pub fn import_coco(json: &Path, images_dir: &Path, opts: &CocoOptions) -> Result
             if file.images.is_empty() {
                 "'images' is empty"
             } else {
-                "no image has an annotation (and --skip-empty leaves none)"
+                "no image has an annotation (and skipping the empty ones leaves none)"
             },
         ));
     }
@@ -195,10 +195,10 @@ pub fn import_coco(json: &Path, images_dir: &Path, opts: &CocoOptions) -> Result
             (Some(_), _) => {}
             (None, None) => first = Some((hw, p)),
             (None, Some((hw0, p0))) if hw0 != hw => {
-                return Err(bad(
+                return Err(MnemoError::unfit(crate::Setting::ImageSize, 
                     p,
                     format!(
-                        "the image is {}×{} (H×W) but {} is {}×{}: pass --size H,W to resize every image",
+                        "the image is {}×{} (H×W) but {} is {}×{}",
                         hw.0,
                         hw.1,
                         p0.display(),

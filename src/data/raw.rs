@@ -578,20 +578,20 @@ pub fn npz_dataset<R: Read + std::io::Seek>(
     let (xn, yn) = match (x_name, y_name) {
         (None, None) if !has("x") && !has("y") && names.len() == 2 => (names[0], names[1]),
         (None, None) if !has("x") && !has("y") => {
-            return Err(bad(
+            return Err(MnemoError::unfit(crate::Setting::ArrayNames, 
                 path,
                 format!(
-                    "no arrays named 'x' and 'y' (the archive has: {listing}); pick them with --x NAME --y NAME"
+                    "no arrays named 'x' and 'y' (the archive has: {listing}); name the two arrays to read"
                 ),
             ))
         }
         (x, y) => (x.unwrap_or("x"), y.unwrap_or("y")),
     };
-    for (n, flag) in [(xn, "--x"), (yn, "--y")] {
+    for (n, role) in [(xn, "X"), (yn, "Y")] {
         if !has(n) {
-            return Err(bad(
+            return Err(MnemoError::unfit(crate::Setting::ArrayNames, 
                 path,
-                format!("no array '{n}' (the archive has: {listing}); pick one with {flag} NAME"),
+                format!("no array '{n}' for {role} (the archive has: {listing})"),
             ));
         }
     }
@@ -766,7 +766,7 @@ mod tests {
         );
         let e = err(&p, None, None);
         assert!(
-            e.contains("t.npz") && e.contains("a, b, c") && e.contains("--x NAME --y NAME"),
+            e.contains("t.npz") && e.contains("a, b, c") && e.contains("name the two arrays"),
             "{e}"
         );
         let d = import_npz(&p, Some("a"), Some("c")).unwrap();

@@ -120,30 +120,33 @@ pub fn image_plane(
         (None, 1) => {
             let side = (features as f64).sqrt().round() as usize;
             let hint = if side * side == features {
-                format!(" (e.g. --shape {side},{side})")
+                format!(" (each row could be {side}×{side})")
             } else {
                 String::new()
             };
-            return Err(bad(
-                d,
+            return Err(MnemoError::unfit(
+                crate::Setting::ImageShape,
+                &d.path,
                 format!(
-                    "'input' is flat ([N, {features}]): pass --shape H,W to say how each row is an image{hint}"
+                    "'input' is flat ([N, {features}]), not images{hint}"
                 ),
             ));
         }
         (None, n) => (es[n - 2], es[n - 1]),
         (Some((h, w)), n) => {
             if h == 0 || w == 0 || !features.is_multiple_of(h * w) {
-                return Err(bad(
-                    d,
-                    format!("--shape {h},{w} does not divide an example of {features} values"),
+                return Err(MnemoError::unfit(
+                    crate::Setting::ImageShape,
+                    &d.path,
+                    format!("shape {h},{w} does not divide an example of {features} values"),
                 ));
             }
             if n >= 2 && (es[n - 2], es[n - 1]) != (h, w) {
-                return Err(bad(
-                    d,
+                return Err(MnemoError::unfit(
+                    crate::Setting::ImageShape,
+                    &d.path,
                     format!(
-                        "examples are {es:?} already: --shape {h},{w} disagrees with their last two axes"
+                        "examples are {es:?} already: shape {h},{w} disagrees with their last two axes"
                     ),
                 ));
             }
@@ -262,7 +265,7 @@ mod tests {
         let d = ds(Dtype::F32, vec![9], vec![0; 4 * 9 * 2]);
         let e = rotate(&d, 10.0, None).unwrap_err().to_string();
         assert!(
-            e.contains("r.safetensors") && e.contains("--shape 3,3"),
+            e.contains("r.safetensors") && e.contains("3×3"),
             "{e}"
         );
         assert!(rotate(&d, 10.0, Some((2, 2))).is_err());

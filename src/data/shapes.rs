@@ -344,13 +344,13 @@ pub fn generate(n: usize, size: usize, seed: u64, task: Task, labels: usize) -> 
         reason,
     };
     if size < MIN_SIZE {
-        return Err(bad(format!("--size {size}: must be at least {MIN_SIZE}")));
+        return Err(bad(format!("size {size}: must be at least {MIN_SIZE}")));
     }
     if size > 4096 {
-        return Err(bad(format!("--size {size}: must be at most 4096")));
+        return Err(bad(format!("size {size}: must be at most 4096")));
     }
     if n == 0 {
-        return Err(bad("-n 0: a dataset needs one or more examples".into()));
+        return Err(bad("0 examples: a dataset needs one or more".into()));
     }
     // Images and targets are held at once: refuse what this machine cannot hold.
     crate::validate::alloc_bytes(
@@ -360,7 +360,7 @@ pub fn generate(n: usize, size: usize, seed: u64, task: Task, labels: usize) -> 
     )?;
     if labels < KINDS.len() {
         return Err(bad(format!(
-            "--labels {labels}: there are {} shape kinds",
+            "{labels} labels: there are {} shape kinds",
             KINDS.len()
         )));
     }

@@ -811,7 +811,7 @@ fn compute(
                         &ck(k).path,
                         nm(k),
                         &v,
-                        "refusing to merge a non-finite value (--allow-nonfinite lets NaN/inf through)",
+                        "refusing to merge a non-finite value",
                     )?;
                 }
                 Ok(v)

@@ -125,7 +125,7 @@ impl Model {
                         tensor: p.name.clone(),
                         index: i,
                         value: v[i],
-                        reason: "a model's weights must be finite (`mnemo inspect --stats` counts NaN and inf per tensor)".into(),
+                        reason: "a model's weights must be finite".into(),
                     });
                 }
                 values.insert(p.name.clone(), v);

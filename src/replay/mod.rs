@@ -242,7 +242,7 @@ impl ReservoirBuffer {
                 None if !self.is_empty() => {
                     return Err(bad(
                         &self.path,
-                        "its examples carry no logits (filled without --distill); \
+                        "its examples carry no logits (filled without distillation); \
                          start a new buffer to distill",
                     ))
                 }

@@ -321,10 +321,11 @@ fn loss_fisher(
     mut progress: impl FnMut(usize),
 ) -> Result<FisherDiag> {
     if !matches!(mode, FisherMode::Empirical | FisherMode::Batch) {
-        return Err(MnemoError::InvalidDataset {
+        return Err(MnemoError::Unfit {
             path: data.path.clone(),
+            setting: crate::Setting::FisherMode,
             reason: format!(
-                "--mode {} needs class ids [N] and --loss ce; with --loss {} on {} use --mode empirical or batch",
+                "the {} Fisher needs class ids [N] and the ce loss; with the {} loss on {} use the empirical or batch Fisher",
                 mode.as_str(),
                 loss.name(),
                 data.target_kind.describe()
@@ -482,7 +483,7 @@ pub fn reduce(files: &[Checkpoint]) -> Result<(Vec<OwnedTensor<'static>>, usize)
     if let Some(f) = files.iter().find(|f| f.metadata().contains_key(ONLINE_KEY)) {
         return Err(fisher_error(
             f,
-            "is an online (--accumulate) Fisher, not a mean over its samples: reduce the \
+            "is an online (accumulated) Fisher, not a mean over its samples: reduce the \
              shards first, then accumulate",
         ));
     }

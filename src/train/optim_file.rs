@@ -89,7 +89,7 @@ pub fn load(path: &Path, opt: &mut Optimizer, model: &Model) -> Result<()> {
     if meta.get("mnemo.kind").map(String::as_str) != Some(KIND) {
         return Err(invalid(
             path,
-            "not an optimizer state (write one with --save-optimizer)",
+            "not an optimizer state (training writes one when asked to save its optimizer)",
         ));
     }
     let kind = opt.config.as_ref().expect("configured").kind.clone();

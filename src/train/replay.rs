@@ -133,7 +133,7 @@ impl Replay {
                     .logits_of(&slots)
                     .ok_or_else(|| MnemoError::InvalidBuffer {
                         path: self.buffer.path.clone(),
-                        reason: "DER needs the logits stored with each example (--distill)".into(),
+                        reason: "DER needs the logits stored with each example (a buffer filled with distillation)".into(),
                     })?;
             let (w, s) = (self.distill, ctx.scale);
             let mut term = |l: &[f32], _: f64, g: &mut [f32]| distill_grad(l, &stored, w, s, g);

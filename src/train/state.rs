@@ -170,7 +170,7 @@ impl StateFile {
             return Err(invalid(
                 &self.path,
                 "was written by a different run (other inputs or settings); \
-                 delete it to start over, or point --state elsewhere",
+                 delete it to start over, or use another state file",
             ));
         }
         let progress: Progress = meta
