@@ -93,7 +93,9 @@ pub enum MnemoError {
     },
 
     /// A checkpoint carries no `mnemo.arch` metadata and none was given.
-    #[error("{path}: no architecture: the file has no 'mnemo.arch' metadata and no spec was given")]
+    #[error(
+        "{path}: no architecture: the file has no 'mnemo.arch' metadata and no spec was given"
+    )]
     NoArch { path: PathBuf },
 
     /// A dataset file is unusable (wrong tensors, dtypes, counts or labels).

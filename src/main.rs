@@ -163,10 +163,12 @@ fn flag_hint(e: &anyhow::Error) -> &'static str {
     if has(|m| matches!(m, mnemo::MnemoError::NoArch { .. })) {
         return "; pass --arch SPEC (e.g. --arch mlp:784-400-10)";
     }
-    let setting = e.chain().find_map(|c| match c.downcast_ref::<mnemo::MnemoError>() {
-        Some(mnemo::MnemoError::Unfit { setting, .. }) => Some(*setting),
-        _ => None,
-    });
+    let setting = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<mnemo::MnemoError>() {
+            Some(mnemo::MnemoError::Unfit { setting, .. }) => Some(*setting),
+            _ => None,
+        });
     match setting {
         Some(mnemo::Setting::Loss) => "; --loss sets the loss",
         Some(mnemo::Setting::FisherMode) => "; --mode sets the Fisher's mode",

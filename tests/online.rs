@@ -796,3 +796,88 @@ fn online_reads_a_fifo() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json_lines().len(), 64);
 }
+
+/// LwF and the L2 anchor are strategies of the shared engine online too: `online` over a
+/// stream learns what `train-ewc` learns from the same examples in the same order, with
+/// the same teacher and anchor, and a resumed learner ends with the same weights.
+#[test]
+fn online_lwf_and_anchor_equal_train_ewc_over_the_same_examples() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let data = fixture(case["data"].as_str().unwrap());
+    let model = fixture(case["model"].as_str().unwrap());
+    // A teacher other than the start: the model after one epoch of plain training.
+    let o = &case["optimizer"];
+    let (batch, lr) = (case["batch"].to_string(), o["lr"].to_string());
+    let momentum = o["momentum"].to_string();
+    let arch = case["arch"].as_str().unwrap();
+    let train = |extra: &[&str], out: &str| {
+        let mut a = vec![
+            "train-ewc",
+            &model,
+            "--arch",
+            arch,
+            "--data",
+            &data,
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--batch-size",
+            &batch,
+            "--optimizer",
+            o["name"].as_str().unwrap(),
+            "--lr",
+            &lr,
+            "--momentum",
+            &momentum,
+            "-o",
+            out,
+            "-q",
+        ];
+        a.extend_from_slice(extra);
+        ok(mnemo_in(dir.path(), &a));
+    };
+    train(&[], "teacher.safetensors");
+    let strategy = [
+        "--distill-from",
+        "teacher.safetensors",
+        "--distill-temperature",
+        "2",
+        "--distill-weight",
+        "0.7",
+        "--l2-anchor",
+        "teacher.safetensors",
+        "--l2-lambda",
+        "0.05",
+    ];
+    train(&strategy, "ewc.safetensors");
+    let input = stream(dir.path(), &data, 5, "safetensors");
+    let mut extra = vec!["-o", "live.safetensors", "-q"];
+    extra.extend(strategy);
+    let r = run_online(dir.path(), case, &input, &extra);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tensors(
+        &dir.path().join("live.safetensors"),
+        &dir.path().join("ewc.safetensors"),
+    );
+    // Stopped after 24 examples and resumed: the same weights.
+    let mut common = vec![
+        "-o",
+        "l2.safetensors",
+        "--state",
+        "s.state",
+        "--checkpoint-every",
+        "8",
+        "-q",
+    ];
+    common.extend(strategy);
+    let mut first = common.clone();
+    first.extend(["--max-examples", "24"]);
+    assert_eq!(run_online(dir.path(), case, &input, &first).code, 0);
+    let r = run_online(dir.path(), case, &input, &common);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tensors(
+        &dir.path().join("l2.safetensors"),
+        &dir.path().join("ewc.safetensors"),
+    );
+}

@@ -141,6 +141,46 @@ impl OptimizerArgs {
     }
 }
 
+/// The L2 anchor pull (every training command, `online` too).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AnchorArgs {
+    /// Pull towards this checkpoint: adds μ·Σ(θ − θ_anchor)² (μ from --l2-lambda).
+    #[arg(long, value_name = "CKPT")]
+    pub l2_anchor: Option<PathBuf>,
+    /// Strength μ of the --l2-anchor pull.
+    #[arg(long, value_name = "MU", default_value_t = 0.0, value_parser = mnemo::validate::non_negative)]
+    pub l2_lambda: f64,
+}
+
+/// Learning without forgetting (every training command, `online` too).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LwfArgs {
+    /// Learning without forgetting: distil from this model (the one before this task) on
+    /// the new data, adding α·KL(softmax(old/T) ‖ softmax(new/T)) (batch mean, Avalanche's
+    /// LwF) to the loss. The old model runs frozen, in eval mode.
+    #[arg(long, value_name = "OLD")]
+    pub distill_from: Option<PathBuf>,
+    /// Architecture of --distill-from when its file carries none (default: the trained
+    /// model's).
+    #[arg(long, value_name = "SPEC", requires = "distill_from")]
+    pub distill_arch: Option<String>,
+    /// Softmax temperature T of --distill-from.
+    #[arg(long, value_name = "T", default_value_t = 2.0, value_parser = mnemo::validate::positive)]
+    pub distill_temperature: f64,
+    /// Weight α of --distill-from's term.
+    #[arg(long, value_name = "ALPHA", default_value_t = 1.0, value_parser = mnemo::validate::non_negative)]
+    pub distill_weight: f64,
+    /// Distil only these outputs of --distill-from (the classes the old model knew, as
+    /// Avalanche distils its previously active units), e.g. 0,1,2,3; default: all.
+    #[arg(
+        long,
+        value_name = "C,...",
+        value_delimiter = ',',
+        requires = "distill_from"
+    )]
+    pub distill_classes: Vec<usize>,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Training")]
 pub struct EngineArgs {
@@ -202,36 +242,10 @@ pub struct EngineArgs {
     /// Floor of the cosine schedules.
     #[arg(long, value_name = "LR", default_value_t = 0.0, value_parser = mnemo::validate::learning_rate)]
     pub eta_min: f64,
-    /// Pull towards this checkpoint: adds μ·Σ(θ − θ_anchor)² (μ from --l2-lambda).
-    #[arg(long, value_name = "CKPT")]
-    pub l2_anchor: Option<PathBuf>,
-    /// Strength μ of the --l2-anchor pull.
-    #[arg(long, value_name = "MU", default_value_t = 0.0, value_parser = mnemo::validate::non_negative)]
-    pub l2_lambda: f64,
-    /// Learning without forgetting: distil from this model (the one before this task) on
-    /// the new data, adding α·KL(softmax(old/T) ‖ softmax(new/T)) (batch mean, Avalanche's
-    /// LwF) to the loss. The old model runs frozen, in eval mode.
-    #[arg(long, value_name = "OLD")]
-    pub distill_from: Option<PathBuf>,
-    /// Architecture of --distill-from when its file carries none (default: the trained
-    /// model's).
-    #[arg(long, value_name = "SPEC", requires = "distill_from")]
-    pub distill_arch: Option<String>,
-    /// Softmax temperature T of --distill-from.
-    #[arg(long, value_name = "T", default_value_t = 2.0, value_parser = mnemo::validate::positive)]
-    pub distill_temperature: f64,
-    /// Weight α of --distill-from's term.
-    #[arg(long, value_name = "ALPHA", default_value_t = 1.0, value_parser = mnemo::validate::non_negative)]
-    pub distill_weight: f64,
-    /// Distil only these outputs of --distill-from (the classes the old model knew, as
-    /// Avalanche distils its previously active units), e.g. 0,1,2,3; default: all.
-    #[arg(
-        long,
-        value_name = "C,...",
-        value_delimiter = ',',
-        requires = "distill_from"
-    )]
-    pub distill_classes: Vec<usize>,
+    #[command(flatten)]
+    pub anchor: AnchorArgs,
+    #[command(flatten)]
+    pub lwf: LwfArgs,
     /// Validation data, scored after every epoch; the output gets the best epoch's weights.
     #[arg(long, value_name = "D")]
     pub val: Option<PathBuf>,
@@ -393,11 +407,27 @@ pub fn ewc_penalty(
 
 /// The `--distill-from` model as an LwF strategy, checked against the trained model on the
 /// first example (same outputs), its file recorded in the provenance.
-fn open_teacher(
+impl AnchorArgs {
+    /// The pull towards --l2-anchor, when given; the anchor joins the provenance.
+    pub fn open(&self, model: &Model, prov: &mut Provenance) -> anyhow::Result<Option<AnchorPull>> {
+        let Some(a) = &self.l2_anchor else {
+            return Ok(None);
+        };
+        let ckpt = Checkpoint::open(a)?;
+        let pull = AnchorPull::load(&ckpt, model, self.l2_lambda)
+            .with_context(|| format!("--l2-anchor {}", a.display()))?;
+        prov.input(a.display().to_string(), ckpt.content_hash()?);
+        Ok(Some(pull))
+    }
+}
+
+/// The --distill-from teacher, its output checked against the student's on `data`'s first
+/// example when there is a dataset (a stream is checked by the strategy, per batch).
+pub fn open_teacher(
     path: &Path,
-    e: &EngineArgs,
+    e: &LwfArgs,
     student: &mut Model,
-    data: &Dataset,
+    data: Option<&Dataset>,
     head: Option<&str>,
     prov: &mut Provenance,
 ) -> anyhow::Result<Lwf> {
@@ -420,7 +450,14 @@ fn open_teacher(
         (None, true) => mnemo::model::resolve_arch(&ckpt, None).with_context(ctx)?,
         (None, false) => student.spec.clone(),
     };
-    let mut teacher = Model::load(&ckpt, &spec, &student.device).with_context(ctx)?;
+    let teacher = Model::load(&ckpt, &spec, &student.device).with_context(ctx)?;
+    prov.input(path.display().to_string(), ckpt.content_hash()?);
+    let classes = (!e.distill_classes.is_empty()).then(|| e.distill_classes.clone());
+    let lwf = |teacher| Lwf::new(teacher, e.distill_weight, e.distill_temperature, classes);
+    let Some(data) = data else {
+        return Ok(lwf(teacher));
+    };
+    let mut teacher = teacher;
     if data.is_empty() {
         anyhow::bail!("{}: no examples", data.path.display());
     }
@@ -444,14 +481,7 @@ fn open_teacher(
             t[1]
         );
     }
-    prov.input(path.display().to_string(), ckpt.content_hash()?);
-    let classes = (!e.distill_classes.is_empty()).then(|| e.distill_classes.clone());
-    Ok(Lwf::new(
-        teacher,
-        e.distill_weight,
-        e.distill_temperature,
-        classes,
-    ))
+    Ok(lwf(teacher))
 }
 
 /// An importance file (`--si-prior`): a non-negative F32 tensor per trainable parameter of
@@ -514,9 +544,9 @@ pub fn model_output(d: &mut Destinations, label: &str, path: &Path) {
 pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
     for (label, p) in [
         ("--val", &e.val),
-        ("--l2-anchor", &e.l2_anchor),
+        ("--l2-anchor", &e.anchor.l2_anchor),
         ("--init-optimizer", &e.init_optimizer),
-        ("--distill-from", &e.distill_from),
+        ("--distill-from", &e.lwf.distill_from),
         ("--si-prior", &e.si_prior),
     ] {
         if let Some(p) = p {
@@ -767,12 +797,12 @@ pub fn train_only<'a>(
     let cfg = e.train_config(f.head.clone())?;
     let opt_cfg = e.optimizer();
     f.prov.seed = Some(e.seed);
-    let mut lwf = match &e.distill_from {
+    let mut lwf = match &e.lwf.distill_from {
         Some(p) => Some(open_teacher(
             p,
-            e,
+            &e.lwf,
             &mut f.model,
-            f.data,
+            Some(f.data),
             f.head.as_deref(),
             &mut f.prov,
         )?),
@@ -784,7 +814,7 @@ pub fn train_only<'a>(
     if lwf.is_some() {
         f.settings.push_str(&format!(
             "|lwf:T={}:w={}:classes={:?}",
-            e.distill_temperature, e.distill_weight, e.distill_classes
+            e.lwf.distill_temperature, e.lwf.distill_weight, e.lwf.distill_classes
         ));
     }
     let mut si = match &e.si_importance {
@@ -800,15 +830,7 @@ pub fn train_only<'a>(
         Some(p) => Some(read_importance(p, &f.model, &mut f.prov)?),
         None => None,
     };
-    let mut pull = None;
-    if let Some(a) = &e.l2_anchor {
-        let ckpt = Checkpoint::open(a)?;
-        pull = Some(
-            AnchorPull::load(&ckpt, &f.model, e.l2_lambda)
-                .with_context(|| format!("--l2-anchor {}", a.display()))?,
-        );
-        f.prov.input(a.display().to_string(), ckpt.content_hash()?);
-    }
+    let mut pull = e.anchor.open(&f.model, &mut f.prov)?;
     let val = match &e.val {
         Some(v) => {
             let d = Dataset::open(v)?;

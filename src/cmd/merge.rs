@@ -278,7 +278,8 @@ fn save_index(
 /// the CLI's to name.
 fn nonfinite_hint(e: mnemo::MnemoError) -> anyhow::Error {
     if matches!(e, mnemo::MnemoError::NonFinite { .. }) {
-        anyhow::Error::from(e).context("a non-finite value (--allow-nonfinite lets NaN/inf through)")
+        anyhow::Error::from(e)
+            .context("a non-finite value (--allow-nonfinite lets NaN/inf through)")
     } else {
         e.into()
     }

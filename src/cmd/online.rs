@@ -12,7 +12,9 @@ use mnemo::data::Dataset;
 use mnemo::fsutil::Destinations;
 use mnemo::model::Model;
 use mnemo::train::online::Learner;
-use mnemo::train::{Ema, EwcPenalty, Optimizer, Replay, StateFile, Strategy, TrainConfig};
+use mnemo::train::{
+    AnchorPull, Ema, EwcPenalty, Lwf, Optimizer, Replay, StateFile, Strategy, TrainConfig,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -121,6 +123,10 @@ pub struct Args {
     /// Strength λ of the penalties.
     #[arg(long, default_value_t = 1.0, value_name = "L", value_parser = mnemo::validate::non_negative)]
     pub lambda: f64,
+    #[command(flatten)]
+    pub anchor: super::engine::AnchorArgs,
+    #[command(flatten)]
+    pub lwf: super::engine::LwfArgs,
     /// Experience replay: pair every micro-batch with one drawn from this on-disk buffer
     /// (created when missing), and offer the stream's examples to it; written at every
     /// checkpoint, after the live model. The same buffer `replay-train` uses.
@@ -164,6 +170,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         d.input("--data", &args.data);
     }
     super::engine::penalty_inputs(&mut d, &args.penalty);
+    for (label, p) in [
+        ("--l2-anchor", &args.anchor.l2_anchor),
+        ("--distill-from", &args.lwf.distill_from),
+    ] {
+        if let Some(p) = p {
+            d.input(label, p);
+        }
+    }
     if let Some(s) = &args.state {
         d.in_place("--state", s);
     }
@@ -183,6 +197,18 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     prov.input(args.model.display().to_string(), model_hash.clone());
     prov.seed = Some(args.seed);
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
+    let pull = args.anchor.open(&model, &mut prov)?;
+    let lwf = match &args.lwf.distill_from {
+        Some(p) => Some(super::engine::open_teacher(
+            p,
+            &args.lwf,
+            &mut model,
+            None,
+            head.as_deref(),
+            &mut prov,
+        )?),
+        None => None,
+    };
     // The buffer is locked like the state (two learners on one buffer take turns).
     let _buffer_lock = match &args.buffer {
         Some(p) => Some(mnemo::fsutil::lock_in_place(p)?),
@@ -216,10 +242,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     };
     let opt_cfg = args.opt.config();
     let settings = format!(
-        "online|batch={}|ema={:?}|lambda={}|replay={:?}",
+        "online|batch={}|ema={:?}|lambda={}|l2={}|lwf={:?}|replay={:?}",
         args.batch_size,
         args.ema.as_ref().map(|_| args.ema_decay),
         args.lambda,
+        args.anchor.l2_lambda,
+        args.lwf.distill_from.as_ref().map(|_| (
+            args.lwf.distill_temperature,
+            args.lwf.distill_weight,
+            &args.lwf.distill_classes
+        )),
         replay.as_ref().map(|r| (
             r.ratio,
             r.distill,
@@ -250,6 +282,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     };
     let mut strategies = Strategies {
         penalty,
+        pull,
+        lwf,
         replay,
         ema,
     };
@@ -593,6 +627,8 @@ impl Window {
 /// between updates; handed to the learner in this order at every call.
 struct Strategies {
     penalty: Option<EwcPenalty>,
+    pull: Option<AnchorPull>,
+    lwf: Option<Lwf>,
     replay: Option<Replay>,
     ema: Option<Ema>,
 }
@@ -602,6 +638,12 @@ impl Strategies {
         let mut v: Vec<&mut dyn Strategy> = Vec::new();
         if let Some(p) = self.penalty.as_mut() {
             v.push(p);
+        }
+        if let Some(p) = self.pull.as_mut() {
+            v.push(p);
+        }
+        if let Some(l) = self.lwf.as_mut() {
+            v.push(l);
         }
         if let Some(r) = self.replay.as_mut() {
             v.push(r);

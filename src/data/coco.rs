@@ -90,7 +90,8 @@ fn ann_name(a: &CocoAnnotation, i: usize) -> String {
 pub fn import_coco(json: &Path, images_dir: &Path, opts: &CocoOptions) -> Result<CocoImport> {
     if let Some((h, w)) = opts.size {
         if h == 0 || w == 0 {
-            return Err(MnemoError::unfit(crate::Setting::ImageSize, 
+            return Err(MnemoError::unfit(
+                crate::Setting::ImageSize,
                 json,
                 format!("image size {h},{w}: both sides must be >= 1"),
             ));
@@ -195,7 +196,8 @@ pub fn import_coco(json: &Path, images_dir: &Path, opts: &CocoOptions) -> Result
             (Some(_), _) => {}
             (None, None) => first = Some((hw, p)),
             (None, Some((hw0, p0))) if hw0 != hw => {
-                return Err(MnemoError::unfit(crate::Setting::ImageSize, 
+                return Err(MnemoError::unfit(
+                    crate::Setting::ImageSize,
                     p,
                     format!(
                         "the image is {}×{} (H×W) but {} is {}×{}",

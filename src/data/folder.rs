@@ -323,7 +323,11 @@ pub(crate) fn load(path: &Path, opts: &FolderOptions) -> Result<Loaded> {
 pub fn import_folder(dir: &Path, opts: &FolderOptions) -> Result<FolderImport> {
     if let Some((h, w)) = opts.size {
         if h == 0 || w == 0 {
-            return Err(MnemoError::unfit(crate::Setting::ImageSize, dir, format!("image size {h},{w}: both sides must be >= 1")));
+            return Err(MnemoError::unfit(
+                crate::Setting::ImageSize,
+                dir,
+                format!("image size {h},{w}: both sides must be >= 1"),
+            ));
         }
     }
     let mut class_dirs: Vec<(OsString, PathBuf)> = Vec::new();
@@ -373,7 +377,8 @@ pub fn import_folder(dir: &Path, opts: &FolderOptions) -> Result<FolderImport> {
             (Some(_), _) => {}
             (None, None) => shape = Some((h, w, f)),
             (None, Some((h0, w0, first))) if (h, w) != (h0, w0) => {
-                return Err(MnemoError::unfit(crate::Setting::ImageSize, 
+                return Err(MnemoError::unfit(
+                    crate::Setting::ImageSize,
                     f,
                     format!(
                         "the image is {h}×{w} (H×W) but {} is {h0}×{w0}",

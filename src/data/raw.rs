@@ -578,7 +578,7 @@ pub fn npz_dataset<R: Read + std::io::Seek>(
     let (xn, yn) = match (x_name, y_name) {
         (None, None) if !has("x") && !has("y") && names.len() == 2 => (names[0], names[1]),
         (None, None) if !has("x") && !has("y") => {
-            return Err(MnemoError::unfit(crate::Setting::ArrayNames, 
+            return Err(MnemoError::unfit(crate::Setting::ArrayNames,
                 path,
                 format!(
                     "no arrays named 'x' and 'y' (the archive has: {listing}); name the two arrays to read"
@@ -589,7 +589,8 @@ pub fn npz_dataset<R: Read + std::io::Seek>(
     };
     for (n, role) in [(xn, "X"), (yn, "Y")] {
         if !has(n) {
-            return Err(MnemoError::unfit(crate::Setting::ArrayNames, 
+            return Err(MnemoError::unfit(
+                crate::Setting::ArrayNames,
                 path,
                 format!("no array '{n}' for {role} (the archive has: {listing})"),
             ));

@@ -127,9 +127,7 @@ pub fn image_plane(
             return Err(MnemoError::unfit(
                 crate::Setting::ImageShape,
                 &d.path,
-                format!(
-                    "'input' is flat ([N, {features}]), not images{hint}"
-                ),
+                format!("'input' is flat ([N, {features}]), not images{hint}"),
             ));
         }
         (None, n) => (es[n - 2], es[n - 1]),
@@ -264,10 +262,7 @@ mod tests {
     fn flat_inputs_need_a_shape_and_floats_keep_their_dtype() {
         let d = ds(Dtype::F32, vec![9], vec![0; 4 * 9 * 2]);
         let e = rotate(&d, 10.0, None).unwrap_err().to_string();
-        assert!(
-            e.contains("r.safetensors") && e.contains("3×3"),
-            "{e}"
-        );
+        assert!(e.contains("r.safetensors") && e.contains("3×3"), "{e}");
         assert!(rotate(&d, 10.0, Some((2, 2))).is_err());
         let r = rotate(&d, 10.0, Some((3, 3))).unwrap();
         assert_eq!((r.dtype, r.example_shape.clone()), (Dtype::F32, vec![9]));

@@ -162,7 +162,9 @@ fn list_file(root: &Path, split: &str) -> Result<PathBuf> {
     }
     Err(bad(
         &named,
-        format!("no such split list ({split}: a name under ImageSets/Segmentation/ or a list file)"),
+        format!(
+            "no such split list ({split}: a name under ImageSets/Segmentation/ or a list file)"
+        ),
     ))
 }
 
@@ -233,7 +235,8 @@ fn example(root: &Path, id: &str, list: &Path, opts: &VocOptions) -> Result<Exam
 pub fn import_voc(root: &Path, opts: &VocOptions) -> Result<VocImport> {
     if let Some((h, w)) = opts.size {
         if h == 0 || w == 0 {
-            return Err(MnemoError::unfit(crate::Setting::ImageSize, 
+            return Err(MnemoError::unfit(
+                crate::Setting::ImageSize,
                 root,
                 format!("image size {h},{w}: both sides must be >= 1"),
             ));
@@ -261,7 +264,8 @@ pub fn import_voc(root: &Path, opts: &VocOptions) -> Result<VocImport> {
         match first {
             None => first = Some((hw, id)),
             Some((hw0, id0)) if hw0 != hw => {
-                return Err(MnemoError::unfit(crate::Setting::ImageSize, 
+                return Err(MnemoError::unfit(
+                    crate::Setting::ImageSize,
                     &root.join("JPEGImages").join(format!("{id}.jpg")),
                     format!(
                         "the image is {}×{} (H×W) but {id0}.jpg is {}×{}",
