@@ -548,6 +548,23 @@ fn hostile_token_data_and_configs_are_refused_by_name() {
         "{}",
         r.stderr
     );
+    // Token sequences do not stream as JSON Lines (they would read back as numbers).
+    let r = mnemo_in(
+        dir.path(),
+        &[
+            "data",
+            "stream",
+            &fixture("lm/data.safetensors"),
+            "--format",
+            "jsonl",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--format safetensors") && r.stdout.is_empty(),
+        "{}",
+        r.stderr
+    );
     // Features, not token ids.
     let r = eval(&fixture("mlp_data.safetensors"));
     assert_eq!(r.code, 2, "{}", r.stderr);

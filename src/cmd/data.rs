@@ -268,7 +268,7 @@ pub enum DataCommand {
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFormatName {
     Safetensors,
     Jsonl,
@@ -1015,6 +1015,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             format,
         } => {
             let d = mnemo::data::Dataset::open(&input)?;
+            if format == StreamFormatName::Jsonl
+                && matches!(d.target_kind, mnemo::data::TargetKind::Tokens { .. })
+            {
+                anyhow::bail!(
+                    "--format jsonl: {} holds token sequences, which stream as safetensors frames (JSON Lines inputs read back as numbers, not token ids); use --format safetensors",
+                    input.display()
+                );
+            }
             let format = match format {
                 StreamFormatName::Safetensors => mnemo::data::stream::StreamFormat::Safetensors,
                 StreamFormatName::Jsonl => mnemo::data::stream::StreamFormat::JsonLines,

@@ -1,8 +1,9 @@
 //! Attaching a LoRA adapter to a model for training: the base weights are frozen (batchnorm
-//! runs on its running statistics), A and B become the model's only `params`, so the
-//! engine, the optimizer and the state file train adapters unchanged; each target module's
-//! output gains scale·B·A·dropout(x). The model sees this only through its
-//! [`ModelAdapter`] hook.
+//! runs on its running statistics), A and B (with DoRA the magnitudes, with
+//! `modules_to_save` the saved modules' own tensors) become the model's only `params`, so
+//! the engine, the optimizer and the state file train adapters unchanged; each target
+//! module's output gains scale·B·A·dropout(x), or DoRA's rescaled output. The model sees
+//! this only through its [`ModelAdapter`] hook.
 
 use super::{
     a_name, b_name, dora_rescale, fold, magnitude_name, Adapter, LoraConfig, ModuleAdapter,
