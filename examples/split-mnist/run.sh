@@ -3,7 +3,10 @@
 # (0/1, 2/3, 4/5, 6/7, 8/9), domain-incremental (every task relabelled 0/1, a 2-way head)
 # and class-incremental (the original labels, one 10-way head); an MLP 784-400-400, Adam
 # lr 1e-3, batch 128. Methods: fine-tuning, EWC (a penalty per earlier task), online EWC
-# (one accumulated Fisher), replay (a 1100-example reservoir buffer), joint training.
+# (one accumulated Fisher), replay (a 1100-example reservoir buffer), joint training; on
+# request (METHODS=...), ER-ACE (er-ace: replay with the new batch's loss over its present
+# classes) and DER++ (derpp: CE(new) + α·MSE to stored logits + β·CE on replayed labels),
+# with the same buffer.
 #
 # Every model after every task is evaluated on every task's test set (and the initial model,
 # stage 0, for forward transfer); each evaluation is one JSON line in $OUT/results.jsonl, as
@@ -27,6 +30,8 @@ ONLINE_LAMBDA=${ONLINE_LAMBDA:-100000}
 GAMMA=${GAMMA:-1.0}               # online EWC decay
 CAPACITY=${CAPACITY:-1100}
 RATIO=${RATIO:-0.5}
+DER_ALPHA=${DER_ALPHA:-0.5}       # DER++'s α (logit MSE) and β (replayed labels), untuned
+DER_BETA=${DER_BETA:-0.5}
 TASKS="0,1 2,3 4,5 6,7 8,9"
 TRAIN="--optimizer adam --lr 1e-3 --batch-size 128 --epochs $EPOCHS -q"
 
@@ -108,6 +113,12 @@ for seed in $SEEDS; do
           replay)
             "$MNEMO" replay-train "$prev" --data "$train" --buffer "$d/buffer.safetensors" --capacity "$CAPACITY" \
               --replay-ratio "$RATIO" $TRAIN --seed "$seed" -o "$out" >/dev/null ;;
+          er-ace)
+            "$MNEMO" replay-train "$prev" --data "$train" --buffer "$d/buffer.safetensors" --capacity "$CAPACITY" \
+              --replay-ratio "$RATIO" --incoming-loss ace $TRAIN --seed "$seed" -o "$out" >/dev/null ;;
+          derpp)
+            "$MNEMO" replay-train "$prev" --data "$train" --buffer "$d/buffer.safetensors" --capacity "$CAPACITY" \
+              --distill "$DER_ALPHA" --replay-labels "$DER_BETA" $TRAIN --seed "$seed" -o "$out" >/dev/null ;;
           *) echo "unknown method $method" >&2; exit 2 ;;
         esac
         record "$sc" "$method" "$seed" "$i" "$out"

@@ -9,9 +9,10 @@ BEGIN {
   pub["domain","replay"] = "95.16"; pub["domain","joint"] = "98.59"
   pub["class","finetune"] = "19.71"; pub["class","ewc"] = "19.80"; pub["class","online-ewc"] = "19.77"
   pub["class","replay"] = "90.78"; pub["class","joint"] = "97.53"
-  split("finetune ewc online-ewc replay joint", order, " ")
+  split("finetune ewc online-ewc replay er-ace derpp joint", order, " ")
   name["finetune"] = "fine-tuning (Adam)"; name["ewc"] = "EWC"; name["online-ewc"] = "online EWC"
   name["replay"] = "replay, 1100 examples"; name["joint"] = "joint training"
+  name["er-ace"] = "ER-ACE, 1100 examples"; name["derpp"] = "DER++, 1100 examples"
 }
 /"stage":5,/ {
   match($0, /"scenario":"[a-z]+"/); sc = substr($0, RSTART + 12, RLENGTH - 13)
@@ -33,8 +34,10 @@ END {
   }
   print "| method | domain-IL (mnemo) | domain-IL (Hsu et al.) | class-IL (mnemo) | class-IL (Hsu et al.) |"
   print "|---|---:|---:|---:|---:|"
-  for (j = 1; j <= 5; j++) {
-    m = order[j]; line = "| " name[m]
+  for (j = 1; j <= 7; j++) {
+    m = order[j]
+    if (n["domain", m] + n["class", m] == 0) continue
+    line = "| " name[m]
     for (q = 1; q <= 2; q++) {
       sc = (q == 1) ? "domain" : "class"
       if (n[sc, m] == 0) { cell = "–" }
@@ -43,7 +46,7 @@ END {
         var = (n[sc, m] > 1) ? (sq[sc, m] - n[sc, m] * mean * mean) / (n[sc, m] - 1) : 0
         cell = sprintf("%.2f ± %.2f (n=%d)", mean, sqrt(var > 0 ? var : 0), n[sc, m])
       }
-      line = line " | " cell " | " pub[sc, m]
+      line = line " | " cell " | " ((sc, m) in pub ? pub[sc, m] : "–")
     }
     print line " |"
   }
