@@ -30,12 +30,22 @@ pub fn check_update(step: u64, loss: f64, host: &BTreeMap<String, Vec<f32>>) -> 
 /// Fails when any tensor to be written holds NaN or ±inf (batchnorm statistics included),
 /// naming it: the last guard before a training command writes its output.
 pub fn check_tensors(tensors: &[crate::checkpoint::OwnedTensor]) -> Result<()> {
-    for t in tensors {
-        if !matches!(t.dtype, crate::checkpoint::Dtype::F32) {
-            continue;
-        }
-        for (i, c) in t.data.chunks_exact(4).enumerate() {
-            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    use crate::checkpoint::Dtype;
+    for t in tensors.iter().filter(|t| t.dtype.is_float()) {
+        // F32 read in place; other float dtypes (a bf16 model is written in bf16) decoded.
+        let values: Vec<f32> = match t.dtype {
+            Dtype::F32 => Vec::new(),
+            d => crate::checkpoint::decode(d, &t.data),
+        };
+        let all: Box<dyn Iterator<Item = f32>> = match t.dtype {
+            Dtype::F32 => Box::new(
+                t.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            _ => Box::new(values.into_iter()),
+        };
+        for (i, v) in all.enumerate() {
             if !v.is_finite() {
                 return Err(MnemoError::Diverged {
                     at: "by the end of the run".into(),
@@ -64,5 +74,21 @@ mod tests {
         assert!(check_update(1, f64::INFINITY, &BTreeMap::new()).is_err());
         h.insert("0.weight".to_string(), vec![1.0]);
         check_update(1, 0.5, &h).unwrap();
+    }
+
+    #[test]
+    fn a_nan_is_found_in_every_float_dtype() {
+        use crate::checkpoint::{encode, Dtype, OwnedTensor};
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+            let t = |v: f32| OwnedTensor {
+                name: "w".into(),
+                dtype,
+                shape: vec![2],
+                data: encode(dtype, &[1.0, v]).unwrap().into(),
+            };
+            let e = check_tensors(&[t(f32::NAN)]).unwrap_err().to_string();
+            assert!(e.contains("'w' element 1"), "{dtype}: {e}");
+            check_tensors(&[t(2.0)]).unwrap();
+        }
     }
 }
