@@ -6,6 +6,23 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
+/// The example's command exited 0 (its stderr shown when not).
+fn succeeded(run: &std::process::Output) {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// Every line of a JSON Lines file.
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
 #[test]
 fn split_mnist_pipeline_runs_at_ci_size() {
     let d = workdir();
@@ -83,16 +100,8 @@ fn drift_loop_updates_after_the_rotation() {
         .current_dir(d.path())
         .output()
         .expect("run the loop");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let decisions: Vec<serde_json::Value> = std::fs::read_to_string(out.join("decisions.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    succeeded(&run);
+    let decisions = json_lines(&out.join("decisions.jsonl"));
     assert_eq!(decisions.len(), 10);
     for d in &decisions[..5] {
         assert_eq!(d["action"], "none", "{d}");
@@ -126,16 +135,8 @@ fn rotated_mnist_stream_runs_both_parts() {
         .current_dir(d.path())
         .output()
         .expect("run the example");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let results: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    succeeded(&run);
+    let results = json_lines(&out.join("results.jsonl"));
     assert_eq!(results.len(), 20, "two methods × ten tasks");
     assert!(results[..10]
         .iter()
@@ -324,16 +325,8 @@ fn text_cl_pipeline_runs_at_ci_size() {
         .current_dir(d.path())
         .output()
         .expect("run the example");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let results: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    succeeded(&run);
+    let results = json_lines(&out.join("results.jsonl"));
     let methods: Vec<&str> = results
         .iter()
         .map(|r| r["method"].as_str().unwrap())

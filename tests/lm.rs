@@ -22,6 +22,14 @@ fn expected() -> Checkpoint {
     Checkpoint::open(lm("expected.safetensors")).unwrap()
 }
 
+/// The model's logits on `x` in eval mode, flattened.
+fn logits(model: &mut Model, x: &candle_core::Tensor) -> Vec<f32> {
+    let y = model
+        .forward(x, None, Mode::Eval, &mut Rng::new(0))
+        .unwrap();
+    y.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 /// max |a − b| ≤ tol · max(1, max |b|).
 fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
@@ -44,10 +52,7 @@ fn logits_of_transformers_folders_match() {
     for case in CASES {
         let (mut model, _) = Model::open(&lm(case), None, &Device::Cpu).unwrap();
         let (x, _) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
-        let y = model
-            .forward(&x, None, Mode::Eval, &mut Rng::new(0))
-            .unwrap();
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let got = logits(&mut model, &x);
         close(
             &got,
             &want.to_f32(&format!("{case}.logits")).unwrap(),
@@ -242,12 +247,8 @@ fn a_peft_adapter_folds_into_a_model_folder_as_peft_does() {
     let (mut model, _) = Model::open(&out, None, &Device::Cpu).unwrap();
     let data = Dataset::open(lm("data.safetensors")).unwrap();
     let (x, _) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
-    let y = model
-        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
-        .unwrap();
-    let logits: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
     close(
-        &logits,
+        &logits(&mut model, &x),
         &expected().to_f32("peft.logits").unwrap(),
         1e-4,
         "peft logits",
@@ -948,10 +949,7 @@ fn a_fresh_dora_adapter_starts_at_the_base_row_norms() {
     config.dora = true;
     let data = Dataset::open(lm("data.safetensors")).unwrap();
     let (x, _) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
-    let before: Vec<f32> = model
-        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
-        .map(|y| y.flatten_all().unwrap().to_vec1().unwrap())
-        .unwrap();
+    let before = logits(&mut model, &x);
     mnemo::lora::attach::attach(&mut model, config, modules, None, 7).unwrap();
     let ad = mnemo::lora::attach::adapter_of(&model).unwrap().unwrap();
     assert_eq!(ad.magnitudes.len(), 2);
@@ -963,10 +961,7 @@ fn a_fresh_dora_adapter_starts_at_the_base_row_norms() {
             assert!((mag[i] - norm).abs() <= 1e-6 * norm, "{m}[{i}]");
         }
     }
-    let after: Vec<f32> = model
-        .forward(&x, None, Mode::Eval, &mut Rng::new(0))
-        .map(|y| y.flatten_all().unwrap().to_vec1().unwrap())
-        .unwrap();
+    let after = logits(&mut model, &x);
     close(&after, &before, 1e-5, "the adapted model at step 0");
     let dir = workdir();
     let r = mnemo_in(

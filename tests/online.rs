@@ -68,6 +68,16 @@ fn online_args(case: &Value, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// `online` with `args` stopped after 24 examples (`--max-examples`), then run again from
+/// its state over the whole stream.
+fn stopped_and_resumed(dir: &Path, case: &Value, input: &[u8], args: &[&str]) {
+    let mut first = args.to_vec();
+    first.extend(["--max-examples", "24"]);
+    assert_eq!(run_online(dir, case, input, &first).code, 0);
+    let r = run_online(dir, case, input, args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 fn run_online(dir: &Path, case: &Value, input: &[u8], extra: &[&str]) -> Run {
     let args = online_args(case, extra);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -519,11 +529,7 @@ fn online_replay_equals_replay_train_over_the_same_examples() {
         "8",
         "-q",
     ];
-    let mut first = common.to_vec();
-    first.extend(["--max-examples", "24"]);
-    assert_eq!(run_online(dir.path(), case, &input, &first).code, 0);
-    let r = run_online(dir.path(), case, &input, &common);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    stopped_and_resumed(dir.path(), case, &input, &common);
     assert_same_tensors(
         &dir.path().join("l2.safetensors"),
         &dir.path().join("rt.safetensors"),
@@ -871,11 +877,7 @@ fn online_lwf_and_anchor_equal_train_ewc_over_the_same_examples() {
         "-q",
     ];
     common.extend(strategy);
-    let mut first = common.clone();
-    first.extend(["--max-examples", "24"]);
-    assert_eq!(run_online(dir.path(), case, &input, &first).code, 0);
-    let r = run_online(dir.path(), case, &input, &common);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    stopped_and_resumed(dir.path(), case, &input, &common);
     assert_same_tensors(
         &dir.path().join("l2.safetensors"),
         &dir.path().join("ewc.safetensors"),

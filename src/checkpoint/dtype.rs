@@ -236,6 +236,17 @@ pub fn encode(dtype: Dtype, values: &[f32]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `values` encoded as `dtype` (as [`encode`]), with the index of the first element that
+/// is not finite as written: a NaN or inf kept, or a finite f32 beyond f16's ±65504.
+pub fn encode_checked(dtype: Dtype, values: &[f32]) -> Option<(Vec<u8>, Option<usize>)> {
+    let data = encode(dtype, values)?;
+    let bad = match dtype {
+        Dtype::F32 | Dtype::F64 => values.iter().position(|x| !x.is_finite()),
+        _ => decode(dtype, &data).iter().position(|x| !x.is_finite()),
+    };
+    Some((data, bad))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

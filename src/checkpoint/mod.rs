@@ -10,7 +10,7 @@ pub mod pth;
 pub mod stats;
 mod writer;
 
-pub use dtype::{decode, decode_i64, decode_into, encode, Dtype};
+pub use dtype::{decode, decode_i64, decode_into, encode, encode_checked, Dtype};
 pub use folder::{prepare_model_output, ModelOutput};
 pub use header::TensorEntry;
 pub use writer::{

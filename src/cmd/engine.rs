@@ -407,6 +407,18 @@ pub fn ewc_penalty(
 
 /// The `--distill-from` model as an LwF strategy, checked against the trained model on the
 /// first example (same outputs), its file recorded in the provenance.
+/// The inputs --l2-anchor and --distill-from name, for the destinations check.
+pub fn strategy_inputs(d: &mut Destinations, anchor: &AnchorArgs, lwf: &LwfArgs) {
+    for (label, p) in [
+        ("--l2-anchor", &anchor.l2_anchor),
+        ("--distill-from", &lwf.distill_from),
+    ] {
+        if let Some(p) = p {
+            d.input(label, p);
+        }
+    }
+}
+
 impl AnchorArgs {
     /// The pull towards --l2-anchor, when given; the anchor joins the provenance.
     pub fn open(&self, model: &Model, prov: &mut Provenance) -> anyhow::Result<Option<AnchorPull>> {
@@ -542,11 +554,10 @@ pub fn model_output(d: &mut Destinations, label: &str, path: &Path) {
 }
 
 pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
+    strategy_inputs(d, &e.anchor, &e.lwf);
     for (label, p) in [
         ("--val", &e.val),
-        ("--l2-anchor", &e.anchor.l2_anchor),
         ("--init-optimizer", &e.init_optimizer),
-        ("--distill-from", &e.lwf.distill_from),
         ("--si-prior", &e.si_prior),
     ] {
         if let Some(p) = p {

@@ -3,7 +3,7 @@
 
 use super::{Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
-use mnemo::checkpoint::{encode, prepare_model_output, Checkpoint, OwnedTensor};
+use mnemo::checkpoint::{encode_checked, prepare_model_output, Checkpoint, OwnedTensor};
 use mnemo::lora::peft_check;
 use mnemo::lora::{fold, Adapter};
 use serde_json::json;
@@ -125,17 +125,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                 if let Some(mag) = ad.magnitudes.get(m) {
                     mnemo::lora::dora_rescale(&mut v, e.shape[0], mag);
                 }
-                let data = encode(e.dtype, &v)
+                let (data, bad) = encode_checked(e.dtype, &v)
                     .with_context(|| format!("'{name}': cannot write {} values", e.dtype))?;
                 // Checked as written: a finite f32 sum can still overflow f16's ±65504.
                 if !allow_nonfinite {
-                    let written = mnemo::checkpoint::decode(e.dtype, &data);
-                    if let Some(i) = written.iter().position(|x| !x.is_finite()) {
+                    if let Some(i) = bad {
                         return Err(mnemo::MnemoError::NonFinite {
                             path: base.clone(),
                             tensor: name,
                             index: i,
-                            value: written[i],
+                            value: mnemo::checkpoint::decode(e.dtype, &data)[i],
                             reason: format!(
                                 "the folded weight is not finite ({} the base); \
                                  --allow-nonfinite writes it anyway",
@@ -165,10 +164,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
                         base.display()
                     );
                 }
-                let data = encode(e.dtype, v)
+                let (data, bad) = encode_checked(e.dtype, v)
                     .with_context(|| format!("'{name}': cannot write {} values", e.dtype))?;
-                let written = mnemo::checkpoint::decode(e.dtype, &data);
-                if let Some(i) = written.iter().position(|x| !x.is_finite()) {
+                if let Some(i) = bad {
                     anyhow::bail!(
                         "{}: saved tensor '{name}' element {i} ({}) does not fit in {}",
                         adapter.display(),

@@ -170,14 +170,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         d.input("--data", &args.data);
     }
     super::engine::penalty_inputs(&mut d, &args.penalty);
-    for (label, p) in [
-        ("--l2-anchor", &args.anchor.l2_anchor),
-        ("--distill-from", &args.lwf.distill_from),
-    ] {
-        if let Some(p) = p {
-            d.input(label, p);
-        }
-    }
+    super::engine::strategy_inputs(&mut d, &args.anchor, &args.lwf);
     if let Some(s) = &args.state {
         d.in_place("--state", s);
     }

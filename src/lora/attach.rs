@@ -6,8 +6,8 @@
 //! this only through its [`ModelAdapter`] hook.
 
 use super::{
-    a_name, b_name, dora_rescale, fold, magnitude_name, Adapter, LoraConfig, ModuleAdapter,
-    TargetKind,
+    a_name, b_name, dora_rescale, fold, magnitude_name, row_norms, Adapter, LoraConfig,
+    ModuleAdapter, TargetKind,
 };
 use crate::checkpoint::OwnedTensor;
 use crate::error::{MnemoError, Result};
@@ -252,11 +252,9 @@ pub fn attach(
                         Path::new("<model>"),
                         m,
                     )?;
-                    let norms: Vec<f32> = v
-                        .chunks_exact(v.len() / out_features)
-                        .map(|row| {
-                            row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32
-                        })
+                    let norms: Vec<f32> = row_norms(&v, out_features)
+                        .into_iter()
+                        .map(|n| n as f32)
                         .collect();
                     // DoRA divides by each row's norm: a zero row would make NaN.
                     if let Some(i) = norms.iter().position(|n| *n <= 0.0) {

@@ -491,12 +491,19 @@ pub fn resolve_saved(spec: &ArchSpec, keys: &[String], strict: bool) -> Result<V
 /// `[out, in]` weight rescaled to the magnitude m_i, W_i · m_i / ‖W_i‖₂ (the row norm of the
 /// adapted weight, in f64).
 pub fn dora_rescale(w: &mut [f32], rows: usize, magnitude: &[f32]) {
+    let norms = row_norms(w, rows);
     let cols = w.len() / rows.max(1);
-    for (row, &m) in w.chunks_exact_mut(cols).zip(magnitude) {
-        let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    for ((row, &m), norm) in w.chunks_exact_mut(cols).zip(magnitude).zip(norms) {
         let f = m as f64 / norm;
         row.iter_mut().for_each(|x| *x = (*x as f64 * f) as f32);
     }
+}
+
+/// The L2 norm of each of the `rows` rows of `w`, in f64: DoRA's ‖W‖ per output.
+pub fn row_norms(w: &[f32], rows: usize) -> Vec<f64> {
+    w.chunks_exact(w.len() / rows.max(1))
+        .map(|row| row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt())
+        .collect()
 }
 
 /// One module's adapter weights.

@@ -2,7 +2,7 @@
 //! what a training state file stores, and the model's tensors ready for writing.
 
 use super::{Model, ParamKind, ParamSpec};
-use crate::checkpoint::{decode, encode, Checkpoint, Dtype, OwnedTensor};
+use crate::checkpoint::{decode, encode_checked, Checkpoint, Dtype, OwnedTensor};
 use crate::error::{MnemoError, Result};
 use candle_core::{DType, Tensor};
 use std::borrow::Cow;
@@ -137,15 +137,14 @@ impl Model {
                 continue;
             }
             let values = decode(Dtype::F32, &t.data);
-            let data = encode(dtype, &values).ok_or_else(|| MnemoError::Diverged {
-                at: "by the end of the run".into(),
-                what: format!("tensor '{}'", t.name),
-                value: format!("not representable as {dtype}"),
-            })?;
-            let written = decode(dtype, &data);
-            if let Some(i) =
-                (0..values.len()).find(|&i| values[i].is_finite() && !written[i].is_finite())
-            {
+            let (data, bad) =
+                encode_checked(dtype, &values).ok_or_else(|| MnemoError::Diverged {
+                    at: "by the end of the run".into(),
+                    what: format!("tensor '{}'", t.name),
+                    value: format!("not representable as {dtype}"),
+                })?;
+            // A non-finite f32 is the divergence check's to report; an overflow is this one's.
+            if let Some(i) = bad.filter(|&i| values[i].is_finite()) {
                 return Err(MnemoError::Diverged {
                     at: "by the end of the run".into(),
                     what: format!("tensor '{}' element {i}", t.name),
