@@ -883,3 +883,109 @@ fn online_lwf_and_anchor_equal_train_ewc_over_the_same_examples() {
         &dir.path().join("ewc.safetensors"),
     );
 }
+
+/// SI is a strategy of the shared engine online too: over a stream, `online` learns the
+/// weights and writes the importance Ω (prior added) that `train-ewc` does from the same
+/// examples in the same order; a learner stopped and resumed ends with the same Ω.
+#[test]
+fn online_si_importance_equals_train_ewc_over_the_same_examples() {
+    let case = &expected()[0];
+    let dir = workdir();
+    let data = fixture(case["data"].as_str().unwrap());
+    let model = fixture(case["model"].as_str().unwrap());
+    let o = &case["optimizer"];
+    let (batch, lr) = (case["batch"].to_string(), o["lr"].to_string());
+    let momentum = o["momentum"].to_string();
+    let arch = case["arch"].as_str().unwrap();
+    let train = |extra: &[&str], out: &str| {
+        let mut a = vec![
+            "train-ewc",
+            &model,
+            "--arch",
+            arch,
+            "--data",
+            &data,
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--batch-size",
+            &batch,
+            "--optimizer",
+            o["name"].as_str().unwrap(),
+            "--lr",
+            &lr,
+            "--momentum",
+            &momentum,
+            "-o",
+            out,
+            "-q",
+        ];
+        a.extend_from_slice(extra);
+        ok(mnemo_in(dir.path(), &a));
+    };
+    // An earlier task's importance, as the prior.
+    train(&["--si-importance", "prior.safetensors"], "t1.safetensors");
+    let si = ["--si-xi", "0.2", "--si-prior", "prior.safetensors"];
+    let mut offline = vec!["--si-importance", "omega.safetensors"];
+    offline.extend(si);
+    train(&offline, "ewc.safetensors");
+    let input = stream(dir.path(), &data, 5, "safetensors");
+    let mut extra = vec![
+        "-o",
+        "live.safetensors",
+        "--si-importance",
+        "omega-online.safetensors",
+        "-q",
+    ];
+    extra.extend(si);
+    let r = run_online(dir.path(), case, &input, &extra);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tensors(
+        &dir.path().join("live.safetensors"),
+        &dir.path().join("ewc.safetensors"),
+    );
+    assert_same_tensors(
+        &dir.path().join("omega-online.safetensors"),
+        &dir.path().join("omega.safetensors"),
+    );
+    let omega = Checkpoint::open(dir.path().join("omega-online.safetensors")).unwrap();
+    assert_eq!(omega.metadata()["mnemo.importance"], "si");
+    // This task's path integral adds to the prior.
+    let prior = Checkpoint::open(dir.path().join("prior.safetensors")).unwrap();
+    let total = |c: &Checkpoint| -> f64 {
+        c.names()
+            .map(|n| c.to_f32(n).unwrap().iter().map(|&x| x as f64).sum::<f64>())
+            .sum()
+    };
+    assert!(total(&omega) > total(&prior) && total(&prior) > 0.0);
+    // Stopped after 24 examples and resumed: the same Ω.
+    let mut common = vec![
+        "-o",
+        "l2.safetensors",
+        "--si-importance",
+        "omega-resumed.safetensors",
+        "--state",
+        "s.state",
+        "--checkpoint-every",
+        "8",
+        "-q",
+    ];
+    common.extend(si);
+    stopped_and_resumed(dir.path(), case, &input, &common);
+    assert_same_tensors(
+        &dir.path().join("omega-resumed.safetensors"),
+        &dir.path().join("omega.safetensors"),
+    );
+    // Ω cannot be written over an input.
+    let mut clash = vec![
+        "-o",
+        "x.safetensors",
+        "--si-importance",
+        "prior.safetensors",
+        "-q",
+    ];
+    clash.extend(si);
+    let r = run_online(dir.path(), case, &input, &clash);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--si-importance"), "{}", r.stderr);
+}

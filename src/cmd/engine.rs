@@ -152,6 +152,30 @@ pub struct AnchorArgs {
     pub l2_lambda: f64,
 }
 
+/// Synaptic Intelligence (every training command, `online` too).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SiArgs {
+    /// Synaptic Intelligence: write this task's importance Ω = ω/((θ_end − θ_start)² + ξ)
+    /// here with the weights (at the end; `online`: at every checkpoint, for the stream so
+    /// far), ω = −Σ g·Δθ over the run's updates, negative entries clamped to 0, in a Fisher
+    /// file's layout: the next task's penalty is --penalty OMEGA:THIS_OUTPUT.
+    #[arg(long, value_name = "OMEGA")]
+    pub si_importance: Option<PathBuf>,
+    /// Damping ξ of --si-importance's denominator.
+    #[arg(
+        long,
+        value_name = "XI",
+        default_value_t = 0.1,
+        requires = "si_importance",
+        value_parser = mnemo::validate::positive
+    )]
+    pub si_xi: f64,
+    /// Add this earlier importance file to --si-importance's (Zenke et al.'s Ω summed over
+    /// tasks).
+    #[arg(long, value_name = "OMEGA", requires = "si_importance")]
+    pub si_prior: Option<PathBuf>,
+}
+
 /// Learning without forgetting (every training command, `online` too).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct LwfArgs {
@@ -270,23 +294,8 @@ pub struct EngineArgs {
     /// Write the optimizer's moments and step count here at the end (for --init-optimizer).
     #[arg(long, value_name = "FILE")]
     pub save_optimizer: Option<PathBuf>,
-    /// Synaptic Intelligence: write this task's importance Ω = ω/((θ_end − θ_start)² + ξ)
-    /// here at the end (ω = −Σ g·Δθ over the run's updates; negative entries clamped to 0),
-    /// in a Fisher file's layout: the next task's penalty is --penalty OMEGA:THIS_OUTPUT.
-    #[arg(long, value_name = "OMEGA")]
-    pub si_importance: Option<PathBuf>,
-    /// Damping ξ of --si-importance's denominator.
-    #[arg(
-        long,
-        value_name = "XI",
-        default_value_t = 0.1,
-        requires = "si_importance"
-    )]
-    pub si_xi: f64,
-    /// Add this earlier importance file to --si-importance's (Zenke et al.'s Ω summed over
-    /// tasks).
-    #[arg(long, value_name = "OMEGA", requires = "si_importance")]
-    pub si_prior: Option<PathBuf>,
+    #[command(flatten)]
+    pub si: SiArgs,
     /// Also emit a {"event":"step"} line every N updates.
     #[arg(long, value_name = "N", value_parser = mnemo::validate::count)]
     pub log_every: Option<usize>,
@@ -408,13 +417,44 @@ pub fn ewc_penalty(
 /// The `--distill-from` model as an LwF strategy, checked against the trained model on the
 /// first example (same outputs), its file recorded in the provenance.
 /// The inputs --l2-anchor and --distill-from name, for the destinations check.
-pub fn strategy_inputs(d: &mut Destinations, anchor: &AnchorArgs, lwf: &LwfArgs) {
+pub fn strategy_inputs(d: &mut Destinations, anchor: &AnchorArgs, lwf: &LwfArgs, si: &SiArgs) {
     for (label, p) in [
         ("--l2-anchor", &anchor.l2_anchor),
         ("--distill-from", &lwf.distill_from),
+        ("--si-prior", &si.si_prior),
     ] {
         if let Some(p) = p {
             d.input(label, p);
+        }
+    }
+    if let Some(p) = &si.si_importance {
+        d.output("--si-importance", p);
+    }
+}
+
+impl SiArgs {
+    /// SI's path integral, started, and the prior importance it adds to (read and recorded
+    /// in the provenance), when --si-importance is given.
+    pub fn open(
+        &self,
+        model: &Model,
+        prov: &mut Provenance,
+    ) -> anyhow::Result<Option<(Si, Option<Importance>)>> {
+        if self.si_importance.is_none() {
+            return Ok(None);
+        }
+        let prior = match &self.si_prior {
+            Some(p) => Some(read_importance(p, model, prov)?),
+            None => None,
+        };
+        Ok(Some((Si::new(self.si_xi), prior)))
+    }
+
+    /// What the state file's fingerprint records of SI.
+    pub fn settings(&self) -> String {
+        match self.si_importance {
+            Some(_) => format!("|si:xi={}", self.si_xi),
+            None => String::new(),
         }
     }
 }
@@ -513,7 +553,7 @@ fn read_importance(
 
 /// SI's importance for the model's final weights, clamped at 0 (a negative importance
 /// would reward moving away from the anchor), prepared beside its target.
-fn prepare_importance(
+pub fn prepare_importance(
     path: &Path,
     si: &Si,
     prior: Option<&BTreeMap<String, Vec<f32>>>,
@@ -541,8 +581,6 @@ fn prepare_importance(
     Ok(prepare_checkpoint(path, tensors, &meta)?)
 }
 
-/// The engine flags' files, for the command's destinations check: --val, --l2-anchor and
-/// --init-optimizer are read, --save-optimizer written, --state read and replaced.
 /// A model output: one safetensors file, or (`DIR/`) a Hugging Face model folder, whose
 /// every file is checked.
 pub fn model_output(d: &mut Destinations, label: &str, path: &Path) {
@@ -553,22 +591,18 @@ pub fn model_output(d: &mut Destinations, label: &str, path: &Path) {
     }
 }
 
+/// The engine flags' files, for the command's destinations check: --val, --l2-anchor,
+/// --distill-from, --si-prior and --init-optimizer are read, --save-optimizer and
+/// --si-importance written, --state read and replaced.
 pub fn destinations(d: &mut Destinations, e: &EngineArgs) {
-    strategy_inputs(d, &e.anchor, &e.lwf);
-    for (label, p) in [
-        ("--val", &e.val),
-        ("--init-optimizer", &e.init_optimizer),
-        ("--si-prior", &e.si_prior),
-    ] {
+    strategy_inputs(d, &e.anchor, &e.lwf, &e.si);
+    for (label, p) in [("--val", &e.val), ("--init-optimizer", &e.init_optimizer)] {
         if let Some(p) = p {
             d.input(label, p);
         }
     }
     if let Some(p) = &e.save_optimizer {
         d.output("--save-optimizer", p);
-    }
-    if let Some(p) = &e.si_importance {
-        d.output("--si-importance", p);
     }
     if let Some(p) = &e.state {
         d.in_place("--state", p);
@@ -779,7 +813,7 @@ pub struct Trained<'a> {
 }
 
 /// A per-parameter importance (SI's Ω, a Fisher diagonal), by parameter name.
-type Importance = BTreeMap<String, Vec<f32>>;
+pub type Importance = BTreeMap<String, Vec<f32>>;
 
 /// `--save-optimizer`'s file, prepared beside its target (None without the flag).
 pub fn prepare_optimizer(
@@ -819,27 +853,16 @@ pub fn train_only<'a>(
         )?),
         None => None,
     };
-    if e.si_importance.is_some() {
-        f.settings.push_str(&format!("|si:xi={}", e.si_xi));
-    }
+    f.settings.push_str(&e.si.settings());
     if lwf.is_some() {
         f.settings.push_str(&format!(
             "|lwf:T={}:w={}:classes={:?}",
             e.lwf.distill_temperature, e.lwf.distill_weight, e.lwf.distill_classes
         ));
     }
-    let mut si = match &e.si_importance {
-        Some(_) => {
-            if !(e.si_xi.is_finite() && e.si_xi > 0.0) {
-                anyhow::bail!("--si-xi {}: must be a positive number", e.si_xi);
-            }
-            Some(Si::new(e.si_xi))
-        }
-        None => None,
-    };
-    let si_prior = match &e.si_prior {
-        Some(p) => Some(read_importance(p, &f.model, &mut f.prov)?),
-        None => None,
+    let (mut si, si_prior) = match e.si.open(&f.model, &mut f.prov)? {
+        Some((s, prior)) => (Some(s), prior),
+        None => (None, None),
     };
     let mut pull = e.anchor.open(&f.model, &mut f.prov)?;
     let val = match &e.val {
@@ -997,7 +1020,7 @@ impl Trained<'_> {
         let output = prepare_model_output(path, tensors, &meta, source.as_deref())
             .with_context(|| format!("writing {}", path.display()))?;
         let optimizer = prepare_optimizer(e, &opt, &model, &prov.metadata())?;
-        let importance = match (&e.si_importance, &si) {
+        let importance = match (&e.si.si_importance, &si) {
             (Some(p), Some((si, prior))) => Some(
                 prepare_importance(p, si, prior.as_ref(), &model, &prov)
                     .with_context(|| format!("writing {}", p.display()))?,

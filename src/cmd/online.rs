@@ -3,7 +3,10 @@
 //! of the weights is kept beside the live model, and both are checkpointed atomically
 //! every N examples or seconds, at the end of the stream and on SIGTERM/SIGINT.
 
-use super::engine::{ewc_penalty, open_buffer, LossName, OptimizerArgs, ProjectionName};
+use super::engine::{
+    ewc_penalty, open_buffer, prepare_importance, Importance, LossName, OptimizerArgs,
+    ProjectionName,
+};
 use super::{num, Global, HelpExtra, JsonLines, Status};
 use anyhow::Context;
 use mnemo::checkpoint::prepare_checkpoint;
@@ -13,7 +16,7 @@ use mnemo::fsutil::Destinations;
 use mnemo::model::Model;
 use mnemo::train::online::Learner;
 use mnemo::train::{
-    AnchorPull, Ema, EwcPenalty, Lwf, Optimizer, Replay, StateFile, Strategy, TrainConfig,
+    AnchorPull, Ema, EwcPenalty, Lwf, Optimizer, Replay, Si, StateFile, Strategy, TrainConfig,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -127,6 +130,8 @@ pub struct Args {
     pub anchor: super::engine::AnchorArgs,
     #[command(flatten)]
     pub lwf: super::engine::LwfArgs,
+    #[command(flatten)]
+    pub si: super::engine::SiArgs,
     /// Experience replay: pair every micro-batch with one drawn from this on-disk buffer
     /// (created when missing), and offer the stream's examples to it; written at every
     /// checkpoint, after the live model. The same buffer `replay-train` uses.
@@ -170,7 +175,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         d.input("--data", &args.data);
     }
     super::engine::penalty_inputs(&mut d, &args.penalty);
-    super::engine::strategy_inputs(&mut d, &args.anchor, &args.lwf);
+    super::engine::strategy_inputs(&mut d, &args.anchor, &args.lwf, &args.si);
     if let Some(s) = &args.state {
         d.in_place("--state", s);
     }
@@ -191,6 +196,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     prov.seed = Some(args.seed);
     let penalty = ewc_penalty(&args.penalty, args.lambda, &model, &mut prov)?;
     let pull = args.anchor.open(&model, &mut prov)?;
+    let (si, si_prior) = match args.si.open(&model, &mut prov)? {
+        Some((s, prior)) => (Some(s), prior),
+        None => (None, None),
+    };
     let lwf = match &args.lwf.distill_from {
         Some(p) => Some(super::engine::open_teacher(
             p,
@@ -235,7 +244,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     };
     let opt_cfg = args.opt.config();
     let settings = format!(
-        "online|batch={}|ema={:?}|lambda={}|l2={}|lwf={:?}|replay={:?}",
+        "online|batch={}|ema={:?}|lambda={}|l2={}|lwf={:?}|replay={:?}{}",
         args.batch_size,
         args.ema.as_ref().map(|_| args.ema_decay),
         args.lambda,
@@ -252,6 +261,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
             r.buffer.capacity,
             r.buffer.policy.as_str()
         )),
+        args.si.settings(),
     );
     let state = args.state.as_ref().map(|path| StateFile {
         path: path.clone(),
@@ -277,6 +287,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
         penalty,
         pull,
         lwf,
+        si,
         replay,
         ema,
     };
@@ -326,6 +337,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<Status> {
     let files = Files {
         output: &args.output,
         ema: args.ema.as_deref(),
+        importance: args
+            .si
+            .si_importance
+            .as_deref()
+            .map(|p| (p, si_prior.as_ref())),
         state: state.as_ref(),
         prov: &prov,
     };
@@ -616,12 +632,14 @@ impl Window {
     }
 }
 
-/// The run's strategies, owned here so their files (the EMA, the buffer) can be written
-/// between updates; handed to the learner in this order at every call.
+/// The run's strategies, owned here so their files (the EMA, SI's importance, the buffer)
+/// can be written between updates; handed to the learner in this order at every call (the
+/// engine's order, the EMA last).
 struct Strategies {
     penalty: Option<EwcPenalty>,
     pull: Option<AnchorPull>,
     lwf: Option<Lwf>,
+    si: Option<Si>,
     replay: Option<Replay>,
     ema: Option<Ema>,
 }
@@ -638,6 +656,9 @@ impl Strategies {
         if let Some(l) = self.lwf.as_mut() {
             v.push(l);
         }
+        if let Some(s) = self.si.as_mut() {
+            v.push(s);
+        }
         if let Some(r) = self.replay.as_mut() {
             v.push(r);
         }
@@ -652,13 +673,16 @@ impl Strategies {
 struct Files<'a> {
     output: &'a Path,
     ema: Option<&'a Path>,
+    /// --si-importance, and the prior importance it adds to.
+    importance: Option<(&'a Path, Option<&'a Importance>)>,
     state: Option<&'a StateFile>,
     prov: &'a mnemo::provenance::Provenance,
 }
 
 impl Files<'_> {
-    /// The state first (the truth a resumed learner reads), then the EMA, and the live
-    /// model last; each atomically, so the last complete checkpoint is always loadable.
+    /// The state first (the truth a resumed learner reads), then the EMA and SI's
+    /// importance, and the live model last; each atomically, so the last complete
+    /// checkpoint is always loadable.
     fn write(
         &self,
         learner: &mut Learner,
@@ -696,6 +720,13 @@ impl Files<'_> {
             }
             _ => None,
         };
+        let importance = match (self.importance, &strategies.si) {
+            (Some((p, prior)), Some(si)) => Some(
+                prepare_importance(p, si, prior, learner.model, self.prov)
+                    .with_context(|| format!("writing {}", p.display()))?,
+            ),
+            _ => None,
+        };
         let live = prepare_checkpoint(self.output, live, &meta)
             .with_context(|| format!("writing {}", self.output.display()))?;
         let buffer = match &strategies.replay {
@@ -708,6 +739,9 @@ impl Files<'_> {
         };
         if let Some(e) = ema {
             e.commit()?;
+        }
+        if let Some(i) = importance {
+            i.commit()?;
         }
         live.commit()?;
         // The buffer last, as replay-train writes it: a learner killed between the two
