@@ -16,6 +16,9 @@ pub fn check_update(step: u64, loss: f64, host: &BTreeMap<String, Vec<f32>>) -> 
         });
     }
     for (name, w) in host {
+        if all_finite(w) {
+            continue;
+        }
         if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(MnemoError::Diverged {
                 at: format!("at step {step}"),
@@ -25,6 +28,16 @@ pub fn check_update(step: u64, loss: f64, host: &BTreeMap<String, Vec<f32>>) -> 
         }
     }
     Ok(())
+}
+
+/// Whether every value is finite: an f32 is NaN or ±inf exactly when its exponent bits are
+/// all ones, i.e. |bits| ≥ 0x7f80_0000. A branch-free integer max, which the compiler
+/// vectorizes: run after every update, an early-exit `find` was 13% of an online step.
+pub fn all_finite(values: &[f32]) -> bool {
+    values
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
+        < 0x7f80_0000
 }
 
 /// Fails when any tensor to be written holds NaN or ±inf (batchnorm statistics included),
@@ -74,6 +87,35 @@ mod tests {
         assert!(check_update(1, f64::INFINITY, &BTreeMap::new()).is_err());
         h.insert("0.weight".to_string(), vec![1.0]);
         check_update(1, 0.5, &h).unwrap();
+    }
+
+    #[test]
+    fn all_finite_agrees_with_is_finite() {
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-45,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffc0_0000),
+        ];
+        for &x in &specials {
+            for len in [1, 7, 64, 1001] {
+                for at in [0, len / 2, len - 1] {
+                    let mut v = vec![0.5f32; len];
+                    v[at] = x;
+                    assert_eq!(all_finite(&v), x.is_finite(), "{x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(all_finite(&[]));
     }
 
     #[test]
