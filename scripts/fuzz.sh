@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_SANITIZER=${FUZZ_SANITIZER:-address}
 FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-$ROOT/fuzz/target}
-ALL=(safetensors hf_index arch_spec jsonl_field import_idx import_npy import_npz continual_records adapter_config)
+ALL=(safetensors hf_index arch_spec jsonl_field import_idx import_npy import_npz continual_records adapter_config pth loss_curves)
 TARGETS=("${@:-${ALL[@]}}")
 export RUSTC_BOOTSTRAP=1
 
@@ -63,6 +63,12 @@ seed() {  # seed TARGET
   adapter_config)
     cp "$fx"/lora/*/adapter_config.json "$c/" 2>/dev/null || true
     for d in "$fx"/lora/*/; do cp "$d/adapter_config.json" "$c/$(basename "$d").json"; done ;;
+  pth)
+    # Both formats torch writes, a training checkpoint and the hostile files gen.py made.
+    cp "$fx"/pth/*.pth "$c/" ;;
+  loss_curves)
+    printf '{"event":"epoch","epoch":1,"task_loss":2.0,"val_loss":2.5,"replay_loss":1.0}\n{"event":"epoch","epoch":2,"task_loss":1.0,"val_loss":1.5}\n' > "$c/epochs"
+    printf '{"event":"step","epoch":1,"step":1,"task_loss":3.0}\n{"event":"step","epoch":1,"step":2,"task_loss":2.0}\n{"event":"epoch","epoch":1,"task_loss":2.5}\n' > "$c/steps" ;;
   esac
 }
 

@@ -146,6 +146,10 @@ pub enum MnemoError {
         reason: String,
     },
 
+    /// A training log (JSON Lines) has nothing a loss curve can be drawn from.
+    #[error("{path}: {reason}")]
+    InvalidLog { path: PathBuf, reason: String },
+
     /// The requested compute device is not available in this build or machine.
     #[error("device '{device}' is not available: {reason}")]
     Device { device: String, reason: String },

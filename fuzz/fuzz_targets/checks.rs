@@ -27,6 +27,8 @@ pub fn run(target: &str, data: &[u8]) {
         "import_npz" => import_npz(data),
         "continual_records" => continual_records(data),
         "adapter_config" => adapter_config(data),
+        "pth" => pth(data),
+        "loss_curves" => loss_curves(data),
         other => panic!("no fuzz target named '{other}'"),
     }
 }
@@ -42,6 +44,8 @@ pub const TARGETS: &[&str] = &[
     "import_npz",
     "continual_records",
     "adapter_config",
+    "pth",
+    "loss_curves",
 ];
 
 /// The safetensors reader: `checkpoint::validate` (our header checks, then the official
@@ -372,4 +376,52 @@ pub fn adapter_config(data: &[u8]) {
     let back = c.to_peft_json().to_string();
     let again = LoraConfig::from_peft_json(path, &back).expect("our own JSON reads back");
     assert_eq!(again, c);
+}
+
+/// `mnemo convert`'s reader of `torch.save` files (zip and legacy; the pickle allow-list)
+/// on arbitrary bytes. Whatever opens must give every tensor without a panic: each one's
+/// bytes = dtype × shape, and all of them within the reader's budget (8× the file + 64
+/// MiB, so a stride-0 view cannot blow up memory).
+pub fn pth(data: &[u8]) {
+    let path = scratch_dir().join("fuzz.pth");
+    std::fs::write(&path, data).expect("scratch file");
+    let Ok(file) = mnemo::checkpoint::pth::PthFile::open(&path) else {
+        return;
+    };
+    let names: Vec<String> = file.names().map(str::to_string).collect();
+    assert!(!names.is_empty(), "a file with no tensors opened");
+    let Ok(tensors) = file.tensors(|n| Some(n.to_string())) else {
+        return;
+    };
+    assert_eq!(tensors.len(), names.len());
+    let mut total = 0usize;
+    for t in &tensors {
+        let numel: usize = t.shape.iter().product();
+        assert_eq!(t.data.len(), numel * t.dtype.size(), "tensor '{}'", t.name);
+        total += t.data.len();
+    }
+    assert!(
+        total <= data.len() * 8 + (64 << 20),
+        "{total} bytes from a {}-byte file",
+        data.len()
+    );
+}
+
+/// `mnemo report`'s reader of training logs as loss curves (`report::stage_curves`), then
+/// the figure drawn from what it accepts (SVG, in the scratch folder): no panic and no
+/// endless tick search, whatever the numbers (±1e308, huge epochs, a single point).
+pub fn loss_curves(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(stage) = mnemo::report::stage_curves(Path::new("log.jsonl"), text, 1) else {
+        return;
+    };
+    for c in &stage.panel.curves {
+        for &(x, y) in &c.points {
+            assert!(x.is_finite() && y.is_finite(), "({x}, {y}) read as a point");
+        }
+    }
+    let out = scratch_dir().join("curves.svg");
+    let _ = mnemo::report::plot_panels(&out, "fuzz", &[stage.panel]);
 }

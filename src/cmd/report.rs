@@ -5,7 +5,7 @@
 use super::{print_text, Global, HelpExtra, JsonLines, Status, EXIT_PLAIN};
 use anyhow::Context;
 use mnemo::metrics::continual::{matrices, mean_matrix, mean_std, parse_records, AccuracyMatrix};
-use mnemo::report::{plot_confusions, plot_matrices, plot_panels, ConfusionPanel, Curve, Panel};
+use mnemo::report::{plot_confusions, plot_matrices, plot_panels, stage_curves, ConfusionPanel};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -297,59 +297,13 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
             let mut panels = Vec::new();
             let mut md = String::from("| stage | file | epochs | final train loss | final val loss | final val accuracy |\n|---:|---|---:|---:|---:|---:|\n");
             for (i, (f, t)) in texts.iter().enumerate() {
-                let mut epochs = Vec::new();
-                let mut steps = Vec::new();
-                for (n, line) in t.lines().enumerate() {
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let v: serde_json::Value = serde_json::from_str(line)
-                        .with_context(|| format!("{}:{}: not JSON", f.display(), n + 1))?;
-                    match v.get("event").and_then(|e| e.as_str()) {
-                        Some("epoch") => epochs.push(v),
-                        Some("step") => steps.push(v),
-                        _ => {}
-                    }
-                }
-                if epochs.is_empty() && steps.is_empty() {
-                    anyhow::bail!("{}: no epoch or step lines (the JSON Lines of train-ewc, replay-train or lora-gate --log)", f.display());
-                }
-                let field = |rows: &[serde_json::Value], x: &str, y: &str| -> Vec<(f64, f64)> {
-                    rows.iter()
-                        .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(y)?.as_f64()?)))
-                        .collect()
-                };
-                let (rows, x, x_label) = if epochs.len() > 1 || steps.is_empty() {
-                    (&epochs, "epoch", "epoch")
-                } else {
-                    (&steps, "step", "update")
-                };
-                let mut curves = vec![Curve {
-                    label: "train".into(),
-                    points: field(rows, x, "task_loss"),
-                }];
-                for (key, label) in [("val_loss", "validation"), ("replay_loss", "replay")] {
-                    let pts = field(&epochs, if x == "epoch" { "epoch" } else { "steps" }, key);
-                    if !pts.is_empty() && x == "epoch" {
-                        curves.push(Curve {
-                            label: label.into(),
-                            points: pts,
-                        });
-                    }
-                }
-                let stem = f
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                panels.push(Panel {
-                    title: format!("stage {}: {stem}", i + 1),
-                    x_label: x_label.into(),
-                    y_label: "loss".into(),
-                    curves,
-                });
-                let last = epochs.last();
+                let stage = stage_curves(f, t, i + 1)?;
+                panels.push(stage.panel);
                 let get = |k: &str| {
-                    last.and_then(|l| l.get(k))
+                    stage
+                        .last_epoch
+                        .as_ref()
+                        .and_then(|l| l.get(k))
                         .and_then(|v| v.as_f64())
                         .map(|v| format!("{v:.4}"))
                         .unwrap_or_else(|| "–".into())
@@ -358,7 +312,7 @@ pub fn run(args: Args, _g: &Global) -> anyhow::Result<Status> {
                     "| {} | {} | {} | {} | {} | {} |\n",
                     i + 1,
                     f.display(),
-                    epochs.len(),
+                    stage.epochs,
                     get("task_loss"),
                     get("val_loss"),
                     get("val_accuracy")

@@ -10,6 +10,9 @@ use plotters::style::FontStyle;
 use std::path::Path;
 use std::sync::Once;
 
+mod curves;
+pub use curves::{stage_curves, StageCurves};
+
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static FONTS: Once = Once::new();
 
