@@ -41,7 +41,7 @@ pub fn stage_curves(path: &Path, text: &str, stage: usize) -> Result<StageCurves
     if epochs.is_empty() && steps.is_empty() {
         return Err(MnemoError::InvalidLog {
             path: path.to_path_buf(),
-            reason: "no epoch or step lines (the JSON Lines of train-ewc, replay-train or lora-gate --log)".into(),
+            reason: "no epoch or step lines (the JSON Lines that train-ewc, replay-train, online and lora-gate write)".into(),
         });
     }
     let field = |rows: &[Value], x: &str, y: &str| -> Vec<(f64, f64)> {
