@@ -414,9 +414,8 @@ pub fn ewc_penalty(
     Ok((!terms.is_empty()).then_some(EwcPenalty { terms, lambda }))
 }
 
-/// The `--distill-from` model as an LwF strategy, checked against the trained model on the
-/// first example (same outputs), its file recorded in the provenance.
-/// The inputs --l2-anchor and --distill-from name, for the destinations check.
+/// The strategies' files, for the destinations check: --l2-anchor, --distill-from and
+/// --si-prior are read, --si-importance written.
 pub fn strategy_inputs(d: &mut Destinations, anchor: &AnchorArgs, lwf: &LwfArgs, si: &SiArgs) {
     for (label, p) in [
         ("--l2-anchor", &anchor.l2_anchor),
