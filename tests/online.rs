@@ -78,6 +78,42 @@ fn stopped_and_resumed(dir: &Path, case: &Value, input: &[u8], args: &[&str]) {
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
+/// `train-ewc` over the case's data as `online` sees it: one epoch in file order, the same
+/// batch size and optimizer, `extra` flags added; its output at `out`.
+fn train_ewc_as_online(dir: &Path, case: &Value, extra: &[&str], out: &str) {
+    let o = &case["optimizer"];
+    let (data, model) = (
+        fixture(case["data"].as_str().unwrap()),
+        fixture(case["model"].as_str().unwrap()),
+    );
+    let (batch, lr) = (case["batch"].to_string(), o["lr"].to_string());
+    let momentum = o["momentum"].to_string();
+    let mut a = vec![
+        "train-ewc",
+        &model,
+        "--arch",
+        case["arch"].as_str().unwrap(),
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--no-shuffle",
+        "--batch-size",
+        &batch,
+        "--optimizer",
+        o["name"].as_str().unwrap(),
+        "--lr",
+        &lr,
+        "--momentum",
+        &momentum,
+        "-o",
+        out,
+        "-q",
+    ];
+    a.extend_from_slice(extra);
+    ok(mnemo_in(dir, &a));
+}
+
 fn run_online(dir: &Path, case: &Value, input: &[u8], extra: &[&str]) -> Run {
     let args = online_args(case, extra);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -811,38 +847,8 @@ fn online_lwf_and_anchor_equal_train_ewc_over_the_same_examples() {
     let case = &expected()[0];
     let dir = workdir();
     let data = fixture(case["data"].as_str().unwrap());
-    let model = fixture(case["model"].as_str().unwrap());
     // A teacher other than the start: the model after one epoch of plain training.
-    let o = &case["optimizer"];
-    let (batch, lr) = (case["batch"].to_string(), o["lr"].to_string());
-    let momentum = o["momentum"].to_string();
-    let arch = case["arch"].as_str().unwrap();
-    let train = |extra: &[&str], out: &str| {
-        let mut a = vec![
-            "train-ewc",
-            &model,
-            "--arch",
-            arch,
-            "--data",
-            &data,
-            "--epochs",
-            "1",
-            "--no-shuffle",
-            "--batch-size",
-            &batch,
-            "--optimizer",
-            o["name"].as_str().unwrap(),
-            "--lr",
-            &lr,
-            "--momentum",
-            &momentum,
-            "-o",
-            out,
-            "-q",
-        ];
-        a.extend_from_slice(extra);
-        ok(mnemo_in(dir.path(), &a));
-    };
+    let train = |extra: &[&str], out: &str| train_ewc_as_online(dir.path(), case, extra, out);
     train(&[], "teacher.safetensors");
     let strategy = [
         "--distill-from",
@@ -892,37 +898,7 @@ fn online_si_importance_equals_train_ewc_over_the_same_examples() {
     let case = &expected()[0];
     let dir = workdir();
     let data = fixture(case["data"].as_str().unwrap());
-    let model = fixture(case["model"].as_str().unwrap());
-    let o = &case["optimizer"];
-    let (batch, lr) = (case["batch"].to_string(), o["lr"].to_string());
-    let momentum = o["momentum"].to_string();
-    let arch = case["arch"].as_str().unwrap();
-    let train = |extra: &[&str], out: &str| {
-        let mut a = vec![
-            "train-ewc",
-            &model,
-            "--arch",
-            arch,
-            "--data",
-            &data,
-            "--epochs",
-            "1",
-            "--no-shuffle",
-            "--batch-size",
-            &batch,
-            "--optimizer",
-            o["name"].as_str().unwrap(),
-            "--lr",
-            &lr,
-            "--momentum",
-            &momentum,
-            "-o",
-            out,
-            "-q",
-        ];
-        a.extend_from_slice(extra);
-        ok(mnemo_in(dir.path(), &a));
-    };
+    let train = |extra: &[&str], out: &str| train_ewc_as_online(dir.path(), case, extra, out);
     // An earlier task's importance, as the prior.
     train(&["--si-importance", "prior.safetensors"], "t1.safetensors");
     let si = ["--si-xi", "0.2", "--si-prior", "prior.safetensors"];
